@@ -1,0 +1,181 @@
+"""The command line: `python -m helpers <command> [flags]`, a thin layer over the package's functions.
+
+    python -m helpers train --dataset food-101 --data-dir data/food-101 --backbone efficientnet_b3 \\
+        --batch-size 16 --epochs 150 --image-size 300 --device mps --output-dir runs/b3
+    python -m helpers evaluate --checkpoint runs/b3 --dataset food-101 --data-dir data/food-101 --split test
+    python -m helpers ensemble --models runs/b3 runs/r50 --dataset food-101 --data-dir data/food-101
+
+The train flags are generated from `TrainConfig`: every field is a flag, its comment is the help text.
+Problems with the input end with one paragraph on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+
+from . import config as config_module
+from .config import TrainConfig, UserError, make_config
+
+_logger = logging.getLogger("helpers")
+
+# Modules with an `add_command(subparsers)` function; their command's handler is set with set_defaults(func=...)
+# and takes the parsed argparse.Namespace. Keep their imports light: heavy imports go inside the handler.
+EXTRA_COMMANDS: tuple[str, ...] = ()
+
+
+def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
+    """Help text and section of each TrainConfig field, read from the comments in its source."""
+    docs, sections, section = {}, {}, "settings"
+    for line in inspect.getsource(TrainConfig).splitlines():
+        header = re.match(r"\s*# --- (.+) ---", line)
+        if header:
+            section = header.group(1)
+            continue
+        m = re.match(r"\s+(\w+): [^=]+=.*?(?:#\s*(.*))?$", line)
+        if m:
+            docs[m.group(1)] = (m.group(2) or "").replace("%", "%%")
+            sections[m.group(1)] = section
+    return docs, sections
+
+
+def _int_or_auto(text: str) -> int | str:
+    return "auto" if text.lower() == "auto" else int(text)
+
+
+def _positive_or_none(text: str) -> int | None:
+    return None if text.lower() in ("none", "auto") else int(text)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, grouped like the dataclass; defaults are left to the dataclass."""
+    docs, sections = _field_docs()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(TrainConfig):
+        group = groups.setdefault(sections[f.name], parser.add_argument_group(sections[f.name]))
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {f.default!r})"
+        kwargs: dict = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif f.type == "int":
+            group.add_argument(flag, type=int, metavar="N", **kwargs)
+        elif f.type == "float":
+            group.add_argument(flag, type=float, metavar="X", **kwargs)
+        elif f.type == "int | str":
+            group.add_argument(flag, type=_int_or_auto, metavar="N|auto", **kwargs)
+        elif f.type == "int | None":
+            group.add_argument(flag, type=_positive_or_none, metavar="N", **kwargs)
+        elif f.type.startswith("tuple"):
+            group.add_argument(flag, nargs="+", metavar="RUN", **kwargs)
+        else:
+            choices = config_module.CHOICES.get(f.name)
+            group.add_argument(flag, choices=choices, metavar="|".join(choices) if choices else "TEXT", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description="Food-101 workbook: train, evaluate, ...")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a classifier", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--config", help="YAML file of settings; flags override it")
+    add_train_flags(train)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on a split; prints a JSON line last")
+    ev.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or checkpoint file")
+    _add_data_flags(ev)
+    ev.add_argument("--image-size", type=int, help="evaluate at this resolution instead of the training one")
+    ev.add_argument("--use-ema", action="store_true", help="use the EMA weights of a --model-ema run")
+    ev.add_argument("--predictions", help="write per-image predictions (path, true, pred, probabilities) to this CSV")
+    ev.set_defaults(func=_evaluate)
+
+    en = sub.add_parser("ensemble", help="average the softmax of several trained models; prints a JSON line last")
+    en.add_argument("--models", nargs="+", required=True, help="run folders or checkpoints")
+    en.add_argument("--test-dir", help="a folder of class folders to evaluate on (same as --dataset imagefolder)")
+    _add_data_flags(en, required=False)
+    en.add_argument("--predictions", help="write the ensemble's per-image predictions to this CSV")
+    en.set_defaults(func=_ensemble)
+
+    for module_name in EXTRA_COMMANDS:  # each module adds its own sub-command: add_command(subparsers)
+        importlib.import_module(f".{module_name}", __package__).add_command(sub)
+    return parser
+
+
+def _add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--dataset", choices=config_module.CHOICES["dataset"], default="food-101")
+    p.add_argument("--data-dir", required=required)
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = plain evaluation)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=-1)
+    p.add_argument("--device", choices=config_module.CHOICES["device"], default="auto")
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from .engine import fit
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "verbose")}
+    summary = fit(make_config(overrides, yaml_path=args.config))
+    return summary
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"--{name} must be a positive integer, got {value}.")
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    from .inference import evaluate
+
+    _check_positive("image-size", args.image_size)
+    _check_tta(args.tta)
+    return evaluate(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+                    image_size=args.image_size, batch_size=args.batch_size, device=args.device, use_ema=args.use_ema,
+                    predictions=args.predictions, num_workers=args.num_workers)
+
+
+def _check_tta(tta: int) -> None:
+    if not 1 <= tta <= 6:
+        raise UserError(f"--tta takes 1 to 6 views (plain, mirrored, and two more scales with mirrors), got {tta}.")
+
+
+def _ensemble(args: argparse.Namespace) -> dict:
+    from .inference import ensemble
+
+    _check_tta(args.tta)
+    dataset, data_dir = args.dataset, args.data_dir
+    if args.test_dir:
+        dataset, data_dir = "imagefolder_test", args.test_dir
+    if not data_dir:
+        raise UserError("Give --test-dir DIR, or --dataset and --data-dir.")
+    return ensemble(args.models, dataset=dataset, data_dir=data_dir, split=args.split, tta=args.tta,
+                    batch_size=args.batch_size, device=args.device, predictions=args.predictions,
+                    num_workers=args.num_workers)
+
+
+def main(argv: list[str] | None = None, run: Callable | None = None) -> int:
+    """Entry point. Returns the exit code: 0, 1 for a bug (with traceback), 2 for bad input (one paragraph)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; continue with --resume <output dir>", file=sys.stderr)
+        return 130
+    if result is not None:
+        print(json.dumps(result))
+    return 0

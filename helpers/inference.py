@@ -1,0 +1,191 @@
+"""Using trained models: load a run, predict a split (with test-time augmentation), evaluate, ensemble.
+
+    helpers.evaluate("runs/b0", dataset="food-101", data_dir="data/food-101", split="test", tta=2)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import augment, checkpoint
+from .config import UserError, config_from_dict
+from .data import ImageDataset, Sample, load_splits, make_loader
+from .metrics import topk_correct
+from .models import create_model
+from .utils import amp_dtype, autocast, get_device
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """A trained model with what it needs to be used: its classes and its preprocessing."""
+
+    model: nn.Module
+    class_names: list[str]
+    data_config: dict  # image_size, mean, std, crop_pct, interpolation
+    config: dict
+    source: str
+
+
+def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.device | str = "cpu") -> Trained:
+    """Rebuild a model from a run folder (its best checkpoint) or a checkpoint file, in eval mode."""
+    state = checkpoint.load(path, prefer=checkpoint.BEST)
+    cfg = config_from_dict(state["config"])
+    model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none")
+    weights = state["model"]
+    if use_ema:
+        if not state.get("model_ema"):
+            raise UserError(f"{path} has no EMA weights: the run was trained without --model-ema.")
+        weights = state["model_ema"]
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(path))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run `model` over a loader of ImageDataset items.
+
+    Returns:
+        logits (N, C) float32 on the CPU, labels (N,), dataset indices (N,).
+    """
+    model.eval()
+    out_logits, out_labels, out_index = [], [], []
+    for images, labels, index, _ in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            logits = model(images)
+        out_logits.append(logits.float().cpu())
+        out_labels.append(labels)
+        out_index.append(index)
+    return torch.cat(out_logits), torch.cat(out_labels), torch.cat(out_index)
+
+
+def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_size: int | None = None,
+              batch_size: int = 32, device: torch.device | None = None, num_workers: int = -1,
+              amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities averaged over `tta` deterministic views (view 0 is plain evaluation).
+
+    Args:
+        image_size: evaluate at another resolution than the model was trained at (None: its own).
+    Returns:
+        probs (N, C) and labels (N,), in the order of `samples`.
+    """
+    device = device or next(trained.model.parameters()).device
+    d = trained.data_config
+    size = image_size or d["image_size"]
+    views = augment.tta_transforms(tta, size, d["mean"], d["std"], d["crop_pct"], d["interpolation"])
+    total = None
+    for view in views:
+        loader = make_loader(ImageDataset(samples, view), batch_size=batch_size, shuffle=False, seed=0,
+                             num_workers=num_workers)
+        logits, labels, index = predict_logits(trained.model, loader, device, amp_dtype(device, amp))
+        probs = torch.softmax(logits, dim=1)[torch.argsort(index)]
+        total = probs if total is None else total + probs
+    labels = torch.tensor([label for _, label in samples])
+    return total / len(views), labels
+
+
+def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """top-1 and top-5 in percent, and n."""
+    top1, top5 = topk_correct(probs, labels)
+    n = len(labels)
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
+
+
+def _samples(dataset: str, data_dir: str, split: str, config: dict) -> tuple[list[Sample], list[str]]:
+    splits = load_splits(dataset, data_dir, val_fraction=config.get("val_fraction", 0.1),
+                         test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 42))
+    return splits.get(split), splits.class_names
+
+
+def _check_classes(trained: Trained, class_names: list[str], data_dir: str) -> None:
+    if trained.class_names != class_names:
+        raise UserError(
+            f"{trained.source} was trained on {len(trained.class_names)} classes ({', '.join(trained.class_names[:3])}, ...), "
+            f"but {data_dir} has {len(class_names)} ({', '.join(class_names[:3])}, ...). Evaluate on the same classes."
+        )
+
+
+def evaluate(checkpoint_path: str | Path, *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
+             image_size: int | None = None, batch_size: int = 32, device: str = "auto", use_ema: bool = False,
+             predictions: str | Path | None = None, num_workers: int = -1) -> dict:
+    """Evaluate a trained model on a split; optionally write per-image predictions to a CSV file.
+
+    The val split is rebuilt with the run's own seed and fraction, so it is the split the run held out.
+
+    Returns:
+        {"top1": %, "top5": %, "n": images}
+    """
+    dev = get_device(device)
+    trained = load_trained(checkpoint_path, use_ema=use_ema, device=dev)
+    samples, class_names = _samples(dataset, data_dir, split, trained.config)
+    _check_classes(trained, class_names, data_dir)
+    probs, labels = tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size, device=dev,
+                              num_workers=num_workers)
+    if predictions:
+        write_predictions(predictions, samples, probs, class_names)
+    return metrics_from_probs(probs, labels)
+
+
+def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
+             batch_size: int = 32, device: str = "auto", predictions: str | Path | None = None,
+             num_workers: int = -1) -> dict:
+    """Average the softmax of several trained models, each with its own preprocessing and input size.
+
+    Returns:
+        {"top1", "top5", "n", "members": [{"model", "backbone", "image_size", "top1", "top5"}, ...]}
+    """
+    if not models:
+        raise UserError("Give at least one model (a run folder or checkpoint) to ensemble.")
+    dev = get_device(device)
+    total, members, labels, samples, class_names = None, [], None, None, None
+    for path in models:
+        trained = load_trained(path, device=dev)
+        if samples is None:
+            samples, class_names = _samples(dataset, data_dir, split, trained.config)
+        _check_classes(trained, class_names, data_dir)
+        probs, labels = tta_probs(trained, samples, tta=tta, batch_size=batch_size, device=dev, num_workers=num_workers)
+        member = metrics_from_probs(probs, labels)
+        members.append({"model": str(path), "backbone": trained.config["backbone"],
+                        "image_size": trained.data_config["image_size"], "top1": member["top1"], "top5": member["top5"]})
+        total = probs if total is None else total + probs
+        del trained
+    mean = total / len(models)
+    if predictions:
+        write_predictions(predictions, samples, mean, class_names)
+    return {**metrics_from_probs(mean, labels), "members": members}
+
+
+def write_predictions(path: str | Path, samples: list[Sample], probs: torch.Tensor, class_names: list[str]) -> None:
+    """One CSV row per image: path, true and predicted class, confidence, and every class probability."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pred = probs.argmax(dim=1).numpy()
+    probs_np = probs.numpy()
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "pred", "confidence"] + [f"p_{c}" for c in class_names])
+        for (image_path, label), p, row in zip(samples, pred, probs_np):
+            writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
+                            + [f"{v:.5f}" for v in row])
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Read a predictions CSV: (paths, true indices, probabilities (N, C), class names)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    prob_cols = [c for c in frame.columns if c.startswith("p_")]
+    class_names = [c[2:] for c in prob_cols]
+    index = {c: i for i, c in enumerate(class_names)}
+    return list(frame["path"]), frame["true"].map(index).to_numpy(), frame[prob_cols].to_numpy(), class_names

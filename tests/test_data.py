@@ -1,0 +1,107 @@
+"""The data layer on the real tiny set: parsing, splits, imagefolder, image reading."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import augment
+from helpers.config import UserError
+from helpers.data import EpochSampler, ImageDataset, load_splits, read_image, stratified_split
+
+from .conftest import TINY
+
+
+def test_food101_layout_is_read_with_official_split():
+    s = load_splits("food-101", TINY)
+    assert s.class_names[0] == "apple_pie" and len(s.class_names) == 10
+    assert len(s.train) + len(s.val) == 400 and len(s.test) == 150
+    assert all(Path(p).is_file() for p, _ in s.train + s.val + s.test)
+
+
+def test_val_split_is_stratified_seeded_and_disjoint():
+    a = load_splits("food-101", TINY, val_fraction=0.1, seed=1)
+    b = load_splits("food-101", TINY, val_fraction=0.1, seed=1)
+    c = load_splits("food-101", TINY, val_fraction=0.1, seed=2)
+    train, val, test = ({p for p, _ in x} for x in (a.train, a.val, a.test))
+    assert not train & val and not train & test and not val & test
+    assert Counter(label for _, label in a.val) == {i: 4 for i in range(10)}  # 10% of 40 per class
+    assert a.val == b.val and a.val != c.val
+    assert len(load_splits("food-101", TINY, val_fraction=0.25).val) == 100
+
+
+def test_stratified_split_keeps_one_of_every_class():
+    samples = [(f"{i}", i % 3) for i in range(9)] + [("lonely", 3)]
+    kept, held = stratified_split(samples, 0.5, seed=0)
+    assert ("lonely", 3) in kept  # a class with one image stays in train
+    assert Counter(label for _, label in held) == {0: 2, 1: 2, 2: 2}
+
+
+def _imagefolder(root: Path, with_split: bool) -> Path:
+    s = load_splits("food-101", TINY)
+    for split, samples in (("train", s.train + s.val), ("test", s.test)):
+        for path, label in samples:
+            folder = root / (split if with_split else "") / s.class_names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / Path(path).name)
+    return root
+
+
+def test_imagefolder_with_and_without_train_test(tmp_path):
+    with_split = load_splits("imagefolder", _imagefolder(tmp_path / "a", True))
+    assert len(with_split.test) == 150 and len(with_split.train) + len(with_split.val) == 400
+    flat = load_splits("imagefolder", _imagefolder(tmp_path / "b", False), test_fraction=0.2, seed=3)
+    assert len(flat.test) == 110 and Counter(label for _, label in flat.test) == {i: 11 for i in range(10)}
+    assert not {p for p, _ in flat.test} & {p for p, _ in flat.train + flat.val}
+
+
+@pytest.mark.parametrize("layout", ["missing", "no_meta", "no_train_list"])
+def test_bad_dataset_folders_raise_user_errors(tmp_path, tiny_copy, layout):
+    if layout == "missing":
+        target, needle = tmp_path / "nowhere", "does not exist"
+    elif layout == "no_meta":
+        shutil.rmtree(tiny_copy / "meta")
+        target, needle = tiny_copy, "meta/classes.txt is missing"
+    else:
+        (tiny_copy / "meta" / "train.txt").unlink()
+        target, needle = tiny_copy, "train.txt is missing"
+    with pytest.raises(UserError, match=needle):
+        load_splits("food-101", target)
+
+
+def test_read_image_handles_formats(tmp_path):
+    src = TINY / "images/apple_pie/1005649.jpg"
+    rgb = read_image(str(src))
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    pil = np.asarray(Image.open(src).convert("RGB"))
+    assert rgb.shape == pil.shape and np.abs(rgb.astype(int) - pil).mean() < 2.0  # OpenCV vs PIL decoders
+    gray = tmp_path / "gray.jpg"
+    Image.open(src).convert("L").save(gray)
+    assert read_image(str(gray)).shape == rgb.shape
+    rgba = tmp_path / "alpha.png"
+    Image.open(src).convert("RGBA").save(rgba)
+    assert read_image(str(rgba)).shape == rgb.shape
+
+
+def test_sampler_shards_cover_the_global_batches():
+    single = [i for i, _ in EpochSampler(10, shuffle=True, seed=0)]
+    ranks = [[i for i, _ in EpochSampler(10, shuffle=True, seed=0, rank=r, world_size=2)] for r in range(2)]
+    assert sorted(single) == list(range(10))
+    for step in range(2):  # global batch of 4 = 2 per rank
+        assert sorted(ranks[0][step * 2:step * 2 + 2] + ranks[1][step * 2:step * 2 + 2]) == sorted(single[step * 4:step * 4 + 4])
+    resumed = EpochSampler(10, shuffle=True, seed=0)
+    resumed.set_epoch(0, start=4)
+    assert [i for i, _ in resumed] == single[4:]
+
+
+def test_augmentation_depends_only_on_the_sample_seed():
+    s = load_splits("food-101", TINY)
+    tf = augment.train_transform("advanced", 96, (0.5,) * 3, (0.5,) * 3)
+    ds = ImageDataset(s.train[:3], tf)
+    a, b, c = ds[(1, 123)][0], ds[(1, 123)][0], ds[(1, 124)][0]
+    assert a.shape == (3, 96, 96) and (a == b).all() and not (a == c).all()
