@@ -37,12 +37,27 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"Could not write checkpoint {path} ({exc.strerror or exc}). The previous checkpoint is kept; "
             "free disk space or fix permissions, then continue with --resume."
         ) from exc
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush the folder entry too, so the rename survives a power cut, not only a killed process."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its os.replace is durable enough
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resolve(path: str | Path, prefer: str = BEST) -> Path:

@@ -28,7 +28,7 @@ _logger = logging.getLogger("helpers")
 
 # Modules with an `add_command(subparsers)` function; their command's handler is set with set_defaults(func=...)
 # and takes the parsed argparse.Namespace. Keep their imports light: heavy imports go inside the handler.
-EXTRA_COMMANDS: tuple[str, ...] = ()
+EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks")
 
 
 def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None, run: Callable | None = None) -> int:
     try:
         result = args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"\nerror: {exc}", file=sys.stderr)  # the newline ends a progress bar's line
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume <output dir>", file=sys.stderr)

@@ -36,7 +36,7 @@ class TrainConfig:
     drop_rate: float = 0.2  # dropout before the classifier
     drop_path_rate: float = 0.1  # stochastic depth
     freeze_backbone: bool = False  # stage 1 of two-stage training: only the head learns
-    freeze_bn: bool = False  # keep the backbone's BatchNorm statistics fixed (helps small datasets)
+    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics at their pretrained values (see README)
     # --- augmentation ---
     augment: str = "basic"  # none | light (crop, flip) | basic (+ colour, affine, cutout) | advanced (+ the plan's 3.2)
     mixup: bool = False  # batch-level mixup (timm Mixup)
@@ -47,11 +47,13 @@ class TrainConfig:
     mix_switch_prob: float = 0.5  # with both on: probability of cutmix instead of mixup
     # --- optimisation ---
     epochs: int = 30
-    batch_size: int | str = 32  # images per optimizer step, or "auto": largest that fits, with accumulation
+    batch_size: int | str = 16  # images per optimizer step, or "auto": largest that fits, with accumulation
     grad_accum_steps: int = 1  # micro-batches per optimizer step (memory-bound large batches)
+    auto_batch_target: int | None = None  # with --batch-size auto: images per step kept by accumulation (None: largest fit)
     optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3  # the head's learning rate (and the backbone's, times backbone_lr_ratio)
+    lr: float = 3e-3  # the head's learning rate (and the backbone's, times backbone_lr_ratio)
     backbone_lr_ratio: float = 0.1  # discriminative LR: backbone lr = lr * ratio
+    head_warmup_epochs: int = 1  # first epochs train the head only (backbone lr 0), then every layer (LP-FT)
     weight_decay: float = 0.02
     momentum: float = 0.9  # sgd only
     label_smoothing: float = 0.1
@@ -120,8 +122,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0 < cfg.backbone_lr_ratio <= 10, f"--backbone-lr-ratio must be in (0, 10], got {cfg.backbone_lr_ratio}.")
     _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}.")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
-    _check(0 <= cfg.warmup_epochs < cfg.epochs,
-           f"--warmup-epochs ({cfg.warmup_epochs}) must be >= 0 and below --epochs ({cfg.epochs}).")
+    _check(cfg.head_warmup_epochs >= 0, f"--head-warmup-epochs must be >= 0, got {cfg.head_warmup_epochs}.")
+    _check(cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}.")
+    _check(cfg.auto_batch_target is None or (cfg.batch_size == "auto" and cfg.auto_batch_target > 0),
+           "--auto-batch-target needs --batch-size auto and a positive number of images.")
+    _check(cfg.batch_size != "auto" or cfg.grad_accum_steps == 1,
+           "--batch-size auto chooses the accumulation itself: drop --grad-accum-steps (use --auto-batch-target).")
     _check(cfg.restart_epochs >= 0, f"--restart-epochs must be >= 0, got {cfg.restart_epochs}.")
     _check(cfg.mixup_alpha > 0, f"--mixup-alpha must be > 0, got {cfg.mixup_alpha} (turn mixup off with no --mixup).")
     _check(cfg.cutmix_alpha > 0, f"--cutmix-alpha must be > 0, got {cfg.cutmix_alpha} (turn cutmix off with no --cutmix).")

@@ -90,7 +90,8 @@ def _food101_root(root: Path, download: bool) -> Path:
         )
     raise UserError(
         f"{root} is not a Food-101 folder: meta/classes.txt is missing. The official layout is images/<class>/<id>.jpg "
-        "with meta/classes.txt, meta/train.txt and meta/test.txt. For plain class folders use --dataset imagefolder."
+        "with meta/classes.txt, meta/train.txt and meta/test.txt. For plain class folders use --dataset imagefolder; "
+        "to fetch Food-101 (about 5 GB) into it, add --download."
     )
 
 
@@ -180,8 +181,13 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> t
 # Reading images
 
 
-class BadImageError(Exception):
-    """An image file that cannot be decoded."""
+class BadImageError(UserError):
+    """An image file that cannot be decoded (a UserError, so that --strict-data ends with one paragraph, exit 2)."""
+
+    def __init__(self, message: str = ""):
+        if message.startswith("Caught BadImageError"):  # re-raised from a DataLoader worker, with its traceback:
+            message = message.rstrip().rsplit("BadImageError: ", 1)[-1]  # keep the original message
+        super().__init__(message)
 
 
 def read_image(path: str, min_side: int | None = None) -> np.ndarray:
@@ -197,6 +203,8 @@ def read_image(path: str, min_side: int | None = None) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise BadImageError(f"{path}: empty file")
+    if _may_have_alpha(data):  # OpenCV would drop the alpha channel and keep whatever colour lies under it
+        return _read_with_pil(path)
     flag = cv2.IMREAD_COLOR
     if min_side and path.lower().endswith((".jpg", ".jpeg")):
         flag = _reduced_flag(data, min_side)
@@ -206,6 +214,14 @@ def read_image(path: str, min_side: int | None = None) -> np.ndarray:
     if image is None:
         return _read_with_pil(path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _may_have_alpha(data: np.ndarray) -> bool:
+    """PNG with an alpha channel or a transparent colour, GIF, WebP: formats PIL composites on white."""
+    head = data[:32].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return head[25:26] in (b"\x04", b"\x06") or b"tRNS" in data[: 1 << 16].tobytes()  # colour type at byte 25
+    return head.startswith(b"GIF8") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def _jpeg_truncated(data: np.ndarray) -> bool:
@@ -227,7 +243,7 @@ def _read_with_pil(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
+            if im.mode in ("RGBA", "LA", "P", "PA") or "transparency" in im.info:
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)

@@ -1,14 +1,23 @@
 """Multi-process training under torchrun: one process per device, NCCL on CUDA, gloo on CPU.
 
-    torchrun --nproc_per_node 4 -m helpers train --dataset food-101 --data-dir DIR --batch-size 64 ...
+    # one machine with 4 GPUs (the global batch stays --batch-size: each process takes 64 / 4 = 16 images a step)
+    torchrun --standalone --nproc_per_node 4 -m helpers train --dataset food-101 --data-dir DIR --batch-size 64 ...
+    # CPU processes (what the test suite runs): gloo instead of NCCL
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m helpers train --device cpu ...
 
-`--batch-size` stays the global batch: each of the N processes takes batch/N images per step.
+Every process builds the same model and reads its own shard of every global batch (`data.EpochSampler`);
+DistributedDataParallel averages the gradients, so a step sees the same batch as one process with the whole
+global batch. Metrics are summed across processes with `all_sum`. Only rank 0 writes (checkpoints, metrics.csv,
+config.yaml, bad_files.txt, summary.json) and logs at INFO level; the other ranks log warnings and errors only.
+BatchNorm statistics stay per process (torch's SyncBatchNorm is CUDA-only); see docs/robustness.md.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,33 +39,80 @@ class DistInfo:
 
 
 def setup(device_name: str) -> DistInfo:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); a no-op otherwise.
+
+    Args:
+        device_name: the --device setting: NCCL when it resolves to CUDA, gloo otherwise (CPU, MPS).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)  # before the group, so NCCL binds each rank to its own GPU
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
+    if rank != 0:  # one copy of the logs: the other ranks only report problems
+        logging.getLogger("helpers").setLevel(logging.WARNING)
     return DistInfo(rank, world, local_rank)
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """True in the process that writes and logs: rank 0, or the only process."""
+    return not _active() or dist.get_rank() == 0
+
+
+def _tensor_device(device: torch.device) -> torch.device:
+    return device if device.type == "cuda" else torch.device("cpu")  # gloo reduces CPU tensors
 
 
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum numbers across processes (identity when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _active():
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=_tensor_device(device))
     dist.all_reduce(t)
     return t.tolist()
 
 
+def all_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
+    """True when `flag` is true in every process. All processes must call it at the same point, so that they
+    all take the same branch (one rank skipping a backward pass that the others run would hang DDP)."""
+    if not _active():
+        return bool(flag)
+    t = torch.as_tensor(flag, dtype=torch.int32, device=_tensor_device(device)).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's `obj` (picklable), in rank order; `[obj]` when not distributed."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` in every process (`obj` itself when not distributed)."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.barrier()
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.destroy_process_group()

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
@@ -99,7 +100,8 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
     sums = sums or Sums()
     batches, n_micro_total = iter(loader), run.micro_per_epoch
     bar = tqdm(total=run.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
-               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True,
+               disable=not distributed.is_main())
     seen, started = 0, time.perf_counter()
     for step in range(start_step, run.steps_per_epoch):
         _reseed(run.seed, epoch, step)
@@ -124,7 +126,9 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
                         with torch.no_grad():
                             teacher_logits = run.teacher(images)
                         loss = kd_loss(logits, teacher_logits, loss, alpha=run.kd_alpha, temperature=run.kd_temperature)
-                if not torch.isfinite(loss):  # one sync per step: a NaN must never reach the weights
+                # one sync per micro-batch: a NaN must never reach the weights; under DDP every rank takes the
+                # same branch (one rank skipping the backward that the others run would hang the all-reduce)
+                if not distributed.all_true(torch.isfinite(loss), run.device):
                     if run.nan_policy == "stop":
                         raise NonFiniteLossError(
                             f"The loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}. The last good "
@@ -148,7 +152,10 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
             save_fn(epoch, step + 1, sums)
     bar.close()
     elapsed = time.perf_counter() - started
-    return {**sums.result(), "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+    total = Sums()  # every rank's samples: under DDP each rank saw only its shard of the batches
+    total.load(distributed.all_sum(sums.state(), run.device))
+    seen = distributed.all_sum([seen], run.device)[0]
+    return {**total.result(), "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
 
 
 def _optimizer_step(run: Run) -> None:
@@ -184,12 +191,17 @@ def _head_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 @torch.no_grad()
-def validate_model(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None = None) -> dict:
-    """Cross-entropy, top-1 and top-5 on a loader, summed over all processes."""
-    logits, labels, _ = predict_logits(model, loader, device, dtype)
+def validate_model(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None = None, *,
+                   reduce: bool = True, bad: set[int] | None = None) -> dict:
+    """Cross-entropy, top-1 and top-5 on a loader, summed over all processes (`reduce=False`: this process
+    only). Dataset indices of unreadable images (replaced by the next readable one) are added to `bad`."""
+    logits, labels, _ = predict_logits(model, _recording(loader, bad if bad is not None else set()), device, dtype)
     loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
     top1, top5 = topk_correct(logits, labels)
-    n, loss_sum, top1, top5 = distributed.all_sum([len(labels), loss_sum, top1, top5], device)
+    if reduce:
+        n, loss_sum, top1, top5 = distributed.all_sum([len(labels), loss_sum, top1, top5], device)
+    else:
+        n = len(labels)
     n = max(n, 1)
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": int(n)}
 
@@ -221,6 +233,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cuda", "mps"))
+
+
+def set_backbone_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """Set the backbone groups' share of the scheduled rate (0 holds the backbone still: AdamW's decoupled weight
+    decay is scaled by the rate too). The next `scheduler.step_update` applies it."""
+    for group in optimizer.param_groups:
+        if group.get("name", "").startswith("backbone"):
+            group["lr_scale"] = scale
+
+
+def make_mixup(cfg: TrainConfig, num_classes: int) -> Mixup:
+    """timm's batch Mixup/CutMix from the config: with both on, each batch is cutmix with probability
+    `mix_switch_prob`, else mixup; `mix_prob` of the batches are mixed at all. Targets come out smoothed and
+    mixed (rows sum to one)."""
+    return Mixup(mixup_alpha=cfg.mixup_alpha if cfg.mixup else 0.0, cutmix_alpha=cfg.cutmix_alpha if cfg.cutmix else 0.0,
+                 prob=cfg.mix_prob, switch_prob=cfg.mix_switch_prob, label_smoothing=cfg.label_smoothing,
+                 num_classes=num_classes)
 
 
 def make_criterion(mixing: bool, label_smoothing: float) -> nn.Module:
@@ -275,6 +304,15 @@ def _same_run(saved: TrainConfig, cfg: TrainConfig) -> bool:
     return all(a[k] == b[k] for k in a if k not in RUNTIME_FIELDS)
 
 
+def _same_run_started(out: Path, cfg: TrainConfig) -> bool:
+    """Whether the config.yaml in `out` is that of `cfg`'s run (a run that stopped before its first checkpoint)."""
+    try:
+        saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()) or {})
+    except Exception:  # a torn or foreign config.yaml is not this run's
+        return False
+    return _same_run(saved, cfg)
+
+
 def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
     """Check the output folder and load the resume checkpoint, before any work starts.
 
@@ -283,14 +321,22 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
         a resume checkpoint with other training settings starts a new stage from its weights.
     """
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file. Give a folder (it is created when missing).")
     resume = cfg.resume
-    if resume == "auto":
+    if resume == "auto" or (resume is not None and Path(resume).is_dir() and Path(resume).resolve() == out.resolve()):
         resume = str(out) if (out / checkpoint.LAST).is_file() else None
     if resume is None:
         if (out / checkpoint.LAST).exists() or (out / "config.yaml").exists():
-            raise UserError(
-                f"{out} already holds another run. Continue it with --resume {out}, or choose another --output-dir."
-            )
+            if cfg.resume is None or not _same_run_started(out, cfg):
+                raise UserError(
+                    f"{out} already holds another run. Continue it with --resume {out} and its settings, or choose "
+                    "another --output-dir."
+                )
+            if distributed.is_main():  # killed before its first checkpoint: start over, without that try's rows
+                (out / "metrics.csv").unlink(missing_ok=True)
+        if cfg.resume is not None:
+            _logger.info("No checkpoint of this run in %s yet: starting it from the beginning", out)
         return dataclasses.replace(cfg, resume=None), None, False
     state = checkpoint.load(resume, prefer=checkpoint.LAST)
     saved = config_from_dict(state["config"])
@@ -300,6 +346,11 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
             f"Resume with --backbone {saved.backbone}, or start a new run from its weights with another backbone."
         )
     continuing = _same_run(saved, cfg)
+    if continuing and "optimizer" not in state:
+        raise UserError(
+            f"--resume {resume} holds the best weights only, not the training state that continuing needs. Give "
+            "the run folder or its last.pt, or start a new run from these weights with --init-from."
+        )
     source_dir = checkpoint.resolve(resume, checkpoint.LAST).parent.resolve()
     if not continuing and source_dir == out.resolve():
         changed = [k for k, v in dataclasses.asdict(cfg).items()
@@ -311,6 +362,28 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
     return dataclasses.replace(cfg, resume=resume), state, continuing
 
 
+def _batch_plan(cfg: TrainConfig, model: nn.Module, image_size: int, device: torch.device, dtype, world: int,
+                state: dict | None) -> tuple[int, int, int]:
+    """(micro-batch per process, accumulation steps, images per optimizer step). With --batch-size auto the
+    largest micro-batch that fits is measured (helpers.batch_size) and accumulation keeps --auto-batch-target;
+    a continued run reuses its recorded plan so that it resumes exactly."""
+    if cfg.batch_size != "auto":
+        return cfg.batch_size // (cfg.grad_accum_steps * world), cfg.grad_accum_steps, cfg.batch_size
+    if state is not None and state.get("batch_plan"):
+        p = state["batch_plan"]
+        return p["micro_batch"], p["accum_steps"], p["effective_batch"]
+    from .batch_size import auto_batch, plan_accumulation
+
+    plan = auto_batch(model, image_size, device, effective_batch=cfg.auto_batch_target, world_size=world,
+                      channels_last=cfg.channels_last, amp_dtype=dtype)
+    if world > 1:  # every process needs the same micro-batch
+        micro = min(distributed.all_gather_object(plan.micro_batch))
+        plan = plan_accumulation(cfg.auto_batch_target or micro * world, micro, world)
+    _logger.info("--batch-size auto: micro-batch %d x %d accumulation steps x %d processes = %d images per step",
+                 plan.micro_batch, plan.accum_steps, world, plan.effective_batch)
+    return plan.micro_batch, plan.accum_steps, plan.effective_batch
+
+
 def fit(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, early-stop on validation, test the best weights once. Returns the summary
     that is also written to `output_dir/summary.json`.
@@ -319,6 +392,7 @@ def fit(cfg: TrainConfig) -> dict:
     dist_info = distributed.setup(cfg.device)
     device = get_device(cfg.device, dist_info.local_rank)
     cfg, state, continuing = _prepare_output(cfg)
+    distributed.barrier()  # every rank has checked the output folder before rank 0 writes into it
     splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                          seed=cfg.seed, download=cfg.download and dist_info.is_main)
     n_classes = len(splits.class_names)
@@ -328,10 +402,9 @@ def fit(cfg: TrainConfig) -> dict:
             f"{n_classes}. Resume on the same dataset, or start a new run with --init-from."
         )
     world = dist_info.world_size
-    if cfg.batch_size % (cfg.grad_accum_steps * world):
+    if cfg.batch_size != "auto" and cfg.batch_size % (cfg.grad_accum_steps * world):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum-steps x processes "
                         f"({cfg.grad_accum_steps} x {world}).")
-    micro_batch = cfg.batch_size // (cfg.grad_accum_steps * world)
     seed_everything(cfg.seed)
 
     # 1. Model
@@ -350,6 +423,10 @@ def fit(cfg: TrainConfig) -> dict:
     dcfg = data_config(model, cfg.image_size)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
+    dtype = amp_dtype(device, cfg.amp)
+    micro_batch, accum_steps, batch_size = _batch_plan(cfg, model, dcfg["image_size"], device, dtype, world,
+                                                       state if continuing else None)
+    seed_everything(cfg.seed)  # the batch-size probe may have drawn random numbers
 
     # 2. Data
     train_tf = augment.train_transform(cfg.augment, dcfg["image_size"], dcfg["mean"], dcfg["std"])
@@ -361,24 +438,21 @@ def fit(cfg: TrainConfig) -> dict:
     val_loader = make_loader(ImageDataset(splits.val, eval_tf, strict=cfg.strict_data), batch_size=micro_batch * 2,
                              shuffle=False, **loader_args)
     micro_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum_steps)
+    steps_per_epoch = math.ceil(micro_per_epoch / accum_steps)
 
     # 3. Optimisation
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
                                restart_epochs=cfg.restart_epochs)
-    dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     mixing = cfg.mixup or cfg.cutmix
-    mixup = Mixup(mixup_alpha=cfg.mixup_alpha if cfg.mixup else 0.0, cutmix_alpha=cfg.cutmix_alpha if cfg.cutmix else 0.0,
-                  prob=cfg.mix_prob, switch_prob=cfg.mix_switch_prob, label_smoothing=cfg.label_smoothing,
-                  num_classes=n_classes) if mixing else None
+    mixup = make_mixup(cfg, n_classes) if mixing else None
     criterion = make_criterion(mixing, cfg.label_smoothing)
     teacher = Teacher(cfg.teacher, dcfg, device) if cfg.teacher else None
     if teacher is not None and teacher.class_names != splits.class_names:
         raise UserError(f"The teacher {cfg.teacher[0]} was trained on other classes than {cfg.data_dir}.")
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True) if cfg.model_ema else None  # warmup: short runs
 
     # 4. Restore
     start_epoch, start_step, sums_state = 0, 0, None
@@ -404,7 +478,7 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
     run = Run(model=ddp_model, raw_model=model, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
-              device=device, seed=cfg.seed, accum_steps=cfg.grad_accum_steps, steps_per_epoch=steps_per_epoch,
+              device=device, seed=cfg.seed, accum_steps=accum_steps, steps_per_epoch=steps_per_epoch,
               micro_per_epoch=micro_per_epoch, memory_format=memory_format,
               amp=dtype, scaler=scaler, mixup=mixup, teacher=teacher, kd_alpha=cfg.kd_alpha,
               kd_temperature=cfg.kd_temperature, ema=ema, frozen_backbone=cfg.freeze_backbone or cfg.freeze_bn,
@@ -415,11 +489,12 @@ def fit(cfg: TrainConfig) -> dict:
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "run_info.json").write_text(json.dumps(run_info(device, cfg.seed), indent=2))
+        (out / "run_info.json").write_text(json.dumps({**run_info(device, cfg.seed), "world_size": world}, indent=2))
         if continuing:
             _carry_metrics(cfg.resume, out, start_epoch)
 
     def save(epoch: int, step: int, sums: Sums | None, finished: bool = False) -> None:
+        all_sums = distributed.all_sum(sums.state(), device) if sums else None  # every rank calls this
         if not dist_info.is_main:
             return
         checkpoint.save_atomic({
@@ -427,26 +502,30 @@ def fit(cfg: TrainConfig) -> dict:
             "scaler": scaler.state_dict() if scaler else None,
             "model_ema": ema.module.state_dict() if ema is not None else None,
             "epoch": epoch, "step": step, "num_updates": run.num_updates, "best": best, "finished": finished,
-            "train_sums": sums.state() if sums else None, "config": _config_dict(cfg),
+            "train_sums": all_sums, "config": _config_dict(cfg),
+            "batch_plan": {"micro_batch": micro_batch, "accum_steps": accum_steps, "effective_batch": batch_size},
             "class_names": splits.class_names, "data_config": dcfg,
         }, out / checkpoint.LAST)
 
     _logger.info("Training %s on %d images (%d val, %d test), %d classes, %s, batch %d, %d steps/epoch",
                  cfg.backbone, len(splits.train), len(splits.val), len(splits.test), n_classes, device,
-                 cfg.batch_size, steps_per_epoch)
+                 batch_size, steps_per_epoch)
     started = time.perf_counter()
     finished = state is not None and continuing and state.get("finished", False)
     epoch = start_epoch
     while not finished and epoch < cfg.epochs:
-        train_loader.sampler.set_epoch(epoch, start=start_step * cfg.grad_accum_steps * micro_batch * world)
+        train_loader.sampler.set_epoch(epoch, start=start_step * accum_steps * micro_batch * world)
+        set_backbone_lr_scale(optimizer, 0.0 if epoch < cfg.head_warmup_epochs else cfg.backbone_lr_ratio)
+        scheduler.step_update(run.num_updates)
         sums = Sums()
-        if sums_state is not None and start_step > 0:
+        if sums_state is not None and start_step > 0 and dist_info.is_main:  # the saved sums are all ranks'
             sums.load(sums_state)
         reset_peak_memory(device)
         train = train_one_epoch(run, train_loader, epoch, start_step=start_step, sums=sums, save_fn=save,
                                 save_every=cfg.checkpoint_every)
         start_step, sums_state = 0, None
-        val = validate_model(model, val_loader, device, dtype)
+        val_bad: set[int] = set()
+        val = validate_model(model, val_loader, device, dtype, bad=val_bad)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["top1"], "val_loss": val["loss"],
                "val_top1": val["top1"], "val_top5": val["top5"]}
         if ema is not None:
@@ -458,8 +537,10 @@ def fit(cfg: TrainConfig) -> dict:
         best = {"top1": val["top1"], "epoch": epoch + 1, "since": 0} if improved else {**best, "since": best["since"] + 1}
         stop = cfg.early_stopping and best["since"] >= cfg.patience
         finished = stop or epoch + 1 == cfg.epochs
+        bad_paths = distributed.all_gather_object([splits.train[i][0] for i in run.bad_indices]
+                                                  + [splits.val[i][0] for i in val_bad])
         if dist_info.is_main:
-            _report_bad_files(run, splits.train, out)
+            _report_bad_files({p for paths in bad_paths for p in paths}, out)
             append_row(out / "metrics.csv", row)
             if improved:
                 checkpoint.save_atomic({"model": model.state_dict(),
@@ -476,6 +557,7 @@ def fit(cfg: TrainConfig) -> dict:
         epoch += 1
     distributed.barrier()
     summary = _final_test(cfg, out, splits, dcfg, device, dtype, best, time.perf_counter() - started, dist_info)
+    summary = distributed.broadcast_object(summary)
     distributed.cleanup()
     return summary
 
@@ -492,7 +574,9 @@ def _final_test(cfg, out, splits, dcfg, device, dtype, best, seconds, dist_info)
         if weights == "model_ema" and not cfg.model_ema:
             continue
         trained = load_trained(out, use_ema=weights == "model_ema", device=device)
-        test = validate_model(trained.model, loader, device, dtype) if splits.test else {}
+        test_bad: set[int] = set()
+        test = validate_model(trained.model, loader, device, dtype, reduce=False, bad=test_bad) if splits.test else {}
+        _report_bad_files({splits.test[i][0] for i in test_bad}, out)
         prefix = "test" if weights == "model" else "test_ema"
         summary.update({f"{prefix}_{k}": v for k, v in test.items()})
     summary["epochs_run"] = _count_rows(out / "metrics.csv")
@@ -519,14 +603,29 @@ def _carry_metrics(resume: str, out: Path, completed_epochs: int) -> None:
     target = out / "metrics.csv"
     if source.exists() and source.resolve() != target.resolve():
         target.write_text(source.read_text())
-    truncate_rows(target, completed_epochs)
+    if completed_epochs == 0:  # no epoch finished: no rows (truncate_rows would leave a file without a header)
+        target.unlink(missing_ok=True)
+    else:
+        truncate_rows(target, completed_epochs)
 
 
-def _report_bad_files(run: Run, samples, out: Path) -> None:
-    if not run.bad_indices:
-        return
-    paths = sorted(samples[i][0] for i in run.bad_indices)
+def _recording(loader, bad: set[int]):
+    """Iterate `loader`, adding the dataset indices of unreadable images (the items' last field) to `bad`."""
+    for batch in loader:
+        bad.update(i for i in batch[3].tolist() if i >= 0)
+        yield batch
+
+
+def _report_bad_files(paths: set[str], out: Path) -> None:
+    """Add unreadable images to out/bad_files.txt, with one warning for those not listed there yet (so a bad
+    file is announced once per run, not once per epoch or per file)."""
     log = out / "bad_files.txt"
-    log.write_text("\n".join(paths) + "\n")
-    _logger.warning("%d unreadable training image(s) were skipped (replaced by the next image); the list is in %s",
-                    len(paths), log)
+    known = set(log.read_text().splitlines()) if log.exists() else set()
+    new = sorted(set(paths) - known)
+    if not new:
+        return
+    log.write_text("\n".join(sorted(known | set(new))) + "\n")
+    shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
+    _logger.warning("%d unreadable image(s) skipped, each replaced by the next readable one: %s. All %d are listed "
+                    "in %s; --strict-data makes them an error, `python -m helpers check-data` lists every problem.",
+                    len(new), shown, len(known) + len(new), log)

@@ -178,8 +178,8 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
 
 def param_groups(model: nn.Module, *, lr: float, backbone_lr_ratio: float, weight_decay: float) -> list[dict]:
     """Optimizer groups: the head at `lr`, the backbone at `lr * backbone_lr_ratio`; biases and norm weights
-    (1-d tensors) get no weight decay. Frozen parameters are left out. Each group keeps its `lr_scale`, which
-    the scheduler multiplies by the scheduled rate.
+    (1-d tensors) get no weight decay. Frozen parameters are left out. Each group carries `initial_lr` (the
+    unscaled rate) and `lr_scale`: timm's schedulers schedule `initial_lr` and multiply by `lr_scale`.
     """
     head = {id(p) for p in head_parameters(model)}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
@@ -191,8 +191,9 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr_ratio: float, weigh
     out = []
     for (part, decay), params in sorted(groups.items()):
         scale = 1.0 if part == "head" else backbone_lr_ratio
+        # timm's schedulers set each group's lr to (scheduled rate of initial_lr) x lr_scale
         out.append({"params": params, "name": f"{part}{'' if decay else '_no_decay'}", "lr": lr * scale,
-                    "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0})
+                    "initial_lr": lr, "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0})
     return out
 
 

@@ -212,3 +212,19 @@ def test_download_flag_fetches_with_torchvision(tmp_path, monkeypatch, tiny_copy
 def test_output_folder_with_another_run_is_refused(trained_run):
     with pytest.raises(UserError, match="already holds another run"):
         helpers.train(TrainConfig(**FAST, epochs=1, output_dir=str(trained_run)))
+
+
+def test_batch_size_auto_keeps_the_effective_batch_within_a_memory_cap(tmp_path, monkeypatch):
+    from helpers import batch_size
+    from helpers.models import create_model
+
+    model = create_model("tf_efficientnet_lite0", 10)
+    fits_8 = batch_size.step_peak_bytes(model, 8, 64, "cpu")
+    assert batch_size.step_peak_bytes(model, 9, 64, "cpu") > fits_8
+    monkeypatch.setattr(batch_size, "default_memory_cap", lambda device: int(fits_8 * 1.01))
+    out = tmp_path / "auto"
+    helpers.train(TrainConfig(**dict(FAST, image_size=64, batch_size="auto"), auto_batch_target=32, epochs=1,
+                              output_dir=str(out)))
+    state = checkpoint.load(out, prefer=checkpoint.LAST)
+    assert state["batch_plan"] == {"micro_batch": 8, "accum_steps": 4, "effective_batch": 32}
+    assert state["num_updates"] == 12  # ceil(360 / 32): the same optimizer steps as batch 32

@@ -1,0 +1,478 @@
+"""`python -m helpers run-notebooks`: execute the course's notebooks in order with papermill, headless.
+
+    python -m helpers run-notebooks --profile demo                   # the whole course on the tiny set
+    python -m helpers run-notebooks --profile full --only 01,02 -p device cuda
+    python -m helpers run-notebooks --resume                          # continue the newest unfinished sequence
+
+Each sequence gets a run folder, runs/notebooks/<profile>-<YYYYmmdd-HHMMSS>/ unless --out names one:
+
+    executed/<notebook>.ipynb   the executed notebooks, with their outputs (and the traceback of a failure)
+    logs/<notebook>.log         everything each notebook printed, cell by cell
+    figures/*.png               the figures the notebooks saved
+    models/, predictions/       the trained runs and the per-image predictions
+    state.json                  what ran, for how long, and what failed (read by --resume)
+
+Every notebook gets the parameters `profile` and `output_dir` (the run folder), and each `-p NAME VALUE`
+(VALUE is read as YAML: 1 is a number, true a bool, "[1, 2]" a list). A failure stops the sequence with a
+summary naming the notebook and the cell; `--resume` continues with that notebook, whose training resumes from
+its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import UserError
+
+_logger = logging.getLogger(__name__)
+
+STATE = "state.json"
+# Notebook output lines worth showing in the terminal (the rest is in the notebook's log).
+ECHO = re.compile(r"epoch \d+/\d+ |Test top-1|Resuming|Starting a new stage|Early stopping|Ledger |rror")
+
+
+def add_command(subparsers: Any) -> None:
+    """Add the `run-notebooks` sub-command to the CLI."""
+    from .course import PROFILES
+
+    p = subparsers.add_parser(
+        "run-notebooks", help="run the course's notebooks headlessly (papermill) into a run folder",
+        description=__doc__.split("\n\n")[1] if __doc__ else None, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                   help="demo (tiny set, CPU minutes; the default), full (Food-101, the plan's settings) or ci")
+    p.add_argument("--only", metavar="NN,NN", help="comma-separated notebook numbers or names, e.g. 01,02 or 06_tta")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   dest="parameters", help="a notebook parameter for every notebook (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="the run folder (default runs/notebooks/<profile>-<time>)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
+                   help="continue an interrupted or failed sequence (default: the newest unfinished one)")
+    p.add_argument("--notebooks", metavar="DIR", help="where the notebooks are (default: <project>/notebooks)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    p.add_argument("--cell-timeout", type=int, default=None, metavar="S", help="seconds one cell may run (default none)")
+    p.add_argument("--copy-figures", metavar="DIR",
+                   help="when every notebook succeeded, copy the figures into DIR as smaller PNGs (e.g. figures/)")
+    p.set_defaults(func=run_command)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sequence and its state
+
+
+@dataclasses.dataclass
+class Sequence:
+    """A sequence of notebooks executed into one run folder; saved as state.json."""
+
+    folder: Path
+    profile: str
+    notebooks: list[str]
+    parameters: dict[str, Any]
+    status: dict[str, dict[str, Any]]  # notebook -> {state: pending|running|done|failed|interrupted, seconds, ...}
+    created: str
+
+    def save(self) -> None:
+        data = dataclasses.asdict(self)
+        data["folder"] = str(self.folder)
+        tmp = self.folder / f".{STATE}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, self.folder / STATE)
+
+    @classmethod
+    def load(cls, folder: Path) -> Sequence:
+        data = json.loads((folder / STATE).read_text())
+        data["folder"] = folder
+        return cls(**data)
+
+    def pending(self) -> list[str]:
+        return [n for n in self.notebooks if self.status.get(n, {}).get("state") != "done"]
+
+
+def parse_value(text: str) -> Any:
+    """A -p value as YAML (numbers, booleans, null, lists, mappings); anything else stays a string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def find_notebooks(folder: Path) -> list[Path]:
+    """The course's notebooks in a folder: NN_name.ipynb, in order."""
+    if not folder.is_dir():
+        raise UserError(f"Notebook folder {folder} does not exist. Give --notebooks DIR.")
+    found = sorted(p for p in folder.glob("*.ipynb") if re.match(r"^\d\d_", p.name))
+    if not found:
+        raise UserError(f"{folder} holds no notebooks named NN_name.ipynb.")
+    return found
+
+
+def select(names: list[str], only: str | None) -> list[str]:
+    """The notebooks `--only` picks (numbers like 01 or full names), in course order.
+
+    Raises:
+        UserError: a token that matches no notebook, naming the notebooks there are.
+    """
+    if not only:
+        return list(names)
+    chosen = set()
+    for token in (t.strip() for t in only.split(",")):
+        if not token:
+            continue
+        hits = [n for n in names if n == token or n.startswith(f"{token}_") or n.split("_", 1)[0] == token.zfill(2)]
+        if not hits:
+            raise UserError(f"--only {token!r} matches no notebook; there are {', '.join(names)}.")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+def _new_folder(root: Path, profile: str) -> Path:
+    base = root / "runs" / "notebooks" / f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, i = base, 1
+    while folder.exists():
+        i += 1
+        folder = base.with_name(f"{base.name}-{i}")
+    return folder
+
+
+def _latest_unfinished(root: Path) -> Path:
+    candidates = sorted((root / "runs" / "notebooks").glob(f"*/{STATE}"), key=lambda p: p.stat().st_mtime,
+                        reverse=True)
+    for state in candidates:
+        if Sequence.load(state.parent).pending():
+            return state.parent
+    raise UserError(f"No unfinished notebook sequence in {root / 'runs' / 'notebooks'} to resume. "
+                    "Start one with python -m helpers run-notebooks.")
+
+
+def _check_requirements(sequence: Sequence) -> None:
+    """Fail early when a selected notebook needs a model that neither an earlier selected notebook nor an earlier
+    sequence in this folder makes."""
+    from .course import Course, required_runs
+
+    coming: set[str] = set()
+    for name in sequence.notebooks:
+        if sequence.status.get(name, {}).get("state") == "done":
+            coming.add(name)
+            continue
+        for ref in required_runs(name, sequence.profile):
+            ready = (Course(name, sequence.profile, output_dir=str(sequence.folder)).run_dir(ref.notebook, ref.run)
+                     / "best.pt").is_file()
+            if ref.notebook not in coming and not ready:
+                raise UserError(
+                    f"{name} needs the {ref.run!r} model of {ref.notebook}, which this sequence does not train and "
+                    f"{sequence.folder} does not hold. Add {ref.notebook[:2]} to --only, or run in a folder where it "
+                    "ran (--out DIR or --resume DIR)."
+                )
+        coming.add(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def run_command(args: argparse.Namespace) -> dict:
+    """The handler of `run-notebooks`: build or load the sequence, run what is pending, print a summary."""
+    from .course import project_root
+
+    root = project_root()
+    folder_nb = Path(args.notebooks) if args.notebooks else root / "notebooks"
+    sources = {p.stem: p for p in find_notebooks(folder_nb)}
+    parameters = {name: parse_value(value) for name, value in args.parameters}
+    for reserved in ("output_dir", "profile"):
+        if reserved in parameters:
+            raise UserError(f"-p {reserved} is set by the runner: use --{'out' if reserved == 'output_dir' else reserved}.")
+    if args.resume:
+        if args.only or args.out:
+            raise UserError("--resume continues a sequence as it was started: leave out --only and --out.")
+        folder = _latest_unfinished(root) if args.resume == "latest" else Path(args.resume)
+        if not (folder / STATE).is_file():
+            raise UserError(f"{folder} is not a notebook run folder (it has no {STATE}).")
+        sequence = Sequence.load(folder)
+        if args.profile and args.profile != sequence.profile:
+            raise UserError(f"{folder} ran the {sequence.profile} profile; resume it without --profile.")
+        sequence.parameters.update(parameters)
+        missing = [n for n in sequence.notebooks if n not in sources]
+        if missing:
+            raise UserError(f"The notebooks {', '.join(missing)} of {folder} are not in {folder_nb}.")
+    else:
+        profile = args.profile or "demo"
+        folder = Path(args.out) if args.out else _new_folder(root, profile)
+        if (folder / STATE).exists():
+            raise UserError(f"{folder} already holds a notebook sequence. Continue it with --resume {folder}, "
+                            "or choose another --out.")
+        names = select(list(sources), args.only)
+        sequence = Sequence(folder=folder, profile=profile, notebooks=names, parameters=parameters,
+                            status={n: {"state": "pending"} for n in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+    _check_requirements(sequence)
+    folder.mkdir(parents=True, exist_ok=True)
+    for sub in ("executed", "logs", "figures"):
+        (folder / sub).mkdir(exist_ok=True)
+    sequence.save()
+    result = _run(sequence, sources, root, kernel=args.kernel, cell_timeout=args.cell_timeout)
+    if args.copy_figures:
+        result["copied_figures"] = copy_figures(folder / "figures", Path(args.copy_figures))
+    return result
+
+
+def copy_figures(source: Path, target: Path) -> int:
+    """Copy every PNG of a run folder's figures/ into `target`, shrunk for committing; returns the count."""
+    from .plots import compact_copy
+
+    paths = sorted(source.glob("*.png"))
+    for path in paths:
+        compact_copy(path, target / path.name)
+    _say(f"copied {len(paths)} figures to {target} (at most 1400 px wide, 256 colours)")
+    return len(paths)
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: str, cell_timeout: int | None) -> dict:
+    folder = sequence.folder
+    total = len(sequence.notebooks)
+    params = ", ".join(f"{k}={v!r}" for k, v in sequence.parameters.items()) or "none"
+    _say(f"run-notebooks: profile {sequence.profile}, {total} notebooks, parameters: {params}")
+    _say(f"  run folder {folder}  (executed/ notebooks, logs/, figures/; follow one with tail -f logs/<name>.log)")
+    started = time.perf_counter()
+    failure = None
+    for i, name in enumerate(sequence.notebooks, start=1):
+        tag = f"[{i:>2}/{total}] {name:<20}"
+        status = sequence.status.setdefault(name, {"state": "pending"})
+        if status.get("state") == "done":
+            _say(f"{tag} done earlier, skipped")
+            continue
+        _say(f"{tag} started {time.strftime('%H:%M:%S')}")
+        status.update(state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"), error=None)
+        sequence.save()
+        t0, cpu0 = time.time(), _children_cpu()
+        try:
+            execute(sources[name], folder / "executed" / f"{name}.ipynb", folder / "logs" / f"{name}.log",
+                    parameters={"profile": sequence.profile, "output_dir": str(folder), **sequence.parameters},
+                    cwd=root, kernel=kernel, cell_timeout=cell_timeout)
+        except KeyboardInterrupt:
+            status.update(state="interrupted", seconds=time.time() - t0)
+            sequence.save()
+            _say(f"\n{tag} interrupted. Continue with: python -m helpers run-notebooks --resume {folder}")
+            raise
+        except NotebookFailure as exc:
+            status.update(state="failed", seconds=time.time() - t0, error=exc.summary)
+            sequence.save()
+            failure = (name, exc)
+            _say(f"{tag} FAILED after {_clock(time.time() - t0)}: {exc.summary}")
+            break
+        figures = [p for p in (folder / "figures").glob("*.png") if p.stat().st_mtime >= t0 - 1]
+        cpu = _children_cpu() - cpu0
+        status.update(state="done", seconds=time.time() - t0, cpu_seconds=cpu, figures=len(figures))
+        sequence.save()
+        _say(f"{tag} done in {_clock(time.time() - t0)} (CPU {_clock(cpu)}), {len(figures)} figures")
+    elapsed = time.perf_counter() - started
+    _print_summary(sequence, elapsed)
+    if failure:
+        name, exc = failure
+        raise UserError(
+            f"{name} failed in {exc.where}: {exc.error.rstrip('.')}. The executed notebook {exc.executed} shows the traceback; "
+            f"its log is {exc.log}. After fixing the cause, continue with: python -m helpers run-notebooks --resume "
+            f"{folder}" + (" -p NAME VALUE (to change a parameter)" if sequence.parameters else "")
+        )
+    return {"run_dir": str(folder), "profile": sequence.profile, "minutes": round(elapsed / 60, 2),
+            "notebooks": {n: sequence.status[n]["state"] for n in sequence.notebooks}}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children: the kernels that ran the notebooks.
+    On a shared machine it tells what a notebook costs, which its wall time does not."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _print_summary(sequence: Sequence, elapsed: float) -> None:
+    _say(f"\nSummary of {sequence.folder} ({sequence.profile}), {_clock(elapsed)} in this call:")
+    for name in sequence.notebooks:
+        status = sequence.status.get(name, {})
+        state = status.get("state", "pending")
+        seconds = status.get("seconds")
+        line = f"  {name:<20} {state:<12} {_clock(seconds) if seconds is not None else '':>8}"
+        if status.get("cpu_seconds") is not None:
+            line += f"  CPU {_clock(status['cpu_seconds']):>7}"
+        if status.get("figures") is not None:
+            line += f"  {status['figures']} figures"
+        if state == "failed":
+            line += f"  {status.get('error')}"
+        _say(line)
+
+
+class NotebookFailure(Exception):
+    """A notebook stopped with an error; `where` names the cell, `summary` is one line."""
+
+    def __init__(self, where: str, error: str, executed: Path, log: Path):
+        self.where, self.error, self.executed, self.log = where, error, executed, log
+        self.summary = f"{where}: {error}"
+        super().__init__(self.summary)
+
+
+class _Echo(logging.Handler):
+    """Writes papermill's log of a notebook (cells, outputs) to a file and shows progress lines in the terminal."""
+
+    def __init__(self, log_file, cells: list[str]):
+        super().__init__(logging.INFO)
+        self.file = log_file
+        self.cells = cells  # the first source line of each cell of the executed notebook ("" for markdown)
+        self.code_total = sum(1 for c in cells if c)
+        self.code_seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.file.write(message if message.endswith("\n") else message + "\n")
+        self.file.flush()
+        cell = re.match(r"Executing Cell (\d+)", message)
+        if cell:
+            index = int(cell.group(1)) - 1
+            line = self.cells[index] if index < len(self.cells) else ""
+            if line:
+                self.code_seen += 1
+                _say(f"{'':9}cell {self.code_seen}/{self.code_total}: {line[:90]}")
+            return
+        if message.startswith("Ending Cell"):
+            return
+        for part in re.split(r"[\r\n]+", message):
+            if ECHO.search(part) and "%|" not in part:
+                _say(f"{'':11}{part.strip()[:150]}")
+
+
+def _cell_lines(source: Path) -> tuple[list[str], int]:
+    """First code line of every cell of the notebook as papermill will run it (with the injected parameters
+    cell after the `parameters` cell), and the index of that injected cell."""
+    import nbformat
+
+    nb = nbformat.read(source, as_version=4)
+    lines, injected = [], -1
+    for cell in nb.cells:
+        first = next((ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        lines.append(first.strip() if cell.cell_type == "code" else "")
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []) and injected < 0:
+            injected = len(lines)
+            lines.append("(injected parameters)")
+    return lines, injected
+
+
+def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str = "python3",
+            cell_timeout: int | None = None) -> None:
+    """Run one notebook with papermill into `output`, logging everything it prints to `log`.
+
+    Raises:
+        NotebookFailure: the notebook raised, its kernel died or a cell timed out; names the cell.
+    """
+    import papermill
+
+    lines, injected = _cell_lines(source)
+    logger = logging.getLogger("papermill")
+    saved = (logger.level, logger.propagate)
+    env = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND")}
+    with open(log, "a") as log_file:
+        log_file.write(f"=== {source.name} {time.strftime('%Y-%m-%d %H:%M:%S')} parameters {parameters}\n")
+        handler = _Echo(log_file, lines)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        # The kernel imports helpers from the project, and draws figures inline (not with a backend set here).
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(cwd)] + ([env["PYTHONPATH"]] if env["PYTHONPATH"] else []))
+        os.environ.pop("MPLBACKEND", None)
+        # The kernel process inherits file descriptor 2: send its own messages (start-up warnings, a crash) to
+        # the log rather than into the progress lines.
+        sys.stderr.flush()
+        terminal_stderr = os.dup(2)
+        os.dup2(log_file.fileno(), 2)
+        try:
+            papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel,
+                                       cwd=str(cwd), log_output=True, progress_bar=False,
+                                       execution_timeout=cell_timeout, request_save_on_cell_execute=True)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # papermill and nbclient raise many types: execution, dead kernel, timeout
+            where = _failed_cell(output, lines, injected, exc)
+            error = _error_text(exc)
+            log_file.write(f"=== FAILED in {where}: {error}\n")
+            raise NotebookFailure(where, error, output, log) from exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(terminal_stderr, 2)
+            os.close(terminal_stderr)
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
+            for key, value in env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _error_text(exc: Exception) -> str:
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}".strip()
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
+
+
+def _failed_cell(output: Path, lines: list[str], injected: int, exc: Exception) -> str:
+    """Name the failing cell by its number in the notebook as a person opens it, its In [n] and first line."""
+    index = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    if index is None and output.is_file():  # dead kernel or timeout: the cell papermill marked as running/failed
+        import nbformat
+
+        nb = nbformat.read(output, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.metadata.get("papermill", {}).get("status") in ("running", "failed"):
+                index, count = i, cell.get("execution_count")
+                break
+    if index is None:
+        return "the kernel, before any cell ran"
+    line = lines[index] if index < len(lines) else ""
+    if index == injected:
+        return f"the injected parameters cell (In [{count}])"
+    number = index if injected >= 0 and index > injected else index + 1
+    where = f"In [{count}]"
+    failing = _failing_line(exc)
+    if failing:
+        where += f", line {failing[0]}"
+        line = failing[1]
+    return f"cell {number} ({where}) `{line[:100]}`"
+
+
+def _failing_line(exc: Exception) -> tuple[int, str] | None:
+    """The line of the cell that raised, from IPython's traceback ("Cell In[3], line 5")."""
+    source = getattr(exc, "source", None)
+    traceback = "\n".join(getattr(exc, "traceback", None) or [])
+    match = re.search(r"Cell In\s*\[\d+\], line (\d+)", re.sub(r"\x1b\[[0-9;]*m", "", traceback))
+    if not source or not match:
+        return None
+    number = int(match.group(1))
+    lines = source.splitlines()
+    return (number, lines[number - 1].strip()) if 0 < number <= len(lines) else None
+
+
+__all__ = ["add_command", "run_command", "execute", "select", "find_notebooks", "parse_value", "Sequence",
+           "NotebookFailure"]

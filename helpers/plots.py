@@ -1,0 +1,820 @@
+"""The course's figures. Every function returns a matplotlib Figure and, given `folder`, saves it there as
+`<name>.png` through `save_figure`.
+
+    from helpers import plots
+    plots.training_curves("runs/b3", folder="figures", name="02_curves")
+    plots.failure_gallery("runs/b3/test_predictions.csv", n=16, folder="figures", name="02_failures")
+
+Predictions are the CSV files written by `helpers.evaluate(..., predictions=...)` (path, true, pred, confidence,
+p_<class>...). In a notebook a returned figure shows once (it is closed in pyplot, so the inline backend does
+not draw it a second time); outside a kernel, pyplot uses the Agg backend unless MPLBACKEND says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+_logger = logging.getLogger(__name__)
+
+DPI = 110  # saved PNGs: readable at 100% zoom, small enough to commit a few
+STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9,
+    "ytick.labelsize": 9, "figure.titlesize": 12, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "figure.facecolor": "white", "savefig.facecolor": "white",
+}
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+GOOD, BAD, NEUTRAL = "#2a7d3f", "#b8322a", "#4c72b0"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures and saving
+
+
+def save_figure(fig: Figure, name: str, folder: str | Path | None) -> Path | None:
+    """Save `fig` as `<folder>/<name>.png` (the folder is created); nothing when `folder` is None.
+
+    Returns:
+        The PNG's path, or None.
+    """
+    if folder is None:
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "figure"
+    path = folder / f"{slug}.png"
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    _logger.info("Saved figure %s", path)
+    return path
+
+
+def compact_copy(source: str | Path, target: str | Path, *, max_width: int = 1400, colors: int = 256) -> Path:
+    """Copy a PNG as a smaller one for committing: at most `max_width` pixels wide, `colors` colours (dithered).
+
+    Photos stay recognisable and text readable at a third to a tenth of the size.
+    """
+    from PIL import Image
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        if image.width > max_width:
+            image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS)
+        image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+    return target
+
+
+def _in_kernel() -> bool:
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return bool(shell) and hasattr(shell, "kernel")
+
+
+def _pyplot():
+    """pyplot, with the Agg backend when this is not a notebook kernel and no backend was chosen."""
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and not _in_kernel():
+        import matplotlib
+
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A new figure and axes in the course's style, already closed in pyplot (so it is shown only once)."""
+    plt = _pyplot()
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kwargs)
+    plt.close(fig)
+    return fig, axes
+
+
+def _styled(func):
+    """Draw inside the course's rc style (fonts, grid, spines)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        plt = _pyplot()
+        with plt.rc_context(STYLE):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def pretty(name: str, width: int | None = None) -> str:
+    """A class folder name as a label: "baby_back_ribs" -> "Baby back ribs", wrapped at `width` characters."""
+    text = name.replace("_", " ").strip()
+    text = text[:1].upper() + text[1:]
+    return "\n".join(textwrap.wrap(text, width)) if width else text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictions
+
+
+def read_predictions(predictions: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A predictions CSV (or its DataFrame) and its class names, in the model's class order."""
+    import pandas as pd
+
+    frame = predictions if isinstance(predictions, pd.DataFrame) else pd.read_csv(predictions)
+    class_names = [c[2:] for c in frame.columns if c.startswith("p_")]
+    return frame, class_names
+
+
+def confusion_counts(predictions: str | Path | pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix of a predictions CSV: counts[true, predicted], and the class names."""
+    frame, names = read_predictions(predictions)
+    index = {c: i for i, c in enumerate(names)}
+    counts = np.zeros((len(names), len(names)), dtype=int)
+    np.add.at(counts, (frame["true"].map(index).to_numpy(), frame["pred"].map(index).to_numpy()), 1)
+    return counts, names
+
+
+def confused_pairs(predictions: str | Path | pd.DataFrame, k: int | None = None) -> pd.DataFrame:
+    """The (true, predicted) class pairs that are mistaken most often.
+
+    Returns:
+        DataFrame with columns true, pred, count, share (of the true class's test photos), most frequent first.
+    """
+    import pandas as pd
+
+    counts, names = confusion_counts(predictions)
+    totals = counts.sum(axis=1)
+    rows = [(names[t], names[p], int(counts[t, p]), counts[t, p] / max(totals[t], 1))
+            for t, p in zip(*np.nonzero(counts)) if t != p]
+    frame = pd.DataFrame(rows, columns=["true", "pred", "count", "share"])
+    frame = frame.sort_values(["count", "share", "true"], ascending=[False, False, True]).reset_index(drop=True)
+    return frame.head(k) if k else frame
+
+
+def failures(predictions: str | Path | pd.DataFrame, *, true_class: str | None = None,
+             pred_class: str | None = None) -> pd.DataFrame:
+    """The misclassified photos, the most confident mistakes first.
+
+    Args:
+        true_class: keep only photos of this class.
+        pred_class: keep only photos predicted as this class.
+    Returns:
+        DataFrame with path, true, pred, confidence (of the wrong prediction) and true_prob.
+    """
+    frame, _ = read_predictions(predictions)
+    wrong = frame[frame["true"] != frame["pred"]].copy()
+    if true_class is not None:
+        wrong = wrong[wrong["true"] == true_class]
+    if pred_class is not None:
+        wrong = wrong[wrong["pred"] == pred_class]
+    wrong["true_prob"] = [row[f"p_{row['true']}"] for _, row in wrong.iterrows()]
+    wrong = wrong.sort_values("confidence", ascending=False, kind="stable")
+    return wrong[["path", "true", "pred", "confidence", "true_prob"]].reset_index(drop=True)
+
+
+def accuracy(predictions: str | Path | pd.DataFrame) -> float:
+    """Top-1 of a predictions CSV, in percent."""
+    frame, _ = read_predictions(predictions)
+    return 100.0 * float((frame["true"] == frame["pred"]).mean()) if len(frame) else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _as_runs(runs: str | Path | Sequence[str | Path] | dict[str, str | Path]) -> dict[str, Path]:
+    if isinstance(runs, dict):
+        return {str(k): Path(v) for k, v in runs.items()}
+    if isinstance(runs, (str, Path)):
+        runs = [runs]
+    return {Path(r).name: Path(r) for r in runs}
+
+
+@_styled
+def training_curves(runs: str | Path | Sequence[str | Path] | dict[str, str | Path], *, sequential: bool = False,
+                    title: str | None = None, folder: str | Path | None = None,
+                    name: str = "training_curves") -> Figure:
+    """Loss, accuracy and learning rate per epoch of one or more runs (their metrics.csv).
+
+    Args:
+        runs: a run folder, a list of them, or {label: run folder}.
+        sequential: the runs are stages of one training (two-stage): draw them one after the other.
+    """
+    import pandas as pd
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    runs = _as_runs(runs)
+    fig, axes = _figure(15, 4.6, 1, 3)
+    offset, last = 0, 1
+    for i, (label, folder_) in enumerate(runs.items()):
+        metrics = folder_ / "metrics.csv"
+        if not metrics.is_file():
+            raise FileNotFoundError(f"{metrics} does not exist: is {folder_} a trained run folder?")
+        df = pd.read_csv(metrics)
+        color = COLORS[i % len(COLORS)]
+        x = df["epoch"] + offset
+        marker = "o" if len(df) <= 12 else None
+        axes[0].plot(x, df["train_loss"], ls="--", color=color, marker=marker, ms=4)
+        axes[0].plot(x, df["val_loss"], ls="-", color=color, marker=marker, ms=4)
+        axes[1].plot(x, df["train_top1"], ls="--", color=color, marker=marker, ms=4)
+        axes[1].plot(x, df["val_top1"], ls="-", color=color, marker=marker, ms=4)
+        axes[1].plot(x, df["val_top5"], ls=":", color=color, marker=marker, ms=3)
+        best = df["val_top1"].idxmax()
+        axes[1].plot(x[best], df["val_top1"][best], marker="*", ms=14, color=color, mec="black", mew=0.6, ls="none")
+        axes[2].plot(x, df["lr"], color=color, marker=marker, ms=4)
+        last = max(last, int(x.max()))
+        if sequential:
+            if offset:
+                for ax in axes:
+                    ax.axvline(offset + 0.5, color="grey", ls="-.", lw=1)
+            axes[1].annotate(label, (offset + 0.5, 0.0), xycoords=("data", "axes fraction"), xytext=(4, 4),
+                             textcoords="offset points", va="bottom", fontsize=9, color=color)
+            offset += len(df)
+    axes[0].set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    axes[1].set(title="Accuracy (★ best val top-1)", xlabel="epoch", ylabel="%")
+    axes[2].set(title="Learning rate (head) at the end of each epoch", xlabel="epoch", ylabel="lr")
+    axes[2].set_yscale("log")
+    for ax in axes:
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    run_handles = [Line2D([], [], color=COLORS[i % len(COLORS)], lw=3) for i in range(len(runs))]
+    split_handles = [Line2D([], [], color="black", ls=ls) for ls in ("--", "-", ":")]
+    fig.legend(run_handles + split_handles, list(runs) + ["train", "validation (top-1)", "validation top-5"],
+               loc="outside lower center", ncols=min(len(runs) + 3, 7), frameon=False)
+    fig.suptitle(title or "Training curves")
+    save_figure(fig, name, folder)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Confusions and failures
+
+
+@_styled
+def confusion_matrix(predictions: str | Path | pd.DataFrame, *, title: str | None = None,
+                     folder: str | Path | None = None, name: str = "confusion_matrix") -> Figure:
+    """The confusion matrix as a heat map, each row normalised to the true class's photos.
+
+    Up to 20 classes each cell shows its count; with more (Food-101's 101) the cells are small and the colour
+    scale is a square root, so rare confusions stay visible; read the pairs in `top_confusions`.
+    """
+    from matplotlib.colors import PowerNorm
+
+    counts, names = confusion_counts(predictions)
+    n = len(names)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    small = n <= 20
+    side = 3.0 + 0.6 * n if small else 4.0 + 0.2 * n  # 101 classes: 0.2 in (22 px) a row, 6.5 pt labels
+    label_size = 9 if small else (7.5 if n <= 60 else 6.5)
+    fig, ax = _figure(side + 1.6, side)
+    image = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
+    labels = [pretty(c, 18 if small else None) for c in names]
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=label_size)
+    ax.set_yticks(range(n), labels, fontsize=label_size)
+    ax.grid(False)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if small:
+        for t in range(n):
+            for p in range(n):
+                if counts[t, p]:
+                    ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=9,
+                            color="white" if rates[t, p] > 0.45 else "black")
+    bar = fig.colorbar(image, ax=ax, shrink=0.6 if small else 0.4, pad=0.01)
+    bar.set_label("share of the true class's photos")
+    top1 = 100.0 * np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title or 'Confusion matrix'}: top-1 {top1:.1f}% on {counts.sum()} photos", loc="left")
+    save_figure(fig, name, folder)
+    return fig
+
+
+@_styled
+def top_confusions(predictions: str | Path | pd.DataFrame, *, k: int = 15, title: str | None = None,
+                   folder: str | Path | None = None, name: str = "top_confusions") -> Figure:
+    """The `k` class pairs mistaken most often, as bars: "true -> predicted", count and share of the class."""
+    pairs = confused_pairs(predictions, k)
+    height = 1.6 + 0.38 * max(len(pairs), 1)
+    fig, ax = _figure(9, height)
+    if pairs.empty:
+        ax.text(0.5, 0.5, "No mistakes: every photo was classified correctly.", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        labels = [f"{pretty(t)}  →  {pretty(p)}" for t, p in zip(pairs["true"], pairs["pred"])]
+        y = np.arange(len(pairs))
+        ax.barh(y, pairs["count"], color=BAD, alpha=0.8)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("misclassified test photos")
+        ax.grid(axis="y", visible=False)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        for yi, count, share in zip(y, pairs["count"], pairs["share"]):
+            ax.text(count, yi, f"  {count} ({share:.0%} of the class)", va="center", fontsize=9)
+        ax.set_xlim(0, pairs["count"].max() * 1.45)
+    ax.set_title(title or f"Most frequent confusions (true → predicted), top {len(pairs)}", loc="left")
+    save_figure(fig, name, folder)
+    return fig
+
+
+def _thumbnail(path: str, size: int = 256) -> np.ndarray:
+    from .data import read_image
+
+    image = read_image(path, min_side=size)
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1:
+        import cv2
+
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def _square(image: np.ndarray) -> np.ndarray:
+    """Pad a photo with white to a square, so the tiles of a gallery line up."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    out = np.full((side, side, 3), 255, dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top: top + h, left: left + w] = image
+    return out
+
+
+def _grid(n: int, cols: int, tile: float, extra_height: float = 0.0) -> tuple[Figure, np.ndarray]:
+    rows = max(1, -(-n // cols))
+    fig, axes = _figure(cols * tile, rows * (tile + extra_height) + 0.5, rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig, axes
+
+
+@_styled
+def failure_gallery(predictions: str | Path | pd.DataFrame, *, n: int = 16, cols: int = 4, offset: int = 0,
+                    true_class: str | None = None, pred_class: str | None = None, title: str | None = None,
+                    folder: str | Path | None = None, name: str = "failures") -> Figure:
+    """Misclassified test photos, the most confident mistakes first: true label, prediction and its confidence.
+
+    Args:
+        n: photos shown; offset: skip the first `offset` failures (paging).
+        true_class / pred_class: only the failures of one class, or of one confused pair.
+    """
+    frame, _ = read_predictions(predictions)
+    wrong = failures(frame, true_class=true_class, pred_class=pred_class)
+    page = wrong.iloc[offset: offset + n]
+    fig, axes = _grid(max(len(page), 1), cols, 2.9, extra_height=0.55)
+    what = "photos"
+    if true_class is not None:
+        what = f"{pretty(true_class)} photos"
+    if pred_class is not None:
+        what += f" predicted as {pretty(pred_class)}"
+    if page.empty:
+        axes.flat[0].text(0.5, 0.5, f"No misclassified {what}.", ha="center", va="center", fontsize=11,
+                          transform=axes.flat[0].transAxes)
+    for ax, (i, row) in zip(axes.flat, page.iterrows()):
+        ax.imshow(_square(_thumbnail(row["path"])))
+        ax.set_axis_on()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+            spine.set_color(BAD)
+        ax.set_title(f"#{i + 1}  true: {pretty(row['true'], 24)}", fontsize=9, color=GOOD, loc="left")
+        ax.set_xlabel(f"pred: {pretty(row['pred'], 24)} ({row['confidence']:.0%})\n"
+                      f"p(true class) = {row['true_prob']:.0%}", fontsize=9, color=BAD, loc="left")
+    shown = f"{offset + 1}-{offset + len(page)}" if len(page) else "0"
+    fig.suptitle(f"{title or 'Failure cases'}: {len(wrong)} misclassified {what} of {len(frame)} test photos, "
+                 f"most confident first (showing {shown})")
+    save_figure(fig, name, folder)
+    return fig
+
+
+@_styled
+def prediction_changes(before: str | Path | pd.DataFrame, after: str | Path | pd.DataFrame, *,
+                       labels: tuple[str, str] = ("before", "after"), n: int = 8, cols: int = 4,
+                       title: str | None = None, folder: str | Path | None = None,
+                       name: str = "prediction_changes") -> Figure:
+    """Photos whose prediction changed between two predictions CSVs of the same split: fixed ones first
+    (wrong before, right after), then broken ones (right before, wrong after)."""
+    a, _ = read_predictions(before)
+    b, _ = read_predictions(after)
+    merged = a[["path", "true", "pred", "confidence"]].merge(b[["path", "pred", "confidence"]], on="path",
+                                                             suffixes=("_a", "_b"))
+    fixed = merged[(merged["pred_a"] != merged["true"]) & (merged["pred_b"] == merged["true"])]
+    broken = merged[(merged["pred_a"] == merged["true"]) & (merged["pred_b"] != merged["true"])]
+    fixed = fixed.sort_values("confidence_b", ascending=False)
+    broken = broken.sort_values("confidence_b", ascending=False)
+    show = [(r, True) for _, r in fixed.head(n).iterrows()]
+    show += [(r, False) for _, r in broken.head(max(0, n - len(show))).iterrows()]
+    fig, axes = _grid(max(len(show), 1), cols, 2.9, extra_height=0.55)
+    if not show:
+        axes.flat[0].text(0.5, 0.5, "No prediction changed.", ha="center", va="center",
+                          transform=axes.flat[0].transAxes)
+    for ax, (row, was_fixed) in zip(axes.flat, show):
+        ax.imshow(_square(_thumbnail(row["path"])))
+        ax.set_axis_on()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        color = GOOD if was_fixed else BAD
+        for spine in ax.spines.values():
+            spine.set_color(color)
+            spine.set_linewidth(2)
+            spine.set_visible(True)
+        ax.set_title(f"{'fixed' if was_fixed else 'broken'} · true: {pretty(row['true'], 22)}", fontsize=9,
+                     color=color, loc="left")
+        ax.set_xlabel(f"{labels[0]}: {pretty(row['pred_a'], 22)} ({row['confidence_a']:.0%})\n"
+                      f"{labels[1]}: {pretty(row['pred_b'], 22)} ({row['confidence_b']:.0%})", fontsize=9, loc="left")
+    fig.suptitle(f"{title or 'What changed'}: {len(fixed)} photos fixed, {len(broken)} broken "
+                 f"({labels[0]} → {labels[1]})")
+    save_figure(fig, name, folder)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and augmentation
+
+
+@_styled
+def class_samples(samples: Sequence[tuple[str, str]], *, cols: int = 5, title: str | None = None,
+                  folder: str | Path | None = None, name: str = "class_samples") -> Figure:
+    """A grid of photos, each titled with its class: `samples` is a list of (path, class name)."""
+    fig, axes = _grid(len(samples), cols, 2.6, extra_height=0.3)
+    for ax, (path, class_name) in zip(axes.flat, samples):
+        ax.imshow(_square(_thumbnail(path)))
+        ax.set_title(pretty(class_name, 26), fontsize=10)
+    fig.suptitle(title or "One photo per class")
+    save_figure(fig, name, folder)
+    return fig
+
+
+def _visual(transform) -> Any:
+    """A pipeline without its Normalize and ToTensorV2 steps, for looking at."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    return A.Compose([t for t in transform.transforms if not isinstance(t, (A.Normalize, ToTensorV2))], strict=True)
+
+
+@_styled
+def augmentation_preview(image: np.ndarray | str, *, presets: Iterable[str] = ("light", "basic", "advanced"),
+                         size: int = 224, n: int = 5, seed: int = 0, title: str | None = None,
+                         folder: str | Path | None = None, name: str = "augmentation_preview") -> Figure:
+    """One photo as the training pipeline of each preset sees it: a row per preset, `n` random draws each.
+
+    Args:
+        image: an RGB uint8 array or an image path.
+        size: the training resolution of the previews.
+    """
+    from . import augment
+
+    photo = _thumbnail(image, 512) if isinstance(image, (str, Path)) else image
+    presets = list(presets)
+    fig, axes = _figure(2.3 * (n + 1), 2.5 * len(presets) + 0.5, len(presets), n + 1, squeeze=False)
+    for r, preset in enumerate(presets):
+        transform = augment.train_transform(preset, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        views = augment.preview_grid(photo, transform, n=n, seed=seed)
+        axes[r, 0].imshow(photo)
+        axes[r, 0].set_title("original" if r == 0 else "", fontsize=10)
+        axes[r, 0].set_ylabel(preset, fontsize=12, rotation=90)
+        for c, view in enumerate(views, start=1):
+            axes[r, c].imshow(view)
+            if r == 0:
+                axes[r, c].set_title(f"draw {c}", fontsize=10)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+    fig.suptitle(title or f"Training augmentation presets at {size} px: the same photo, {n} random draws each")
+    save_figure(fig, name, folder)
+    return fig
+
+
+@_styled
+def transform_steps(image: np.ndarray | str, *, preset: str = "advanced", size: int = 224, seed: int = 0,
+                    title: str | None = None, folder: str | Path | None = None,
+                    name: str = "transform_steps") -> Figure:
+    """Each step of a preset's pipeline on its own (always applied), to see what every augmentation does."""
+    import albumentations as A
+
+    photo = _thumbnail(image, 512) if isinstance(image, (str, Path)) else image
+    steps = augment_steps(preset, size)
+    fig, axes = _grid(len(steps) + 1, 5, 2.5, extra_height=0.25)
+    axes.flat[0].imshow(photo)
+    axes.flat[0].set_title("original", fontsize=10)
+    for ax, (label, step) in zip(axes.flat[1:], steps.items()):
+        pipeline = A.Compose([step], strict=True)
+        pipeline.set_random_seed(seed)
+        ax.imshow(pipeline(image=photo)["image"])
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(title or f"The steps of the {preset!r} preset, each applied on its own")
+    save_figure(fig, name, folder)
+    return fig
+
+
+def augment_steps(preset: str, size: int) -> dict[str, Any]:
+    """The steps of a preset's pipeline by name, each set to always apply (p=1), for previews."""
+    import copy
+
+    from . import augment
+
+    builders = {"light": augment.light_transforms, "basic": augment.basic_transforms,
+                "advanced": augment.advanced_transforms}
+    if preset not in builders:
+        raise ValueError(f"preset {preset!r} has no steps to show; use one of {', '.join(builders)}")
+    steps: dict[str, Any] = {}
+    for step in builders[preset](size):
+        step = copy.deepcopy(step)
+        step.p = 1.0
+        label = type(step).__name__
+        if label in steps:
+            label = f"{label} ({sum(k.startswith(label) for k in steps) + 1})"
+        steps[label] = step
+    return steps
+
+
+@_styled
+def mix_preview(samples: Sequence[tuple[str, str]], *, size: int = 160, mixup_alpha: float = 0.2,
+                cutmix_alpha: float = 1.0, seed: int = 0, title: str | None = None, folder: str | Path | None = None,
+                name: str = "mix_preview") -> Figure:
+    """What timm's Mixup (as the trainer uses it) does to a batch: the photos, then mixup, then cutmix.
+
+    Each mixed image is labelled with its soft target: the share of each class in its label.
+
+    Args:
+        samples: (path, class name) pairs, an even number (a last odd one is left out); photo i is mixed with
+            photo n-1-i, each pair with its own lambda (the trainer draws one lambda per batch).
+    """
+    import torch
+    from timm.data import Mixup
+
+    from . import augment
+
+    samples = list(samples)[: len(samples) - len(samples) % 2]  # photos are mixed in pairs
+    if not samples:
+        raise ValueError("mix_preview needs at least two photos")
+    to_tensor = augment.eval_transform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    batch = torch.stack([to_tensor(image=_thumbnail(p, 2 * size))["image"] for p, _ in samples])
+    names = [c for _, c in samples]
+    labels = torch.arange(len(samples))
+    rows = {"photos": (batch, torch.eye(len(samples)))}
+    state = np.random.get_state()  # timm draws lambda with numpy's global generator
+    try:
+        for mode, (m_alpha, c_alpha) in (("mixup", (mixup_alpha, 0.0)), ("cutmix", (0.0, cutmix_alpha))):
+            np.random.seed(seed)
+            mixer = Mixup(mixup_alpha=m_alpha, cutmix_alpha=c_alpha, prob=1.0, switch_prob=0.0, mode="elem",
+                          label_smoothing=0.0, num_classes=len(samples))
+            rows[f"{mode} (α={m_alpha or c_alpha:g})"] = mixer(batch.clone(), labels)
+    finally:
+        np.random.set_state(state)
+    n = len(samples)
+    fig, axes = _figure(2.4 * n, 3.0 * len(rows) + 0.4, len(rows), n, squeeze=False)
+    for r, (label, (images, targets)) in enumerate(rows.items()):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            weights = targets[i]
+            order = torch.argsort(weights, descending=True)[:2]
+            text = "\n".join(f"{float(weights[j]):.0%} {pretty(names[j], 16)}" for j in order if weights[j] > 0.005)
+            ax.set_xlabel(text, fontsize=9)
+            if i == 0:
+                ax.set_ylabel(label, fontsize=11)
+    fig.suptitle(title or "Mixup blends two photos; CutMix pastes a patch of one into the other. "
+                          "Labels are mixed in the same proportions.")
+    save_figure(fig, name, folder)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Comparisons
+
+
+@_styled
+def compare_top1(results: dict[str, float], *, highlight: str | None = None, reference: str | None = None,
+                 title: str | None = None, xlabel: str = "test top-1 (%)", folder: str | Path | None = None,
+                 name: str = "compare_top1") -> Figure:
+    """Top-1 per model or technique as dots on one scale, each labelled with its value and its gain over
+    `reference` (default: the first entry). Entries that are NaN show as "not measured"."""
+    labels = list(results)
+    values = np.array([float(results[k]) for k in labels], dtype=float)
+    reference = reference if reference in results else labels[0]
+    base = float(results[reference])
+    fig, ax = _figure(10, 1.3 + 0.5 * len(labels))
+    y = np.arange(len(labels))
+    finite = values[np.isfinite(values)]
+    low = max(0.0, float(finite.min()) - 10) if finite.size else 0.0
+    high = min(100.0, float(finite.max()) + 10) if finite.size else 100.0
+    if high - low < 20:
+        high = min(100.0, low + 20)
+    ax.set_xlim(low, high + (high - low) * 0.12)
+    if np.isfinite(base):
+        ax.axvline(base, color="#999999", ls="--", lw=1)
+    for yi, key, value in zip(y, labels, values):
+        if not np.isfinite(value):
+            ax.text(low, yi, " not measured", va="center", fontsize=9, color="#777777")
+            continue
+        color = GOOD if key == highlight else ("#888888" if key == reference else NEUTRAL)
+        ax.hlines(yi, low, value, color=color, lw=2, alpha=0.5)
+        ax.plot(value, yi, "o", ms=10, color=color)
+        delta = "" if key == reference or not np.isfinite(base) else f"  ({value - base:+.1f})"
+        ax.text(value, yi, f"   {value:.1f}%{delta}", va="center", fontsize=10)
+    ax.set_yticks(y, [textwrap.fill(k, 34) for k in labels])
+    ax.set_ylim(len(labels) - 0.4, -0.6)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title or "Test top-1", loc="left")
+    save_figure(fig, name, folder)
+    return fig
+
+
+@_styled
+def tta_gain(top1_by_views: dict[int, float], *, title: str | None = None, folder: str | Path | None = None,
+             name: str = "tta_gain") -> Figure:
+    """Test top-1 against the number of test-time views (1 = plain evaluation), with the gain of each."""
+    views = sorted(top1_by_views)
+    values = [float(top1_by_views[v]) for v in views]
+    base = values[0]
+    fig, ax = _figure(8, 4.2)
+    ax.plot(views, values, marker="o", ms=8, color=NEUTRAL)
+    ax.axhline(base, color="grey", ls="--", lw=1)
+    ax.text(views[-1], base, " one view", va="bottom", ha="right", fontsize=9, color="grey")
+    for v, value in zip(views, values):
+        ax.annotate(f"{value:.1f}%\n({value - base:+.1f})" if v != views[0] else f"{value:.1f}%", (v, value),
+                    textcoords="offset points", xytext=(0, 10), ha="center", fontsize=9)
+    span = max(values) - min(values)
+    ax.set_ylim(max(0.0, min(values) - max(1.0, span)), min(105.0, max(values) + max(2.0, 1.2 * span)))
+    ax.set_xticks(views)
+    ax.set_xlabel("test-time views averaged (1 = plain evaluation)")
+    ax.set_ylabel("test top-1 (%)")
+    best = max(range(len(views)), key=lambda i: values[i])
+    summary = f"{values[-1] - base:+.1f} points with {views[-1]} views"
+    if best != len(views) - 1 and values[best] > base:
+        summary += f" (most: {values[best] - base:+.1f} with {views[best]})"
+    ax.set_title(title or f"Test-time augmentation: {summary}", loc="left")
+    save_figure(fig, name, folder)
+    return fig
+
+
+TTA_VIEW_NAMES = ("centre crop", "centre crop, mirrored", "loose crop (100%)", "loose crop, mirrored",
+                  "tight crop (75%)", "tight crop, mirrored")
+
+
+@_styled
+def tta_views(image: np.ndarray | str, *, views: int = 6, size: int = 224, title: str | None = None,
+              folder: str | Path | None = None, name: str = "tta_views") -> Figure:
+    """The deterministic test-time views of one photo, as `helpers.augment.tta_transforms` makes them."""
+    from . import augment
+
+    photo = _thumbnail(image, 512) if isinstance(image, (str, Path)) else image
+    transforms = augment.tta_transforms(views, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    fig, axes = _grid(views + 1, views + 1, 2.4, extra_height=0.3)
+    axes.flat[0].imshow(photo)
+    axes.flat[0].set_title("original", fontsize=10)
+    for i, (ax, transform) in enumerate(zip(axes.flat[1:], transforms)):
+        ax.imshow(_visual(transform)(image=photo)["image"])
+        ax.set_title(f"view {i + 1}: {TTA_VIEW_NAMES[i]}", fontsize=9)
+    fig.suptitle(title or f"The test-time views at {size} px; their softmax outputs are averaged")
+    save_figure(fig, name, folder)
+    return fig
+
+
+def ensemble_vs_members(result: dict[str, Any], *, title: str | None = None, folder: str | Path | None = None,
+                        name: str = "ensemble_vs_members") -> Figure:
+    """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`)."""
+    entries = {}
+    for i, m in enumerate(result["members"], start=1):
+        entries[f"member {i}: {m['backbone']} @{m['image_size']}"] = m["top1"]
+    best = max(entries, key=entries.get)
+    entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result["top1"]
+    gain = result["top1"] - entries[best]
+    return compare_top1(entries, highlight=list(entries)[-1], reference=best, folder=folder, name=name,
+                        title=title or f"Ensemble: {gain:+.1f} points against its best member (the deltas)")
+
+
+def student_vs_teacher(teacher: dict[str, float], student_alone: tuple[str, float], student_kd: tuple[str, float],
+                       *, title: str | None = None, folder: str | Path | None = None,
+                       name: str = "student_vs_teacher") -> Figure:
+    """Teacher(s), the student trained alone and the student trained with the teacher's soft targets."""
+    entries = {f"teacher: {k}": v for k, v in teacher.items()}
+    alone = f"student alone: {student_alone[0]}"
+    kd = f"student with distillation: {student_kd[0]}"
+    entries[alone] = student_alone[1]
+    entries[kd] = student_kd[1]
+    gain = student_kd[1] - student_alone[1]
+    return compare_top1(entries, highlight=kd, reference=alone, folder=folder, name=name,
+                        title=title or f"Distillation: {gain:+.1f} points for the student (deltas against it alone)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The roadmap (10_results)
+
+
+def _range(text: str) -> tuple[float, float] | None:
+    numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", str(text))]
+    return (numbers[0], numbers[-1]) if numbers else None
+
+
+@_styled
+def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: str | Path | None = None,
+                  name: str = "roadmap") -> Figure:
+    """The plan's expected cumulative top-1 per phase (grey ranges) with the measured top-1 (dots).
+
+    Args:
+        results: `Course.results()`: phase, technique, plan: top-1, measured: top-1, measured: gain.
+    """
+    rows = results.reset_index(drop=True)
+    fig, ax = _figure(11, 1.4 + 0.5 * len(rows))
+    y = np.arange(len(rows))
+    measured = []
+    for yi, (_, row) in zip(y, rows.iterrows()):
+        span = _range(row["plan: top-1"])
+        if span:
+            ax.barh(yi, span[1] - span[0], left=span[0], height=0.55, color="#cfcfcf",
+                    label="the plan's expected top-1" if yi == 0 else None)
+        value = row["measured: top-1"]
+        if value is not None and np.isfinite(float(value)):
+            value = float(value)
+            measured.append(value)
+            gain = row["measured: gain"]
+            text = f" {value:.1f}%" + (f" ({float(gain):+.1f})" if gain is not None and np.isfinite(float(gain)) else "")
+            ax.plot(value, yi, "o", color=NEUTRAL, ms=8, label="measured test top-1" if len(measured) == 1 else None)
+            ax.text(value, yi - 0.32, text, fontsize=9, va="bottom", ha="center")
+    ax.set_yticks(y, [f"{r['phase']}  {textwrap.shorten(r['technique'], 50)}" for _, r in rows.iterrows()])
+    ax.invert_yaxis()
+    ax.grid(axis="y", visible=False)
+    low = min([70.0] + measured) - 5
+    ax.set_xlim(max(0.0, low), 101)
+    ax.set_xlabel("top-1 (%)")
+    fig.legend(loc="outside lower center", ncols=2, frameon=False)
+    ax.set_title(title or "The plan's roadmap: expected against measured", loc="left")
+    save_figure(fig, name, folder)
+    return fig
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+@_styled
+def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: str | Path | None = None,
+                  name: str = "roadmap_table") -> Figure:
+    """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture."""
+    columns = ["phase", "technique", "plan: time", "plan: gain", "plan: top-1", "measured: top-1", "measured: gain",
+               "gain against", "model", "train min"]
+    headers = ["phase", "technique", "plan\ntime", "plan\ngain", "plan\ntop-1", "measured\ntop-1", "measured\ngain",
+               "gain against", "model", "train\nminutes"]
+    rows = results.reset_index(drop=True)
+    cells = []
+    for _, row in rows.iterrows():
+        cell = []
+        for c in columns:
+            value = row.get(c)
+            if c == "measured: gain" and isinstance(value, float) and np.isfinite(value):
+                cell.append(f"{value:+.1f}")
+            elif c == "measured: top-1" and isinstance(value, float) and np.isfinite(value):
+                cell.append(f"{value:.1f}%")
+            else:
+                cell.append(textwrap.fill(_cell(value), 30))
+        cells.append(cell)
+    fig, ax = _figure(17, 1.0 + 0.48 * (len(rows) + 1))
+    ax.set_axis_off()
+    table = ax.table(cellText=cells, colLabels=headers, loc="upper left", cellLoc="left", colLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    widths = [0.06, 0.22, 0.05, 0.09, 0.08, 0.07, 0.07, 0.15, 0.16, 0.06]
+    for (r, c), cell in table.get_celld().items():
+        cell.set_width(widths[c])
+        cell.set_height(1.0 / (len(rows) + 1.5))
+        cell.PAD = 0.04
+        cell.set_edgecolor("#dddddd")
+        if r == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("#eeeeee")
+        elif columns[c].startswith("measured"):
+            cell.set_facecolor("#eef3fb")
+    ax.set_title(title or "The plan's roadmap with the measured numbers", loc="left")
+    save_figure(fig, name, folder)
+    return fig
+
+
+__all__ = ["save_figure", "compact_copy", "training_curves", "confusion_matrix", "top_confusions", "failure_gallery",
+           "prediction_changes", "class_samples", "augmentation_preview", "transform_steps", "mix_preview",
+           "compare_top1", "tta_gain", "tta_views", "ensemble_vs_members", "student_vs_teacher", "roadmap_chart",
+           "roadmap_table", "confused_pairs", "failures", "confusion_counts", "read_predictions", "pretty",
+           "augment_steps", "accuracy"]

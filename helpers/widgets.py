@@ -1,0 +1,136 @@
+"""ipywidgets explorers for the notebooks: page through failures, try augmentations on a photo.
+
+    from helpers import widgets
+    widgets.failure_explorer("runs/course-demo/predictions/01_baseline-baseline-test.csv")
+
+ipywidgets is imported when an explorer is built, so the rest of the package works without it. In a headless
+(papermill) run an explorer draws its first page once and is stored in the executed notebook.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import plots
+from .config import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _ipywidgets():
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise UserError("The explorers need ipywidgets: pip install ipywidgets (it is in requirements.txt).") from exc
+    return ipywidgets
+
+
+def _show(image, fig, dpi: int = 90) -> None:
+    """Put a figure into an Image widget as PNG bytes. (An Output widget holding a large figure hangs papermill's
+    client, nbclient 0.11; an Image widget does not, and it updates without flicker.)"""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    image.value = buffer.getvalue()
+
+
+def failure_options(predictions: str | Path | pd.DataFrame, max_pairs: int = 30) -> list[tuple[str, tuple]]:
+    """The explorer's choices: all failures, each class with failures, and the most confused pairs.
+
+    Returns:
+        (label, (true class or None, predicted class or None)) pairs.
+    """
+    frame, _ = plots.read_predictions(predictions)
+    wrong = plots.failures(frame)
+    options: list[tuple[str, tuple]] = [(f"all failures ({len(wrong)})", (None, None))]
+    for name, count in wrong["true"].value_counts().sort_index().items():
+        options.append((f"class: {plots.pretty(name)} ({count})", (name, None)))
+    pairs = plots.confused_pairs(frame, max_pairs)
+    for t, p, count in pairs[["true", "pred", "count"]].itertuples(index=False):
+        options.append((f"pair: {plots.pretty(t)} → {plots.pretty(p)} ({count})", (t, p)))
+    return options
+
+
+def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 8, cols: int = 4) -> Any:
+    """Pick all failures, a class or a confused pair, and page through its misclassified photos, worst first.
+
+    Args:
+        predictions: a predictions CSV of `helpers.evaluate` (or its DataFrame).
+    Returns:
+        The ipywidgets box to display.
+    """
+    w = _ipywidgets()
+    frame, _ = plots.read_predictions(predictions)
+    choice = w.Dropdown(options=failure_options(frame), description="Show", layout=w.Layout(width="460px"))
+    page = w.BoundedIntText(value=1, min=1, max=1, description="Page", layout=w.Layout(width="150px"))
+    of = w.Label()
+    output = w.Image(format="png", layout=w.Layout(max_width="100%"))
+
+    def pages() -> int:
+        true_class, pred_class = choice.value
+        return max(1, math.ceil(len(plots.failures(frame, true_class=true_class, pred_class=pred_class)) / per_page))
+
+    def draw(*_: Any) -> None:
+        true_class, pred_class = choice.value
+        of.value = f"of {page.max}"
+        fig = plots.failure_gallery(frame, n=per_page, cols=cols, offset=(page.value - 1) * per_page,
+                                    true_class=true_class, pred_class=pred_class, title="Failures")
+        _show(output, fig)
+
+    def new_choice(_: Any) -> None:
+        page.max = pages()
+        if page.value != 1:
+            page.value = 1  # draws through the page observer
+        else:
+            draw()
+
+    choice.observe(new_choice, names="value")
+    page.observe(draw, names="value")
+    page.max = pages()
+    draw()
+    return w.VBox([w.HBox([choice, page, of]), output])
+
+
+def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224) -> Any:
+    """Pick a photo and a preset (or every step of one), move the seed, and see what training sees.
+
+    Args:
+        samples: (path, class name) of the photos to choose from.
+        size: the training resolution.
+    Returns:
+        The ipywidgets box to display.
+    """
+    w = _ipywidgets()
+    if not samples:
+        raise UserError("augmentation_explorer needs at least one (path, class name) photo.")
+    photo = w.Dropdown(options=[(plots.pretty(c), p) for p, c in samples], description="Photo")
+    view = w.Dropdown(options=[("light: 5 random draws", ("preset", "light")),
+                               ("basic: 5 random draws", ("preset", "basic")),
+                               ("advanced: 5 random draws", ("preset", "advanced")),
+                               ("every step of basic on its own", ("steps", "basic")),
+                               ("every step of advanced on its own", ("steps", "advanced"))],
+                      value=("preset", "advanced"), description="Show", layout=w.Layout(width="360px"))
+    seed = w.IntSlider(value=0, min=0, max=99, description="Seed")
+    output = w.Image(format="png", layout=w.Layout(max_width="100%"))
+
+    def draw(*_: Any) -> None:
+        kind, preset = view.value
+        if kind == "preset":
+            fig = plots.augmentation_preview(photo.value, presets=[preset], size=size, n=5, seed=seed.value,
+                                             title=f"{preset} at {size} px, seed {seed.value}")
+        else:
+            fig = plots.transform_steps(photo.value, preset=preset, size=size, seed=seed.value)
+        _show(output, fig)
+
+    for widget in (photo, view, seed):
+        widget.observe(draw, names="value")
+    draw()
+    return w.VBox([w.HBox([photo, view, seed]), output])
+
+
+__all__ = ["failure_explorer", "augmentation_explorer", "failure_options"]

@@ -1,0 +1,276 @@
+"""The course's notebooks: committed clean and thin, built from their source, and executed headless with papermill.
+
+The headless run uses the ci profile (64 px, one epoch) on a five-class subset of the tiny real set, so the whole
+course runs in a few minutes on 2 CPU cores; it checks every notebook's figures (real PNG files of a sane size)
+and ledger rows, and that a failing notebook is named with its cell and its sequence can be resumed.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from helpers import course
+from helpers.config import UserError
+from helpers.notebooks import parse_value, select
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "data" / "food-101-tiny"
+NOTEBOOK_DIR = ROOT / "notebooks"
+
+# The figures each notebook must save (without .png), and the ledger phases it must append.
+FIGURES = {
+    "00_setup": ["00_class_samples"],
+    "01_baseline": ["01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures"],
+    "02_b3_upgrade": ["02_training_curves", "02_compare", "02_confusion_matrix", "02_top_confusions", "02_failures"],
+    "03_augmentations": ["03_augmentation_preview", "03_advanced_steps", "03_training_curves", "03_compare",
+                         "03_changes", "03_confusion_matrix", "03_top_confusions", "03_failures"],
+    "04_mixup_cutmix": ["04_mix_preview", "04_training_curves", "04_compare", "04_confusion_matrix",
+                        "04_top_confusions", "04_failures"],
+    "05_two_stage": ["05_training_curves", "05_compare", "05_confusion_matrix", "05_top_confusions", "05_failures"],
+    "06_tta": ["06_tta_views", "06_tta_gain", "06_changes", "06_confusion_matrix", "06_top_confusions",
+               "06_failures"],
+    "07_high_resolution": ["07_training_curves", "07_compare", "07_changes", "07_confusion_matrix",
+                           "07_top_confusions", "07_failures"],
+    "08_ensemble": ["08_ensemble_vs_members", "08_changes", "08_confusion_matrix", "08_top_confusions",
+                    "08_failures"],
+    "09_distillation": ["09_training_curves", "09_student_vs_teacher", "09_changes", "09_confusion_matrix",
+                        "09_top_confusions", "09_failures"],
+    "10_results": ["10_roadmap_table", "10_roadmap"],
+}
+PHASES = {"01_baseline": ["baseline"], "02_b3_upgrade": ["2.1", "2.2"], "03_augmentations": ["3.1", "3.2"],
+          "04_mixup_cutmix": ["3.3"], "05_two_stage": ["3.5"], "06_tta": ["3.4"], "07_high_resolution": ["4.1"],
+          "08_ensemble": ["4.2"], "09_distillation": ["4.3"]}
+CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 10, 4
+
+
+def _notebooks() -> list[Path]:
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _code_cells(path: Path) -> list:
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _make_subset(dst: Path) -> Path:
+    """A five-class copy of the tiny set (10 train and 4 test photos per class) in the official layout."""
+    classes = (TINY / "meta" / "classes.txt").read_text().split()[:CLASSES]
+    (dst / "meta").mkdir(parents=True)
+    (dst / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        ids = []
+        for name in classes:
+            ids += [i for i in (TINY / "meta" / f"{split}.txt").read_text().split() if i.startswith(f"{name}/")][:per_class]
+        (dst / "meta" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for image_id in ids:
+            target = dst / "images" / f"{image_id}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(TINY / "images" / f"{image_id}.jpg", target)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory) -> Path:
+    return _make_subset(tmp_path_factory.mktemp("data") / "food-101-subset")
+
+
+@pytest.fixture(scope="module")
+def course_run(tmp_path_factory, subset) -> tuple[Path, subprocess.CompletedProcess]:
+    """The whole course, executed headless in the ci profile on the subset."""
+    out = tmp_path_factory.mktemp("course") / "ci"
+    res = _run("run-notebooks", "--profile", "ci", "--out", str(out), "-p", "data_dir", str(subset),
+               "-p", "ledger", str(out / "ledger.csv"))
+    return out, res
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The committed notebooks
+
+
+def test_the_course_has_every_notebook_in_order():
+    assert [p.stem for p in _notebooks()] == list(course.NOTEBOOKS) == list(FIGURES)
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs_and_valid(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs: clear them"
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_notebook_opens_with_an_explanation_and_a_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {path.stem[:2]} ·")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    names = {t.id for node in ast.parse(code[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert {"profile", "data_dir", "device", "output_dir", "ledger"} <= names
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_notebook_imports_only_helpers_and_defines_no_code_of_its_own(path):
+    for cell in _code_cells(path):
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] == "helpers" for a in node.names), ast.unparse(node)
+            if isinstance(node, ast.ImportFrom):
+                assert node.module.split(".")[0] in ("helpers", "IPython"), ast.unparse(node)
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.While)), \
+                f"{path.name} defines code: {ast.unparse(node)[:80]}"
+        for banned in ("DataLoader", "Dataset(", ".backward(", "optimizer", "A.Compose", "torch."):
+            assert banned not in cell.source, f"{path.name} does {banned} itself: it belongs in helpers"
+
+
+def test_notebooks_are_built_from_their_source():
+    res = subprocess.run([sys.executable, "scripts/build_notebooks.py", "--check"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_parameters_cells_show_each_profiles_values():
+    source = _code_cells(NOTEBOOK_DIR / "02_b3_upgrade.ipynb")[0].source
+    assert "image_size = None  # full: 300 · demo: 128 · ci: 64" in source
+    assert "alt_backbone = None  # full: resnet50 · demo: tf_efficientnet_lite1 · ci: tf_efficientnet_lite1" in source
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The runner without a kernel
+
+
+def test_only_selects_by_number_or_name_and_rejects_unknown():
+    names = list(course.NOTEBOOKS)
+    assert select(names, "1,06_tta") == ["01_baseline", "06_tta"]
+    assert select(names, None) == names
+    with pytest.raises(UserError, match="matches no notebook"):
+        select(names, "01,12")
+    assert parse_value("1") == 1 and parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("runs/x") == "runs/x" and parse_value("null") is None
+
+
+def test_a_notebook_whose_inputs_are_missing_is_refused_before_running(tmp_path):
+    res = _run("run-notebooks", "--profile", "ci", "--only", "06", "--out", str(tmp_path / "seq"))
+    assert res.returncode == 2, res.stderr
+    assert "06_tta needs the 'stage2' model of 05_two_stage" in res.stderr and "Traceback" not in res.stderr
+    res = _run("run-notebooks", "--profile", "ci", "-p", "output_dir", "x")
+    assert res.returncode == 2 and "--out" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The headless course (one run, several checks)
+
+
+def _is_real_png(path: Path) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
+    assert 5_000 < path.stat().st_size < 8_000_000, f"{path}: {path.stat().st_size} bytes"
+    with Image.open(path) as image:
+        image.load()
+        width, height = image.size
+        gray = image.convert("L")
+        extrema = gray.getextrema()
+    assert 300 <= width <= 4000 and 200 <= height <= 4000, f"{path}: {width}x{height}"
+    assert extrema[1] - extrema[0] > 100, f"{path} is blank"
+    return width, height
+
+
+def test_the_course_runs_headless_and_every_notebook_saves_its_figures(course_run):
+    out, res = course_run
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert {n: s["state"] for n, s in state["status"].items()} == {n: "done" for n in FIGURES}
+    for name in FIGURES:  # progress a person can follow: one line when each notebook starts and ends
+        assert f"{name:<20} started" in res.stdout and f"{name:<20} done in" in res.stdout
+    for name, figures in FIGURES.items():
+        for figure in figures:
+            _is_real_png(out / "figures" / f"{figure}.png")
+        assert (out / "executed" / f"{name}.ipynb").is_file() and (out / "logs" / f"{name}.log").is_file()
+    assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {n: "done" for n in FIGURES}
+
+
+def test_executed_notebooks_show_their_figures_and_no_errors(course_run):
+    out, _ = course_run
+    for name in FIGURES:
+        nb = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], name
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(images) >= len(FIGURES[name]), f"{name} shows {len(images)} figures"
+
+
+def test_executed_notebooks_render_as_jupyterlab_html(course_run):
+    from nbconvert import HTMLExporter
+
+    out, _ = course_run
+    exporter = HTMLExporter(template_name="lab")
+    for name in ("01_baseline", "03_augmentations", "10_results"):
+        html, _ = exporter.from_notebook_node(nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4))
+        assert html.count("<img") >= len(FIGURES[name]) and "jp-Notebook" in html, name
+        assert "application/vnd.jupyter.widget-view+json" in html or name == "10_results"
+
+
+def test_every_notebook_appends_its_ledger_row(course_run, subset):
+    out, _ = course_run
+    with open(out / "ledger.csv") as f:
+        rows = list(csv.DictReader(f))
+    by_phase = {r["phase"]: r for r in rows}
+    for name, phases in PHASES.items():
+        for phase in phases:
+            row = by_phase[phase]
+            assert row["notebook"] == name and row["profile"] == "ci" and row["course"] == str(out)
+            assert 0.0 <= float(row["test_top1"]) <= 100.0 and float(row["test_top1"]) <= float(row["test_top5"])
+            assert int(float(row["test_n"])) == CLASSES * TEST_PER_CLASS
+    for phase in ("2.1", "3.1", "3.4", "4.2", "4.3"):  # measured against a reference run of the same course
+        row = by_phase[phase]
+        assert float(row["gain"]) == pytest.approx(float(row["test_top1"]) - float(row["reference_top1"]), abs=1e-3)
+    assert float(by_phase["2.1"]["train_minutes"]) > 0 and by_phase["2.1"]["backbone"] == "tf_efficientnet_lite2"
+    results = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["phase"] for r in results] == [p.key for p in course.ROADMAP]
+    assert all(r["source"] == "this course run" and r["measured: top-1"] for r in results)
+
+
+def test_rerunning_a_notebook_with_other_settings_names_them(course_run, subset):
+    out, _ = course_run
+    c = course.Course("01_baseline", "ci", data_dir=str(subset), output_dir=str(out))
+    assert c.config("baseline").resume == "auto"  # same settings: a re-run continues (or re-tests) the run
+    with pytest.raises(UserError, match="epochs 1 -> 2"):
+        c.config("baseline", epochs=2)
+
+
+def test_a_failing_notebook_is_named_with_its_cell_and_the_sequence_resumes(tmp_path, subset):
+    out = tmp_path / "seq"
+    common = ["--profile", "ci", "-p", "data_dir", str(subset), "-p", "ledger", str(tmp_path / "ledger.csv")]
+    res = _run("run-notebooks", *common, "--only", "00,01", "--out", str(out), "-p", "epochs", "0")
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr
+    assert "01_baseline failed in cell" in errors[0] and "c.config(" in errors[0], errors[0]
+    assert "--epochs must be a positive integer" in errors[0] and f"--resume {out}" in errors[0]
+    assert "01_baseline          FAILED" in res.stdout and "00_setup             done" in res.stdout
+    state = json.loads((out / "state.json").read_text())["status"]
+    assert state["00_setup"]["state"] == "done" and state["01_baseline"]["state"] == "failed"
+
+    res = _run("run-notebooks", "--resume", str(out), "-p", "epochs", "1")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "00_setup             done earlier, skipped" in res.stdout
+    assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {"00_setup": "done", "01_baseline": "done"}
+    assert (out / "figures" / "01_failures.png").is_file()

@@ -1,0 +1,302 @@
+"""Figures, the results ledger, the course's settings and the explorers, without training: real photos of the tiny
+set with predictions whose confusions are known."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import course, ledger, plots, widgets
+from helpers.config import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "data" / "food-101-tiny"
+A, B, C = "apple_pie", "baby_back_ribs", "baklava"
+# (true, predicted, confidence of the prediction): five mistakes, A -> B twice.
+CASES = [(A, A, 0.8), (A, A, 0.7), (A, B, 0.9), (A, B, 0.6), (B, B, 0.9), (B, B, 0.8), (B, B, 0.7), (B, A, 0.7),
+         (C, C, 0.9), (C, A, 0.55), (C, B, 0.8), (C, C, 0.6)]
+
+
+@pytest.fixture()
+def predictions(tmp_path) -> Path:
+    """A predictions CSV in the format of helpers.evaluate, over real photos of the three classes."""
+    photos = {name: sorted((TINY / "images" / name).glob("*.jpg")) for name in (A, B, C)}
+    counters = {name: itertools.count() for name in photos}
+    path = tmp_path / "predictions.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "pred", "confidence", f"p_{A}", f"p_{B}", f"p_{C}"])
+        for true, pred, confidence in CASES:
+            probs = {name: (1 - confidence) / 2 for name in (A, B, C)}
+            probs[pred] = confidence
+            writer.writerow([photos[true][next(counters[true])], true, pred, confidence] + list(probs.values()))
+    return path
+
+
+@pytest.fixture()
+def run_dir(tmp_path) -> Path:
+    """A run folder with the metrics.csv the trainer writes (five epochs)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    epochs = np.arange(1, 6)
+    pd.DataFrame({"epoch": epochs, "train_loss": 2.3 / epochs, "train_top1": 20 + 10 * epochs,
+                  "val_loss": 2.0 / epochs, "val_top1": [30, 45, 52, 50, 55], "val_top5": [70, 80, 85, 88, 90],
+                  "lr": [1e-3, 9e-4, 6e-4, 3e-4, 1e-5], "images_per_s": 50.0, "epoch_seconds": 7.0,
+                  "peak_mem_mb": 0.0}).to_csv(folder / "metrics.csv", index=False)
+    return folder
+
+
+def _png(path: Path, min_side: int = 300) -> tuple[int, int]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as image:
+        width, height = image.size
+        extrema = image.convert("L").getextrema()
+    assert min(width, height) >= min_side and max(width, height) <= 6000, (path, width, height)
+    assert extrema[1] - extrema[0] > 100, f"{path} is blank"
+    assert 3_000 < path.stat().st_size < 8_000_000, path
+    return width, height
+
+
+def _texts_overlap(fig, texts) -> list[tuple[str, str]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # a figure closed in pyplot keeps a bare canvas
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text().strip() and t.get_visible()]
+    return [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# What the figures are computed from
+
+
+def test_failures_are_the_most_confident_mistakes_first(predictions):
+    wrong = plots.failures(predictions)
+    assert list(zip(wrong["true"], wrong["pred"], wrong["confidence"])) == [
+        (A, B, 0.9), (C, B, 0.8), (B, A, 0.7), (A, B, 0.6), (C, A, 0.55)]
+    assert wrong["true_prob"].iloc[0] == pytest.approx(0.05)
+    assert len(plots.failures(predictions, true_class=C)) == 2
+    assert len(plots.failures(predictions, true_class=A, pred_class=B)) == 2
+
+
+def test_confused_pairs_and_confusion_counts(predictions):
+    pairs = plots.confused_pairs(predictions)
+    assert (pairs.iloc[0]["true"], pairs.iloc[0]["pred"], pairs.iloc[0]["count"]) == (A, B, 2)
+    assert pairs.iloc[0]["share"] == pytest.approx(0.5) and len(pairs) == 4
+    counts, names = plots.confusion_counts(predictions)
+    assert names == [A, B, C] and counts.sum() == len(CASES) and np.trace(counts) == 7
+    assert plots.accuracy(predictions) == pytest.approx(100 * 7 / 12)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The figures: real PNG files, readable
+
+
+def test_every_figure_function_returns_a_figure_and_saves_a_real_png(tmp_path, predictions, run_dir):
+    photos = [(str(p), p.parent.name) for p in sorted(TINY.glob("images/*/*.jpg"))[::60]][:6]
+    out = tmp_path / "figures"
+    calls = {
+        "curves": lambda: plots.training_curves({"a": run_dir, "b": run_dir}, sequential=True, folder=out, name="curves"),
+        "cm": lambda: plots.confusion_matrix(predictions, folder=out, name="cm"),
+        "top": lambda: plots.top_confusions(predictions, folder=out, name="top"),
+        "gallery": lambda: plots.failure_gallery(predictions, n=4, folder=out, name="gallery"),
+        "changes": lambda: plots.prediction_changes(predictions, predictions, folder=out, name="changes"),
+        "samples": lambda: plots.class_samples(photos, folder=out, name="samples"),
+        "augment": lambda: plots.augmentation_preview(photos[0][0], size=96, n=3, folder=out, name="augment"),
+        "steps": lambda: plots.transform_steps(photos[1][0], size=96, folder=out, name="steps"),
+        "mix": lambda: plots.mix_preview(photos[:5], size=96, folder=out, name="mix"),
+        "compare": lambda: plots.compare_top1({"a": 50.0, "b": 55.5, "c": float("nan")}, folder=out, name="compare"),
+        "tta": lambda: plots.tta_gain({1: 50.0, 2: 51.0, 4: 52.0}, folder=out, name="tta"),
+        "views": lambda: plots.tta_views(photos[2][0], views=4, size=96, folder=out, name="views"),
+        "ensemble": lambda: plots.ensemble_vs_members(
+            {"top1": 60.0, "members": [{"backbone": "x", "image_size": 96, "top1": 55.0},
+                                       {"backbone": "y", "image_size": 64, "top1": 50.0}]}, folder=out, name="ensemble"),
+        "kd": lambda: plots.student_vs_teacher({"t": 70.0}, ("s", 50.0), ("s", 52.0), folder=out, name="kd"),
+    }
+    for name, call in calls.items():
+        fig = call()
+        assert fig.__class__.__name__ == "Figure", name
+        _png(out / f"{name}.png")
+    assert plots.save_figure(fig, "unsaved", None) is None
+
+
+def test_figure_text_does_not_overlap(predictions, run_dir):
+    fig = plots.failure_gallery(predictions, n=5, cols=3)
+    texts = [t for ax in fig.axes for t in (ax.title, ax._left_title, ax.xaxis.label) if t.get_text()]
+    assert len(texts) == 10 and _texts_overlap(fig, texts) == []
+    fig = plots.training_curves(run_dir)
+    assert _texts_overlap(fig, [ax.title for ax in fig.axes] + [ax.xaxis.label for ax in fig.axes]) == []
+
+
+def test_confusion_matrix_of_101_classes_shows_every_name_whole(tmp_path):
+    names = [f"class_{i:03d}_{'long_dish_name' if i % 7 == 0 else 'dish'}" for i in range(101)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(505):
+        probs = rng.dirichlet(np.ones(101))
+        true = i % 101
+        probs[true] += 0.6
+        probs /= probs.sum()
+        pred = int(probs.argmax())
+        rows.append([f"x{i}.jpg", names[true], names[pred], probs[pred], *probs])
+    frame = pd.DataFrame(rows, columns=["path", "true", "pred", "confidence", *[f"p_{n}" for n in names]])
+    fig = plots.confusion_matrix(frame, folder=tmp_path, name="cm101")
+    width, height = _png(tmp_path / "cm101.png", min_side=1500)
+    ax = fig.axes[0]
+    labels = ax.get_yticklabels()
+    assert [t.get_text() for t in labels] == [plots.pretty(n) for n in names]
+    assert _texts_overlap(fig, labels) == [] and _texts_overlap(fig, ax.get_xticklabels()) == []
+    assert min(t.get_fontsize() for t in labels) >= 6
+
+
+def test_compact_copy_is_smaller_and_keeps_the_picture(tmp_path, predictions):
+    plots.failure_gallery(predictions, n=4, folder=tmp_path, name="gallery")
+    small = plots.compact_copy(tmp_path / "gallery.png", tmp_path / "small" / "gallery.png", max_width=600)
+    assert small.stat().st_size < (tmp_path / "gallery.png").stat().st_size
+    with Image.open(small) as image:
+        assert image.width == 600
+
+
+def test_mix_preview_labels_are_soft_targets_that_sum_to_one(predictions):
+    photos = [(str(p), p.parent.name) for p in sorted(TINY.glob("images/*/*.jpg"))[::80]][:4]
+    fig = plots.mix_preview(photos, size=64)
+    labels = [ax.xaxis.label.get_text() for ax in fig.axes]
+    assert len(labels) == 12
+    for label in labels:
+        shares = [int(x) for x in re.findall(r"(\d+)%", label)]
+        assert 98 <= sum(shares) <= 101 or (len(shares) == 1 and shares[0] >= 99), label
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The results ledger
+
+
+def test_ledger_appends_rows_reads_them_back_and_keeps_the_latest(tmp_path):
+    path = tmp_path / "sub" / "ledger.csv"
+    ledger.append(path, {"course": "c1", "profile": "demo", "phase": "2.1", "test_top1": 70.0, "reference_top1": 65.5})
+    ledger.append(path, {"course": "c1", "profile": "demo", "phase": "2.1", "test_top1": 72.0})
+    ledger.append(path, {"course": "c2", "profile": "full", "phase": "3.1", "test_top1": 80.0})
+    frame = ledger.read(path)
+    assert list(frame.columns) == list(ledger.COLUMNS) and len(frame) == 3
+    assert frame["gain"].iloc[0] == pytest.approx(4.5) and frame["time"].iloc[0]
+    latest = ledger.latest(frame, course="c1")
+    assert len(latest) == 1 and latest["test_top1"].iloc[0] == 72.0
+    assert list(ledger.latest(frame, profile="full")["phase"]) == ["3.1"]
+    assert ledger.read(tmp_path / "missing.csv").empty
+    with pytest.raises(ValueError, match="unknown ledger column"):
+        ledger.append(path, {"phase": "x", "accuracy": 1})
+
+
+def test_ledger_written_by_an_older_version_is_upgraded(tmp_path):
+    path = tmp_path / "ledger.csv"
+    path.write_text("phase,test_top1\nbaseline,60.5\n")
+    ledger.append(path, {"phase": "2.1", "test_top1": 70.0})
+    frame = ledger.read(path)
+    assert list(frame["phase"]) == ["baseline", "2.1"] and list(frame["test_top1"]) == [60.5, 70.0]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The course's settings
+
+
+def test_profiles_pick_the_plans_settings_and_small_ones():
+    full = course.run_settings("02_b3_upgrade", "b3", "full")
+    assert (full["backbone"], full["image_size"], full["batch_size"], full["epochs"], full["pretrained"]) == \
+        ("efficientnet_b3", 300, 16, 100, "hub")
+    ci = course.run_settings("02_b3_upgrade", "b3", "ci")
+    assert (ci["backbone"], ci["image_size"], ci["epochs"], ci["pretrained"]) == ("tf_efficientnet_lite2", 64, 1, "offline")
+    assert course.run_settings("07_high_resolution", "hires", "ci")["image_size"] == 80
+    stage2 = course.run_settings("05_two_stage", "stage2", "full")
+    assert stage2["pretrained"] == course.Ref("05_two_stage", "stage1") and stage2["lr"] == 1e-4
+    assert course.trained_runs("08_ensemble", "demo") == [] and course.trained_runs("08_ensemble", "full") == ["b4", "resnet101"]
+    assert course.required_runs("06_tta", "ci") == [course.Ref("05_two_stage", "stage2")]
+    assert course.required_runs("09_distillation", "demo") == [course.Ref("01_baseline", "baseline"),
+                                                               course.Ref("07_high_resolution", "hires")]
+    assert course.parameter_comment("01_baseline", "baseline", "epochs") == "full: 50 · demo: 4 · ci: 1"
+    with pytest.raises(UserError, match="Unknown profile"):
+        course.run_settings("01_baseline", "baseline", "fast")
+    with pytest.raises(UserError, match="not trained in the demo profile"):
+        course.run_settings("08_ensemble", "b4", "demo")
+
+
+def test_course_config_applies_parameters_and_resumes_automatically(tmp_path):
+    c = course.Course("01_baseline", "demo", output_dir=str(tmp_path / "course"), ledger=str(tmp_path / "l.csv"))
+    cfg = c.config("baseline", epochs=2, lr=None, batch_size=None)
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.image_size) == (2, 3e-3, 32, 112)
+    assert cfg.resume == "auto" and Path(cfg.output_dir) == tmp_path / "course" / "models" / "01_baseline" / "baseline"
+    assert Path(cfg.data_dir) == TINY
+    with pytest.raises(UserError, match="Did you mean epochs"):
+        c.config("baseline", epoch=3)
+    with pytest.raises(UserError, match="--epochs must be a positive integer"):
+        c.config("baseline", epochs=0)
+    table = c.describe(cfg)
+    assert table.loc["epochs"].tolist() == ["2", "50"] and table.loc["backbone"].tolist()[1] == "efficientnet_b0"
+
+
+def test_a_notebook_whose_input_run_is_missing_says_which_to_run(tmp_path):
+    c = course.Course("06_tta", "demo", output_dir=str(tmp_path))
+    with pytest.raises(UserError, match="needs the 'stage2' model of 05_two_stage.*--only 05,06"):
+        c.require("05_two_stage", "stage2")
+    stage2 = course.Course("05_two_stage", "demo", output_dir=str(tmp_path))
+    with pytest.raises(UserError, match="needs the 'stage1' model"):
+        stage2.config("stage2")
+
+
+def test_results_put_measured_numbers_beside_the_plans(tmp_path):
+    path = tmp_path / "ledger.csv"
+    ledger.append(path, {"course": "old", "profile": "demo", "phase": "3.1", "test_top1": 61.0})
+    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "baseline", "test_top1": 60.0,
+                         "backbone": "tf_efficientnet_lite0", "image_size": 112})
+    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "2.1", "test_top1": 66.0,
+                         "reference_top1": 60.0})
+    c = course.Course("10_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
+    table = c.results().set_index("phase")
+    assert list(table.index) == [p.key for p in course.ROADMAP]
+    assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)
+    assert table.loc["2.1", "plan: top-1"] == "82-86%" and table.loc["baseline", "model"] == "tf_efficientnet_lite0 @112"
+    assert table.loc["3.1", "source"] == "an earlier course run" and table.loc["4.2", "source"] == "not measured"
+    paths = c.save_results(c.results())
+    assert "| 2.1 | Upgrade to B3, 100 epochs |" in paths["markdown"].read_text()
+    fig = plots.roadmap_table(c.results(), folder=tmp_path, name="table")
+    _png(tmp_path / "table.png")
+    plots.roadmap_chart(c.results(), folder=tmp_path, name="chart")
+    _png(tmp_path / "chart.png")
+    assert fig is not None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The explorers
+
+
+def test_failure_explorer_pages_through_a_class_or_a_pair(predictions):
+    box = widgets.failure_explorer(predictions, per_page=2)
+    (choice, page, of), image = box.children[0].children, box.children[1]
+    assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    labels = [label for label, _ in choice.options]
+    assert labels[0] == "all failures (5)" and "pair: Apple pie → Baby back ribs (2)" in labels
+    assert page.max == 3 and of.value == "of 3"
+    first = image.value
+    page.value = 2
+    assert image.value != first
+    choice.value = (C, None)
+    assert page.max == 1 and page.value == 1
+
+
+def test_augmentation_explorer_draws_each_choice(predictions):
+    photos = [(str(p), p.parent.name) for p in sorted(TINY.glob("images/*/*.jpg"))[:2]]
+    box = widgets.augmentation_explorer(photos, size=64)
+    view, image = box.children[0].children[1], box.children[1]
+    first = image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    view.value = ("steps", "advanced")
+    assert image.value != first
+    with pytest.raises(UserError):
+        widgets.augmentation_explorer([])
