@@ -38,7 +38,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # stage 1 of two-stage training: only the head learns
     freeze_bn: bool = True  # keep the backbone's BatchNorm statistics at their pretrained values (see README)
     # --- augmentation ---
-    augment: str = "basic"  # none | light (crop, flip) | basic (+ colour, affine, cutout) | advanced (+ the plan's 3.2)
+    augment: str = "light"  # none | light (crop, flip) | basic (+ colour, affine, cutout) | advanced (+ the plan's 3.2)
     mixup: bool = False  # batch-level mixup (timm Mixup)
     cutmix: bool = False  # batch-level cutmix
     mixup_alpha: float = 0.2  # Beta(alpha, alpha) for mixup's lambda
