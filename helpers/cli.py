@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None, run: Callable | None = None) -> int:
     try:
         result = args.func(args)
     except UserError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)  # the newline ends a progress bar's line
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume <output dir>", file=sys.stderr)

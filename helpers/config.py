@@ -123,7 +123,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}.")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
     _check(cfg.head_warmup_epochs >= 0, f"--head-warmup-epochs must be >= 0, got {cfg.head_warmup_epochs}.")
-    _check(cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}.")
+    _check(0 <= cfg.warmup_epochs <= cfg.epochs,
+           f"--warmup-epochs ({cfg.warmup_epochs}) must be >= 0 and at most --epochs ({cfg.epochs}).")
     _check(cfg.auto_batch_target is None or (cfg.batch_size == "auto" and cfg.auto_batch_target > 0),
            "--auto-batch-target needs --batch-size auto and a positive number of images.")
     _check(cfg.batch_size != "auto" or cfg.grad_accum_steps == 1,

@@ -77,7 +77,12 @@ class Ref:
 
 # Each run: settings for all profiles ("all"), then per profile. "ci" starts from "demo" and the ci profile's base.
 # A run without an entry for a profile (and without "all") is not trained in that profile.
-# "like": copy the settings of another run (read from its config.yaml), for comparisons that change one thing.
+# Two keys are not TrainConfig fields:
+#   "like": copy the settings of another run (read from its config.yaml), for comparisons that change one thing;
+#   "start_from": start from the weights (head included) of another run's best checkpoint, as a new run with its own
+#       optimizer and schedule: the plan's `--resume checkpoint.pt` between stages. It becomes `resume=<best.pt>`,
+#       which the trainer treats as a new stage because the settings differ; once the run has its own last.pt,
+#       `resume="auto"` continues it instead.
 RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "01_baseline": {
         "baseline": {
@@ -131,7 +136,7 @@ RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=2, lr=1e-2),
         },
         "stage2": {  # everything learns, from stage 1's weights, the backbone at a tenth of the head's rate (3.6)
-            "all": dict(pretrained=Ref("05_two_stage", "stage1"), augment="advanced", mixup=True, cutmix=True,
+            "all": dict(start_from=Ref("05_two_stage", "stage1"), augment="advanced", mixup=True, cutmix=True,
                         backbone_lr_ratio=0.1),
             "full": dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=100, lr=1e-4),
             "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=4, lr=1e-3),
@@ -139,7 +144,7 @@ RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     },
     "07_high_resolution": {
         "hires": {  # fine-tune the two-stage model at a higher resolution
-            "all": dict(pretrained=Ref("05_two_stage", "stage2"), augment="advanced", mixup=True, cutmix=True),
+            "all": dict(start_from=Ref("05_two_stage", "stage2"), augment="advanced", mixup=True, cutmix=True),
             "full": dict(backbone="efficientnet_b3", image_size=384, batch_size=8, epochs=150, lr=1e-4),
             "demo": dict(backbone="tf_efficientnet_lite2", image_size=160, epochs=2, lr=1e-3),
             "ci": dict(image_size=80),
@@ -208,7 +213,7 @@ PHASES: dict[str, Phase] = {p.key: p for p in ROADMAP}
 # Settings shown by `describe`: the plan's knobs, in this order.
 SHOWN = ("backbone", "image_size", "batch_size", "epochs", "lr", "backbone_lr_ratio", "scheduler", "warmup_epochs",
          "early_stopping", "patience", "augment", "mixup", "cutmix", "mixup_alpha", "cutmix_alpha", "freeze_backbone",
-         "pretrained", "teacher", "kd_alpha", "kd_temperature", "seed", "device", "num_workers")
+         "freeze_bn", "pretrained", "resume", "teacher", "kd_alpha", "kd_temperature", "seed", "device", "num_workers")
 
 
 def project_root() -> Path:
@@ -370,6 +375,7 @@ class Course:
 
         Overrides that are None are ignored, so a notebook passes its parameters straight through. The run
         goes to `<output_dir>/models/<notebook>/<run>` with `resume="auto"`: a re-run continues from last.pt.
+        A run that starts from another run's weights gets `resume=<that run>/best.pt` until it has a last.pt.
 
         Raises:
             UserError: an unknown setting, a bad value, or a folder holding a run with other settings.
@@ -379,8 +385,13 @@ class Course:
         values.update(given)
         if isinstance(values.get("teacher"), (str, Path)):
             values["teacher"] = (str(values["teacher"]),)
-        values.update(dataset=self.dataset, data_dir=str(self.data_dir), device=self.device, resume="auto",
-                      output_dir=str(self.run_dir(self.notebook, run)))
+        output_dir = self.run_dir(self.notebook, run)
+        start_from = values.pop("start_from", None)
+        resume = "auto"
+        if start_from is not None and not (output_dir / "last.pt").is_file():
+            resume = str(Path(start_from) / "best.pt")
+        values.update(dataset=self.dataset, data_dir=str(self.data_dir), device=self.device, resume=resume,
+                      output_dir=str(output_dir))
         cfg = make_config(values)
         self._check_same_run(cfg)
         return cfg
@@ -417,7 +428,9 @@ class Course:
             table[f"{run} ({self.profile})"] = {k: _show(values[k]) for k in SHOWN}
             try:
                 plan = run_settings(self.notebook, run, "full")
-                plan = {**dataclasses.asdict(TrainConfig()), "device": "mps or cuda", **plan}
+                plan = {**dataclasses.asdict(TrainConfig()), "device": "mps or cuda", "resume": "auto", **plan}
+                if "start_from" in plan:
+                    plan["resume"] = f"{plan.pop('start_from')}/best.pt (a new stage)"
                 table[f"{run}: the plan"] = {k: _show(plan[k]) if k in plan else "(as the reference run)"
                                              for k in SHOWN}
             except UserError:

@@ -117,8 +117,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     classifier = model.default_cfg.get("classifier", "classifier")
     usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     skipped = [k for k in state if k not in usable]
-    if not any(k for k in usable if not k.startswith(classifier)):
-        raise UserError(f"{path} holds no weights that fit {type(model).__name__}: is it from another backbone?")
+    body = [k for k in own if not k.startswith(classifier)]
+    if sum(k in usable for k in body) < len(body) / 2:  # a few tensors (counters, a stem) may fit by chance
+        raise UserError(f"{path} holds no weights that fit {type(model).__name__} ({len(skipped)} of {len(state)} "
+                        "tensors differ in name or shape): is it from another backbone?")
     model.load_state_dict(usable, strict=False)
     if skipped:
         _logger.info("Initialised from %s; %d tensors did not fit and were left as they were", path, len(skipped))

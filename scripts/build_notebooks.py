@@ -440,8 +440,9 @@ SOURCES["05_two_stage"] = f'''
 #   1e-4, with mixup and CutMix), the backbone at a tenth of the head's rate (**3.6 discriminative learning
 #   rates**: early layers hold generic features that need little change).
 #
-# The plan's stage 2 uses `--resume checkpoint.pt`; here stage 2 is a new run that starts from stage 1's weights
-# (`pretrained=<stage 1 run>`), with its own optimizer and schedule.
+# The plan's stage 2 uses `--resume checkpoint.pt`, and so does this one: `resume=<stage 1>/best.pt` with other
+# settings starts a new run from stage 1's weights (head included), with its own optimizer and schedule. Once stage
+# 2 has its own checkpoint, a re-run continues stage 2 instead.
 #
 # **What the plan expects.** +2-3% for two-stage training and +1-2% for discriminative rates (the table: +2%).
 #
@@ -583,8 +584,9 @@ SOURCES["07_high_resolution"] = f'''
 #
 # **Technique.** More pixels show finer texture. A model trained with random crops sees objects larger than at
 # test time (the "FixRes" effect, Touvron et al. 2019), so testing a little above the training size often helps
-# on its own, and a short fine-tune at the higher size helps more. Here the two-stage model of `05` is
-# fine-tuned at the higher resolution (it starts from its weights).
+# on its own, and a short fine-tune at the higher size helps more: the BatchNorm statistics adapt to the new
+# size (so this run lets them move, `freeze_bn=False`). Here the two-stage model of `05` is fine-tuned at the
+# higher resolution, starting from its weights.
 #
 # **What the plan expects.** B3 at 384 px, batch 8, 150 epochs: +1-3% (the table: +1.5%), about 8 more hours.
 # Memory grows with the square of the size: batch 8 at 384 px needs about as much as batch 16 at 300 px.

@@ -469,7 +469,8 @@ def test_strict_data_stops_with_one_paragraph(tmp_path, capsys, workers):
 def test_real_nan_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(
-        **dict(CONFIG, lr=1e30, backbone_lr_ratio=1.0, warmup_epochs=0.0, epochs=1, checkpoint_every=1),
+        **dict(CONFIG, lr=1e30, backbone_lr_ratio=1.0, warmup_epochs=0.0, head_warmup_epochs=0, epochs=1,
+               checkpoint_every=1),
         data_dir=str(make_micro(tmp_path / "data", n_train=4, n_test=1)),
         output_dir=str(out),
     )
@@ -533,7 +534,7 @@ def _clean_error(code: int, err: str, needle: str) -> None:
         (["--val-fraction", "0.7"], "--val-fraction must be between"),
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
         (["--num-workers", "-4"], "--num-workers must be >= 0"),
-        (["--warmup-epochs", "5"], "--warmup-epochs (5.0) must be >= 0 and below --epochs"),
+        (["--warmup-epochs", "5"], "--warmup-epochs (5.0) must be >= 0 and at most --epochs"),
         (["--resume", "auto", "--init-from", "x"], "give only one"),
         (["--resume", "/nonexistent/run"], "does not exist"),
         (["--image-size", "16"], "--image-size must be an integer of at least 32"),

@@ -215,7 +215,7 @@ def test_profiles_pick_the_plans_settings_and_small_ones():
     assert (ci["backbone"], ci["image_size"], ci["epochs"], ci["pretrained"]) == ("tf_efficientnet_lite2", 64, 1, "offline")
     assert course.run_settings("07_high_resolution", "hires", "ci")["image_size"] == 80
     stage2 = course.run_settings("05_two_stage", "stage2", "full")
-    assert stage2["pretrained"] == course.Ref("05_two_stage", "stage1") and stage2["lr"] == 1e-4
+    assert stage2["start_from"] == course.Ref("05_two_stage", "stage1") and stage2["lr"] == 1e-4
     assert course.trained_runs("08_ensemble", "demo") == [] and course.trained_runs("08_ensemble", "full") == ["b4", "resnet101"]
     assert course.required_runs("06_tta", "ci") == [course.Ref("05_two_stage", "stage2")]
     assert course.required_runs("09_distillation", "demo") == [course.Ref("01_baseline", "baseline"),
