@@ -1,11 +1,12 @@
-# Two commands from a fresh clone:  make demo  (the course on the tiny real set)  and  make test.
+# Two commands from a fresh clone:  make demo  (train + evaluate on the tiny real set)  and  make test.
+# make course runs every notebook headlessly (papermill, demo profile).
 # Both create .venv with Python 3.11 and the pinned requirements on first use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean bench
+.PHONY: demo course test lint format clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): requirements.txt
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+course: $(STAMP)
+	$(PY) -m helpers run-notebooks --profile demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
