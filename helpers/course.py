@@ -146,7 +146,8 @@ RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "hires": {  # fine-tune the two-stage model at a higher resolution
             "all": dict(start_from=Ref("05_two_stage", "stage2"), augment="advanced", mixup=True, cutmix=True),
             "full": dict(backbone="efficientnet_b3", image_size=384, batch_size=8, epochs=150, lr=1e-4),
-            "demo": dict(backbone="tf_efficientnet_lite2", image_size=160, epochs=2, lr=1e-3),
+            "demo": dict(backbone="tf_efficientnet_lite2", image_size=160, epochs=2, lr=3e-4, augment="light",
+                         mixup=False, cutmix=False),
             "ci": dict(image_size=80),
         },
     },

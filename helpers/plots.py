@@ -192,6 +192,42 @@ def accuracy(predictions: str | Path | pd.DataFrame) -> float:
 # Training
 
 
+def lr_schedule(run: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head's learning rate at every optimizer step of a run, rebuilt with the trainer's own scheduler from
+    the run's config.yaml and the steps per epoch in its last.pt.
+
+    Returns:
+        (epoch position of each step, from 0 to the epochs run; learning rate), or None when the run lacks the
+        files (the caller then plots the per-epoch values of metrics.csv).
+    """
+    import torch
+    import yaml
+
+    from .config import config_from_dict
+    from .engine import make_scheduler
+
+    run = Path(run)
+    try:
+        cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+        done = int(state["epoch"]) + (1 if state.get("step") else 0)
+        steps_per_epoch = round(int(state["num_updates"]) / max(int(state["epoch"]), 1)) if state["epoch"] else 0
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        return None
+    if steps_per_epoch <= 0:
+        return None
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                               warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
+                               restart_epochs=cfg.restart_epochs)
+    steps = np.arange(done * steps_per_epoch + 1)
+    rates = []
+    for step in steps:
+        scheduler.step_update(int(step))
+        rates.append(optimizer.param_groups[0]["lr"])
+    return steps / steps_per_epoch, np.array(rates)
+
+
 def _as_runs(runs: str | Path | Sequence[str | Path] | dict[str, str | Path]) -> dict[str, Path]:
     if isinstance(runs, dict):
         return {str(k): Path(v) for k, v in runs.items()}
@@ -232,21 +268,23 @@ def training_curves(runs: str | Path | Sequence[str | Path] | dict[str, str | Pa
         axes[1].plot(x, df["val_top5"], ls=":", color=color, marker=marker, ms=3)
         best = df["val_top1"].idxmax()
         axes[1].plot(x[best], df["val_top1"][best], marker="*", ms=14, color=color, mec="black", mew=0.6, ls="none")
-        axes[2].plot(x, df["lr"], color=color, marker=marker, ms=4)
+        schedule = lr_schedule(folder_)
+        if schedule is not None:
+            axes[2].plot(schedule[0] + offset, schedule[1], color=color)
+        else:
+            axes[2].plot(x, df["lr"], color=color, marker=marker, ms=4)
         last = max(last, int(x.max()))
         if sequential:
             if offset:
                 for ax in axes:
-                    ax.axvline(offset + 0.5, color="grey", ls="-.", lw=1)
-            axes[1].annotate(label, (offset + 0.5, 0.0), xycoords=("data", "axes fraction"), xytext=(4, 4),
-                             textcoords="offset points", va="bottom", fontsize=9, color=color)
+                    ax.axvline(offset + 0.5 if ax is not axes[2] else offset, color="grey", ls="-.", lw=1)
             offset += len(df)
     axes[0].set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     axes[1].set(title="Accuracy (★ best val top-1)", xlabel="epoch", ylabel="%")
-    axes[2].set(title="Learning rate (head) at the end of each epoch", xlabel="epoch", ylabel="lr")
+    axes[2].set(title="Learning rate of the head, per step", xlabel="epoch", ylabel="lr")
     axes[2].set_yscale("log")
     for ax in axes:
-        ax.set_xlim(0.5, last + 0.5)
+        ax.set_xlim(0.0 if ax is axes[2] else 0.5, last + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     run_handles = [Line2D([], [], color=COLORS[i % len(COLORS)], lw=3) for i in range(len(runs))]
     split_handles = [Line2D([], [], color="black", ls=ls) for ls in ("--", "-", ":")]
