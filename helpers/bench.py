@@ -394,13 +394,16 @@ def _loader_rate(dataset, *, batch_size: int, workers: int, images: int,
     default of one thread per core, the intra-op pool of a busy machine can make small tensor ops (ToTensor,
     collate) ten times slower, which would measure the thread pool rather than the pipeline.
     """
-    from .data import make_loader
+    import cv2
+
+    from .data import make_loader, single_threaded_worker
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers,
                          pin_memory=pin_memory)
-    threads = torch.get_num_threads()
-    if workers == 0:  # in-process, with one torch thread as in a DataLoader worker: the cost of one process
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    if workers == 0:  # in-process, with one torch and one OpenCV thread as in a DataLoader worker
         torch.set_num_threads(1)
+        single_threaded_worker(0)
     try:
         batches = iter(loader)
         next(batches)  # worker start-up and the pipeline's first fill are not timed
@@ -411,6 +414,7 @@ def _loader_rate(dataset, *, batch_size: int, workers: int, images: int,
         return count / (time.perf_counter() - started), cpu_ms
     finally:
         torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
         del loader
         gc.collect()
 

@@ -78,7 +78,7 @@ class TrainConfig:
     num_workers: int = -1  # DataLoader workers, -1: min(8, cpu count)
     seed: int = 42
     output_dir: str = "runs/train"
-    resume: str | None = None  # run dir or checkpoint to continue (same run, same weights and state)
+    resume: str | None = None  # run dir or checkpoint to continue; "auto": the output dir's run if it has one
     checkpoint_every: int = 200  # also save `last` every N optimizer steps inside an epoch (0: epoch ends only)
     nan_policy: str = "stop"  # stop | skip: what a NaN/Inf loss does
     log_interval: int = 20  # steps between progress-bar loss updates (each one is a device sync)
@@ -139,8 +139,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0 <= cfg.drop_rate < 1 and 0 <= cfg.drop_path_rate < 1, "--drop-rate and --drop-path-rate must be in [0, 1).")
     _check(cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}.")
     _check(cfg.num_workers >= -1, f"--num-workers must be >= 0 (or -1 for automatic), got {cfg.num_workers}.")
-    _check(not (cfg.resume and cfg.init_from),
-           "--resume continues a run and --init-from starts a new one from its weights: give only one.")
+    _check(not cfg.resume or not cfg.init_from or cfg.resume == "auto",
+           "--resume RUN continues a run and --init-from starts a new one from its weights: give only one (or "
+           "--resume auto with --init-from: continue the run in --output-dir if it has one, else start from the "
+           "weights).")
     _check(cfg.early_stopping or cfg.patience == TrainConfig.patience,
            f"--patience {cfg.patience} has no effect without --early-stopping: add --early-stopping or drop --patience.")
     return cfg

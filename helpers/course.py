@@ -83,38 +83,42 @@ class Ref:
 #       optimizer and schedule: the plan's `--resume checkpoint.pt` between stages. It becomes `resume=<best.pt>`,
 #       which the trainer treats as a new stage because the settings differ; once the run has its own last.pt,
 #       `resume="auto"` continues it instead.
+# Phase 3's runs (3.1-3.3) share the plan's long schedule: 150 epochs of B3 at 300 px, early stopping.
+LONG_B3 = dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=150, warmup_epochs=5, patience=15)
+LONG_LITE2 = dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=5, warmup_epochs=1, patience=4,
+                  restart_epochs=2)
+
 RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "01_baseline": {
         "baseline": {
+            "all": dict(augment="basic"),  # the plan's "current augmentations"
             "full": dict(backbone="efficientnet_b0", image_size=224, batch_size=24, epochs=50),
             "demo": dict(backbone="tf_efficientnet_lite0", image_size=112, epochs=4),
         },
     },
     "02_b3_upgrade": {
         "b3": {
+            "all": dict(augment="basic"),
             "full": dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=100),
             "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=4),
         },
         "resnet50": {
+            "all": dict(augment="basic"),
             "full": dict(backbone="resnet50", image_size=224, batch_size=20, epochs=100),
             "demo": dict(backbone="tf_efficientnet_lite1", image_size=112, epochs=4),
         },
     },
     "03_augmentations": {
         "schedule": {  # 3.1: longer, warmup, cosine with restarts, early stopping
-            "all": dict(scheduler="cosine_restart", early_stopping=True),
-            "full": dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=150, warmup_epochs=5,
-                         patience=15),
-            "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=5, warmup_epochs=1, patience=4,
-                         restart_epochs=2),
+            "all": dict(scheduler="cosine_restart", early_stopping=True, augment="basic"),
+            "full": LONG_B3,
+            "demo": LONG_LITE2,
             "ci": dict(warmup_epochs=0.5),
         },
         "advanced": {  # 3.2: the same and the plan's advanced augmentation
             "all": dict(scheduler="cosine_restart", early_stopping=True, augment="advanced"),
-            "full": dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=150, warmup_epochs=5,
-                         patience=15),
-            "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=5, warmup_epochs=1, patience=4,
-                         restart_epochs=2),
+            "full": LONG_B3,
+            "demo": LONG_LITE2,
             "ci": dict(warmup_epochs=0.5),
         },
     },
@@ -122,10 +126,8 @@ RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "mixup": {  # 3.3: 3.2 and batch-level mixup / cutmix
             "all": dict(scheduler="cosine_restart", early_stopping=True, augment="advanced", mixup=True, cutmix=True,
                         mixup_alpha=0.2, cutmix_alpha=1.0),
-            "full": dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=150, warmup_epochs=5,
-                         patience=15),
-            "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=5, warmup_epochs=1, patience=4,
-                         restart_epochs=2),
+            "full": LONG_B3,
+            "demo": LONG_LITE2,
             "ci": dict(warmup_epochs=0.5),
         },
     },
@@ -137,14 +139,15 @@ RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         },
         "stage2": {  # everything learns, from stage 1's weights, the backbone at a tenth of the head's rate (3.6)
             "all": dict(start_from=Ref("05_two_stage", "stage1"), augment="advanced", mixup=True, cutmix=True,
-                        backbone_lr_ratio=0.1),
+                        backbone_lr_ratio=0.1, head_warmup_epochs=0),  # its head is trained already
             "full": dict(backbone="efficientnet_b3", image_size=300, batch_size=16, epochs=100, lr=1e-4),
             "demo": dict(backbone="tf_efficientnet_lite2", image_size=128, epochs=4, lr=1e-3),
         },
     },
     "07_high_resolution": {
         "hires": {  # fine-tune the two-stage model at a higher resolution
-            "all": dict(start_from=Ref("05_two_stage", "stage2"), augment="advanced", mixup=True, cutmix=True),
+            "all": dict(start_from=Ref("05_two_stage", "stage2"), augment="advanced", mixup=True, cutmix=True,
+                        head_warmup_epochs=0),
             "full": dict(backbone="efficientnet_b3", image_size=384, batch_size=8, epochs=150, lr=1e-4),
             "demo": dict(backbone="tf_efficientnet_lite2", image_size=160, epochs=2, lr=3e-4, augment="light",
                          mixup=False, cutmix=False),
@@ -152,8 +155,10 @@ RUNS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         },
     },
     "08_ensemble": {  # full: the plan's models 2 and 3 (model 1 is 07's B3); demo and ci reuse earlier runs
-        "b4": {"full": dict(backbone="efficientnet_b4", image_size=380, batch_size=12, epochs=150, seed=123)},
-        "resnet101": {"full": dict(backbone="resnet101", image_size=224, batch_size=16, epochs=150, seed=456)},
+        "b4": {"full": dict(backbone="efficientnet_b4", image_size=380, batch_size=12, epochs=150, seed=123,
+                            augment="basic")},
+        "resnet101": {"full": dict(backbone="resnet101", image_size=224, batch_size=16, epochs=150, seed=456,
+                                   augment="basic")},
     },
     "09_distillation": {
         "student": {  # the reference run's exact settings, plus a teacher
@@ -214,7 +219,8 @@ PHASES: dict[str, Phase] = {p.key: p for p in ROADMAP}
 # Settings shown by `describe`: the plan's knobs, in this order.
 SHOWN = ("backbone", "image_size", "batch_size", "epochs", "lr", "backbone_lr_ratio", "scheduler", "warmup_epochs",
          "early_stopping", "patience", "augment", "mixup", "cutmix", "mixup_alpha", "cutmix_alpha", "freeze_backbone",
-         "freeze_bn", "pretrained", "resume", "teacher", "kd_alpha", "kd_temperature", "seed", "device", "num_workers")
+         "freeze_bn", "head_warmup_epochs", "pretrained", "resume", "teacher", "kd_alpha", "kd_temperature", "seed",
+         "device", "num_workers")
 
 
 def project_root() -> Path:

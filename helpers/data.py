@@ -229,14 +229,44 @@ def _jpeg_truncated(data: np.ndarray) -> bool:
 
 
 def _reduced_flag(data: np.ndarray, min_side: int) -> int:
-    header = cv2.imdecode(data[: 64 * 1024], cv2.IMREAD_REDUCED_GRAYSCALE_8)  # cheap size probe
-    if header is None:
+    """The coarsest of OpenCV's 1/8, 1/4, 1/2 JPEG decodes that keeps the short side at least `min_side`."""
+    size = jpeg_size(data)
+    if size is None:
         return cv2.IMREAD_COLOR
-    short = min(header.shape[:2]) * 8  # approximate full-size short side
+    short = min(size)
     for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if short // factor >= min_side:
+        if -(-short // factor) >= min_side:  # libjpeg rounds the scaled size up
             return flag
     return cv2.IMREAD_COLOR
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def jpeg_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, without decoding; None if it is not found.
+
+    Walks the marker segments from the start of the file (usually a dozen), so it costs microseconds where a
+    reduced decode to learn the size would cost a third of a millisecond.
+    """
+    head = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)  # EXIF blocks can be 64 KB long
+    if head[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 <= len(head):
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(head[pos + 5:pos + 7], "big"), int.from_bytes(head[pos + 7:pos + 9], "big")
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(head[pos + 2:pos + 4], "big")
+    return None
 
 
 def _read_with_pil(path: str) -> np.ndarray:
@@ -351,4 +381,11 @@ def make_loader(
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None, drop_last=False,
+        worker_init_fn=single_threaded_worker if workers > 0 else None,
     )
+
+
+def single_threaded_worker(worker_id: int) -> None:
+    """One OpenCV thread per DataLoader worker, as torch does for its own ops in workers: the workers already use
+    the cores, and OpenCV's default pool in each of N workers would start N x cores threads competing for them."""
+    cv2.setNumThreads(1)

@@ -603,10 +603,7 @@ def _carry_metrics(resume: str, out: Path, completed_epochs: int) -> None:
     target = out / "metrics.csv"
     if source.exists() and source.resolve() != target.resolve():
         target.write_text(source.read_text())
-    if completed_epochs == 0:  # no epoch finished: no rows (truncate_rows would leave a file without a header)
-        target.unlink(missing_ok=True)
-    else:
-        truncate_rows(target, completed_epochs)
+    truncate_rows(target, completed_epochs)
 
 
 def _recording(loader, bad: set[int]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import torch
@@ -51,16 +52,25 @@ def append_row(path: str | Path, row: dict) -> None:
 
 
 def truncate_rows(path: str | Path, max_epoch: int) -> None:
-    """Drop rows of epochs after `max_epoch` (a resumed run rewrites the epochs it repeats)."""
+    """Drop rows of epochs after `max_epoch` (a resumed run rewrites the epochs it repeats).
+
+    The kept rows are written to a temporary file that replaces the log in one step, so a kill during the
+    rewrite leaves either the old log or the new one, never a half-written file.
+    """
     path = Path(path)
     if not path.exists():
         return
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     keep = [r for r in rows if int(r["epoch"]) <= max_epoch]
-    if len(keep) != len(rows):
-        with open(path, "w", newline="") as f:
-            if keep:
-                writer = csv.DictWriter(f, fieldnames=list(keep[0]))
-                writer.writeheader()
-                writer.writerows(keep)
+    if len(keep) == len(rows):
+        return
+    if not keep:  # append_row starts the file again, header included
+        path.unlink()
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(keep[0]))
+        writer.writeheader()
+        writer.writerows(keep)
+    os.replace(tmp, path)

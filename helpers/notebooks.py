@@ -36,6 +36,11 @@ from .config import UserError
 _logger = logging.getLogger(__name__)
 
 STATE = "state.json"
+# One figure of each kind, copied by --copy-figures as the repository's examples (figures/).
+EXAMPLE_FIGURES = ("00_class_samples", "01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures",
+                   "02_compare", "03_augmentation_preview", "03_advanced_steps", "03_training_curves", "04_mix_preview",
+                   "05_training_curves", "06_tta_views", "06_tta_gain", "06_changes", "07_compare",
+                   "08_ensemble_vs_members", "09_student_vs_teacher", "10_roadmap_table", "10_roadmap")
 # Notebook output lines worth showing in the terminal (the rest is in the notebook's log).
 ECHO = re.compile(r"epoch \d+/\d+ |Test top-1|Resuming|Starting a new stage|Early stopping|Ledger |rror")
 
@@ -59,7 +64,8 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     p.add_argument("--cell-timeout", type=int, default=None, metavar="S", help="seconds one cell may run (default none)")
     p.add_argument("--copy-figures", metavar="DIR",
-                   help="when every notebook succeeded, copy the figures into DIR as smaller PNGs (e.g. figures/)")
+                   help="when every notebook succeeded, copy one figure of each kind into DIR as smaller PNGs (the "
+                        "repository's figures/ are made this way)")
     p.set_defaults(func=run_command)
 
 
@@ -218,16 +224,16 @@ def run_command(args: argparse.Namespace) -> dict:
         (folder / sub).mkdir(exist_ok=True)
     sequence.save()
     result = _run(sequence, sources, root, kernel=args.kernel, cell_timeout=args.cell_timeout)
-    if args.copy_figures:
+    if args.copy_figures and all(v == "done" for v in result["notebooks"].values()):
         result["copied_figures"] = copy_figures(folder / "figures", Path(args.copy_figures))
     return result
 
 
-def copy_figures(source: Path, target: Path) -> int:
-    """Copy every PNG of a run folder's figures/ into `target`, shrunk for committing; returns the count."""
+def copy_figures(source: Path, target: Path, names: tuple[str, ...] = EXAMPLE_FIGURES) -> int:
+    """Copy the named PNGs of a run folder's figures/ into `target`, shrunk for committing; returns the count."""
     from .plots import compact_copy
 
-    paths = sorted(source.glob("*.png"))
+    paths = [source / f"{name}.png" for name in names if (source / f"{name}.png").is_file()]
     for path in paths:
         compact_copy(path, target / path.name)
     _say(f"copied {len(paths)} figures to {target} (at most 1400 px wide, 256 colours)")

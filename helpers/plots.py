@@ -253,7 +253,7 @@ def training_curves(runs: str | Path | Sequence[str | Path] | dict[str, str | Pa
     runs = _as_runs(runs)
     fig, axes = _figure(15, 4.6, 1, 3)
     offset, last = 0, 1
-    for i, (label, folder_) in enumerate(runs.items()):
+    for i, folder_ in enumerate(runs.values()):
         metrics = folder_ / "metrics.csv"
         if not metrics.is_file():
             raise FileNotFoundError(f"{metrics} does not exist: is {folder_} a trained run folder?")
@@ -629,8 +629,8 @@ def mix_preview(samples: Sequence[tuple[str, str]], *, size: int = 160, mixup_al
             ax.set_xlabel(text, fontsize=9)
             if i == 0:
                 ax.set_ylabel(label, fontsize=11)
-    fig.suptitle(title or "Mixup blends two photos; CutMix pastes a patch of one into the other. "
-                          "Labels are mixed in the same proportions.")
+    fig.suptitle(title or "Mixup blends two photos; CutMix pastes a patch of one into the other. Labels are mixed in "
+                          "the same proportions.\n(Here each pair draws its own λ; the trainer draws one λ per batch.)")
     save_figure(fig, name, folder)
     return fig
 
@@ -687,7 +687,8 @@ def tta_gain(top1_by_views: dict[int, float], *, title: str | None = None, folde
     fig, ax = _figure(8, 4.2)
     ax.plot(views, values, marker="o", ms=8, color=NEUTRAL)
     ax.axhline(base, color="grey", ls="--", lw=1)
-    ax.text(views[-1], base, " one view", va="bottom", ha="right", fontsize=9, color="grey")
+    ax.annotate("one view", (views[-1], base), textcoords="offset points", xytext=(0, -4), va="top", ha="right",
+                fontsize=9, color="grey")
     for v, value in zip(views, values):
         ax.annotate(f"{value:.1f}%\n({value - base:+.1f})" if v != views[0] else f"{value:.1f}%", (v, value),
                     textcoords="offset points", xytext=(0, 10), ha="center", fontsize=9)

@@ -212,12 +212,12 @@ c.describe(b3)
 helpers.train(b3)
 
 # %%
-runs = {{"B3": b3.output_dir}}
+runs = {{f"B3 ({{b3.backbone}} @{{b3.image_size}})": b3.output_dir}}  # the model this profile uses for it
 if train_alternative:
     alternative = c.config("resnet50", backbone=alt_backbone, image_size=alt_image_size, batch_size=alt_batch_size,
                            epochs=epochs, lr=lr, **overrides)
     helpers.train(alternative)
-    runs["ResNet-50 (alternative)"] = alternative.output_dir
+    runs[f"ResNet-50 alternative ({{alternative.backbone}} @{{alternative.image_size}})"] = alternative.output_dir
 plots.training_curves(runs, title="02 · B3 and the alternative", folder=c.figures, name="02_training_curves")
 
 # %% [markdown]
@@ -228,7 +228,7 @@ plots.training_curves(runs, title="02 · B3 and the alternative", folder=c.figur
 tests = {{label: c.evaluate(run) for label, run in runs.items()}}
 plots.compare_top1({{"baseline (01)": c.test_top1("01_baseline", "baseline"),
                     **{{label: t["top1"] for label, t in tests.items()}}}},
-                   highlight="B3", title="02 · Test top-1 against the baseline", folder=c.figures,
+                   highlight=next(iter(runs)), title="02 · Test top-1 against the baseline", folder=c.figures,
                    name="02_compare")
 
 # %%

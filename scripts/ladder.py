@@ -57,7 +57,8 @@ def main() -> None:
         logging.info("LADDER %s | %s | %.1f", technique, setting, top1)
 
     s = train("baseline", base)
-    add("baseline", f"lite0 {args.image_size}px, {args.epochs} epochs, augment basic", s["test_top1"], s["test_top5"], s["minutes"])
+    setting = f"lite0 {args.image_size}px, {args.epochs} epochs, the trainer's defaults (augment {base.augment})"
+    add("baseline (plain fine-tune)", setting, s["test_top1"], s["test_top5"], s["minutes"])
     baseline = s
 
     s = train("advanced_aug", replace(base, augment="advanced"))
@@ -103,14 +104,17 @@ def main() -> None:
     s = train("distilled", replace(base, teacher=tuple(str(m) for m in members)))
     add("distillation", "lite0 student of the ensemble (alpha 0.7, T 3)", s["test_top1"], s["test_top5"], s["minutes"])
 
+    for r in rows:
+        r["vs_baseline"] = round(r["test_top1"] - rows[0]["test_top1"], 1)
     with open(out / "ladder.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print("| technique | setting | test top-1 % | test top-5 % | minutes |")
-    print("|---|---|---|---|---|")
+    print("| technique | setting | test top-1 % | vs baseline | test top-5 % | minutes |")
+    print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['technique']} | {r['setting']} | {r['test_top1']} | {r['test_top5']} | {r['minutes']} |")
+        print(f"| {r['technique']} | {r['setting']} | {r['test_top1']} | {r['vs_baseline']:+.1f} | {r['test_top5']} "
+              f"| {r['minutes']} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from helpers import augment
 from helpers.bench import BaselineDataset, baseline_transform, format_table, run_bench
 from helpers.cli import main
 from helpers.config import UserError
-from helpers.data import ImageDataset, load_splits, read_image
+from helpers.data import ImageDataset, jpeg_size, load_splits, read_image
 
 from .conftest import ROOT, TINY
 
@@ -44,6 +44,27 @@ def test_reduced_size_decoding_matches_pil_draft():
         assert np.abs(ours - pil).mean() < 0.25
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("root", PHOTOS, ids=lambda p: p.name)
+def test_jpeg_size_reads_the_header_of_every_photo(root):
+    for path in sorted((root / "images").rglob("*.jpg")):
+        with Image.open(path) as im:
+            w, h = im.size
+        assert jpeg_size(np.fromfile(path, dtype=np.uint8)) == (h, w), path
+
+
+def test_jpeg_size_finds_the_frame_after_long_metadata(tmp_path):
+    photo = next((TINY / "images").rglob("*.jpg")).read_bytes()
+    app = b"\xff\xe2" + (65535).to_bytes(2, "big") + bytes(65533)  # a full-length APP2 block, twice
+    padded = photo[:2] + app + app + photo[2:]
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(padded)
+    with Image.open(path) as im:
+        w, h = im.size
+    assert jpeg_size(padded) == (h, w)
+    assert read_image(str(path), min_side=min(w, h) // 2).shape[:2] == ((h + 1) // 2, (w + 1) // 2)
+    assert jpeg_size(b"\xff\xd8" + bytes(100)) is None and jpeg_size(b"GIF89a") is None
 
 
 def test_both_pipelines_give_the_same_kind_of_tensor():

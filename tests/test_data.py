@@ -105,3 +105,17 @@ def test_augmentation_depends_only_on_the_sample_seed():
     ds = ImageDataset(s.train[:3], tf)
     a, b, c = ds[(1, 123)][0], ds[(1, 123)][0], ds[(1, 124)][0]
     assert a.shape == (3, 96, 96) and (a == b).all() and not (a == c).all()
+
+
+def test_truncate_rows_keeps_earlier_epochs_and_restarts_an_emptied_log(tmp_path):
+    from helpers.metrics import append_row, truncate_rows
+
+    log = tmp_path / "metrics.csv"
+    for epoch in (1, 2, 3):
+        append_row(log, {"epoch": epoch, "val_top1": 10.0 * epoch})
+    truncate_rows(log, 2)
+    assert log.read_text().splitlines() == ["epoch,val_top1", "1,10.0", "2,20.0"]
+    assert not list(tmp_path.glob("*.tmp"))
+    truncate_rows(log, 0)
+    append_row(log, {"epoch": 1, "val_top1": 5.0})
+    assert log.read_text().splitlines() == ["epoch,val_top1", "1,5.0"]

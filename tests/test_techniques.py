@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from timm.utils import ModelEmaV3
 
 import helpers
 from helpers import augment, checkpoint, engine, inference
-from helpers.config import TrainConfig
+from helpers.config import TrainConfig, UserError
 from helpers.data import ImageDataset, load_splits, make_loader
 from helpers.losses import kd_loss
 from helpers.models import create_model, data_config
@@ -150,9 +151,15 @@ def test_ema_differs_after_training_and_equals_raw_weights_at_decay_zero(tmp_pat
 
 def test_higher_resolution_finetune_and_evaluation(trained_run, tmp_path):
     out = tmp_path / "hires"
-    helpers.train(TrainConfig(**dict(FAST, image_size=128, lr=1e-3), epochs=1, init_from=str(trained_run),
-                              output_dir=str(out)))
+    cfg = TrainConfig(**dict(FAST, image_size=128, lr=1e-3), epochs=1, init_from=str(trained_run), resume="auto",
+                      output_dir=str(out))
+    first = helpers.train(cfg)
     assert checkpoint.load(out)["data_config"]["image_size"] == 128
+    rows = (out / "metrics.csv").read_text()
+    again = helpers.train(cfg)  # --resume auto finds the finished run and continues it rather than the init weights
+    assert (out / "metrics.csv").read_text() == rows and again["test_top1"] == first["test_top1"]
+    with pytest.raises(UserError, match="give only one"):
+        helpers.train(replace(cfg, resume=str(out)))
     low = helpers.evaluate(str(trained_run), dataset="food-101", data_dir=str(TINY), num_workers=0)
     high = helpers.evaluate(str(trained_run), dataset="food-101", data_dir=str(TINY), image_size=128, num_workers=0)
     assert low["n"] == high["n"] == 150 and low["top1"] != high["top1"]
