@@ -232,7 +232,7 @@ plots.compare_top1({{"baseline (01)": c.test_top1("01_baseline", "baseline"),
                    name="02_compare")
 
 # %%
-test = tests["B3"]
+test = tests[next(iter(runs))]  # B3
 plots.confusion_matrix(test["predictions"], title="02 · B3", folder=c.figures, name="02_confusion_matrix")
 
 # %%
@@ -247,7 +247,7 @@ widgets.failure_explorer(test["predictions"])
 # %%
 c.record("2.1", b3.output_dir, test)
 if train_alternative:
-    c.record("2.2", alternative.output_dir, tests["ResNet-50 (alternative)"])
+    c.record("2.2", alternative.output_dir, tests[list(runs)[1]])
 '''
 
 SOURCES["03_augmentations"] = f'''
