@@ -12,6 +12,7 @@ import math
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 PRESETS = ("none", "light", "basic", "advanced")
@@ -22,8 +23,33 @@ def _compose(transforms: list) -> A.Compose:
     return A.Compose(transforms, strict=True)
 
 
-def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
+def _finish(mean: tuple[float, ...], std: tuple[float, ...], uint8: bool = False) -> list:
+    if uint8:  # normalised later, on the device, by DeviceNormalize
+        return [ToTensorV2()]
     return [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+
+
+class DeviceNormalize:
+    """Normalise uint8 CHW batches on the device, bit-identical to the pipelines' `A.Normalize` on the CPU.
+
+    The trainer's loaders send uint8 batches (`uint8=True` pipelines): a quarter of the bytes to collate, pass
+    between processes, pin and copy, and no float work in the workers. The values come from a table that
+    `A.Normalize` itself computes for the 256 levels of each channel, so the model sees exactly the numbers it
+    would have seen from a float pipeline. Float batches pass through unchanged.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(256, 1, 1), 3, axis=2)
+        table = A.Normalize(mean=mean, std=std, max_pixel_value=255.0)(image=ramp)["image"]  # (256, 1, 3) float32
+        self.table = torch.from_numpy(np.ascontiguousarray(table[:, 0, :].T)).reshape(-1)  # channel-major, (768,)
+        self.offsets = torch.arange(3).view(1, 3, 1, 1) * 256
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        if self.table.device != images.device:
+            self.table, self.offsets = self.table.to(images.device), self.offsets.to(images.device)
+        return torch.take(self.table, images.long() + self.offsets)
 
 
 def light_transforms(size: int) -> list:
@@ -62,23 +88,25 @@ def advanced_transforms(size: int) -> list:
     ]
 
 
-def train_transform(preset: str, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> A.Compose:
-    """The training pipeline for a preset (none | light | basic | advanced), ending in a normalised CHW float tensor."""
+def train_transform(preset: str, size: int, mean: tuple[float, ...], std: tuple[float, ...], *,
+                    uint8: bool = False) -> A.Compose:
+    """The training pipeline for a preset (none | light | basic | advanced), ending in a normalised CHW float tensor
+    (`uint8=True`: a uint8 CHW tensor, for `DeviceNormalize` on the device)."""
     if preset == "none":
-        return eval_transform(size, mean, std)
+        return eval_transform(size, mean, std, uint8=uint8)
     if preset == "light":
-        return _compose(light_transforms(size) + _finish(mean, std))
+        return _compose(light_transforms(size) + _finish(mean, std, uint8))
     if preset == "basic":
-        return _compose(basic_transforms(size) + _finish(mean, std))
+        return _compose(basic_transforms(size) + _finish(mean, std, uint8))
     if preset == "advanced":
-        return _compose(advanced_transforms(size) + _finish(mean, std))
+        return _compose(advanced_transforms(size) + _finish(mean, std, uint8))
     raise ValueError(f"unknown augmentation preset {preset!r}; use one of {PRESETS}")
 
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float = 0.875,
-                   interpolation: str = "bicubic") -> A.Compose:
+                   interpolation: str = "bicubic", *, uint8: bool = False) -> A.Compose:
     """Resize the short side to size / crop_pct, then centre-crop size x size (timm's evaluation recipe)."""
-    return _compose(_resize_crop(size, crop_pct, interpolation) + _finish(mean, std))
+    return _compose(_resize_crop(size, crop_pct, interpolation) + _finish(mean, std, uint8))
 
 
 def _resize_crop(size: int, crop_pct: float, interpolation: str = "bicubic") -> list:
@@ -89,15 +117,15 @@ def _resize_crop(size: int, crop_pct: float, interpolation: str = "bicubic") -> 
 
 
 def tta_transforms(n: int, size: int, mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float = 0.875,
-                   interpolation: str = "bicubic") -> list[A.Compose]:
+                   interpolation: str = "bicubic", *, uint8: bool = False) -> list[A.Compose]:
     """N deterministic test-time views. View 0 is exactly `eval_transform`; then its mirror, then crops at
     other scales and their mirrors (crop_pct 1.0 and 0.75).
     """
     views = []
     for pct in (crop_pct, 1.0, 0.75):
         base = _resize_crop(size, pct, interpolation)
-        views.append(_compose(base + _finish(mean, std)))
-        views.append(_compose(base + [A.HorizontalFlip(p=1.0)] + _finish(mean, std)))
+        views.append(_compose(base + _finish(mean, std, uint8)))
+        views.append(_compose(base + [A.HorizontalFlip(p=1.0)] + _finish(mean, std, uint8)))
     if not 1 <= n <= len(views):
         raise ValueError(f"TTA supports 1 to {len(views)} views, got {n}")
     return views[:n]

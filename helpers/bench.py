@@ -149,14 +149,15 @@ def run_bench(*, backbone: str = "efficientnet_b0", image_size: int = 224, batch
         result["input"] = measure_input(
             splits.train, dataset=dataset, data_dirs=[data_dir, *extra_data_dirs], augment=augment,
             size=image_size, mean=dcfg["mean"], std=dcfg["std"], batch_size=batch_size, workers=workers,
-            images=images, repeats=repeats, baseline=baseline, pin_memory=dev.type == "cuda")
+            images=images, repeats=repeats, baseline=baseline, device=dev)
         if device_decode or (device_decode is None and dev.type == "cuda"):
             result["input"].append(measure_device_decode(
                 splits.train, data_dir=data_dir, size=image_size, mean=dcfg["mean"], std=dcfg["std"], device=dev,
                 batch_size=batch_size, images=images, repeats=repeats))
     if "trainer" in sections:
-        transform = augment_module.train_transform(augment, image_size, dcfg["mean"], dcfg["std"])
+        transform = augment_module.train_transform(augment, image_size, dcfg["mean"], dcfg["std"], uint8=True)
         result["trainer"] = measure_trainer(**step_args, samples=splits.train, transform=transform,
+                                            normalize=augment_module.DeviceNormalize(dcfg["mean"], dcfg["std"]),
                                             num_workers=trainer_workers)
         if "ceiling" in result:
             result["trainer"]["vs_ceiling"] = result["trainer"]["images_per_s"] / result["ceiling"]["images_per_s"]
@@ -220,7 +221,8 @@ def measure_ceiling(*, model: torch.nn.Module, device: torch.device, dtype: torc
 
 def measure_trainer(*, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
                     memory_format: torch.memory_format, batch_size: int, samples: Sequence, transform: Callable,
-                    num_workers: int, steps: int, warmup: int, compile: bool) -> dict:
+                    num_workers: int, steps: int, warmup: int, compile: bool,
+                    normalize: Callable | None = None) -> dict:
     """Section 3: images/s of `engine.train_one_epoch` fed by the trainer's DataLoader on real photos.
 
     Returns:
@@ -236,7 +238,7 @@ def measure_trainer(*, model: torch.nn.Module, device: torch.device, dtype: torc
                          pin_memory=device.type == "cuda")
     reset_peak_memory(device)
     rate = _timed_steps(model, loader, device=device, dtype=dtype, memory_format=memory_format, steps=steps,
-                        warmup=warmup, compile=compile)
+                        warmup=warmup, compile=compile, normalize=normalize)
     peak = peak_memory_mb(device) if device.type != "cpu" else _peak_rss_mb()
     del loader
     gc.collect()
@@ -245,7 +247,8 @@ def measure_trainer(*, model: torch.nn.Module, device: torch.device, dtype: torc
 
 
 def _timed_steps(model: torch.nn.Module, batches, *, device: torch.device, dtype: torch.dtype | None,
-                 memory_format: torch.memory_format, steps: int, warmup: int, compile: bool) -> float:
+                 memory_format: torch.memory_format, steps: int, warmup: int, compile: bool,
+                 normalize: Callable | None = None) -> float:
     """Run `warmup + steps` steps of the real train step and return images/s over the last `steps`."""
     from . import engine
     from .config import TrainConfig
@@ -259,7 +262,7 @@ def _timed_steps(model: torch.nn.Module, batches, *, device: torch.device, dtype
     run = engine.Run(model=torch.compile(model) if compile else model, raw_model=model, optimizer=optimizer,
                      scheduler=scheduler, criterion=engine.make_criterion(False, 0.1), device=device, seed=0,
                      accum_steps=1, steps_per_epoch=warmup + steps, micro_per_epoch=warmup + steps,
-                     memory_format=memory_format, amp=dtype, scaler=scaler, log_interval=10**9)
+                     memory_format=memory_format, amp=dtype, scaler=scaler, log_interval=10**9, normalize=normalize)
     clock = _Clock(batches, mark=warmup)
     try:
         result = engine.train_one_epoch(run, clock, 0)
@@ -320,11 +323,14 @@ def _repeat(samples: Sequence, n: int) -> list:
 
 def measure_input(samples: Sequence, *, dataset: str, data_dirs: Sequence[str], augment: str, size: int,
                   mean: Sequence[float], std: Sequence[float], batch_size: int, workers: Sequence[int], images: int,
-                  repeats: int, baseline: bool, pin_memory: bool) -> list[dict]:
+                  repeats: int, baseline: bool, device: torch.device) -> list[dict]:
     """Section 2: images/s of the training DataLoader alone, per data folder, pipeline and worker count.
 
     Every pipeline reads the same images in the same order through the trainer's `make_loader` (same sampler,
-    batch size, pinning, persistent workers, prefetching); only decoding and augmentation differ. Measurements
+    batch size, pinning, persistent workers, prefetching); only decoding and augmentation differ. Each delivers
+    normalised float batches on `device`, as the train step needs them: the package's workers send uint8 batches
+    that `augment.DeviceNormalize` turns into model input on the device (timed here, as the trainer does it),
+    the baseline's send normalised float batches (torchvision's ToTensor + Normalize). Measurements
     are interleaved (package, baseline, next folder, ...) and the whole table is measured `repeats` times, keeping
     each cell's best, so a busy machine slows them alike.
 
@@ -340,7 +346,8 @@ def measure_input(samples: Sequence, *, dataset: str, data_dirs: Sequence[str], 
     from . import augment as augment_module
     from .data import ImageDataset, load_splits
 
-    package_tf = augment_module.train_transform(augment, size, tuple(mean), tuple(std))
+    package_tf = augment_module.train_transform(augment, size, tuple(mean), tuple(std), uint8=True)
+    normalize = augment_module.DeviceNormalize(tuple(mean), tuple(std))
     baseline_tf = baseline_transform(augment, size, mean, std) if baseline else None
     n = images + 2 * batch_size  # the first batch is not timed
     per_dir = {data_dirs[0]: _repeat(samples, n)}
@@ -354,8 +361,8 @@ def measure_input(samples: Sequence, *, dataset: str, data_dirs: Sequence[str], 
                 if baseline_tf is not None:
                     pipelines.append(("baseline: PIL + torchvision", BaselineDataset(folder_samples, baseline_tf)))
                 for name, ds in pipelines:
-                    rate, cpu_ms = _loader_rate(ds, batch_size=batch_size, workers=w, images=images,
-                                                pin_memory=pin_memory)
+                    rate, cpu_ms = _loader_rate(ds, batch_size=batch_size, workers=w, images=images, device=device,
+                                                normalize=normalize if name.startswith("package") else None)
                     _logger.info("input %-34s %-40s %d workers: %.0f images/s", name, folder, w, rate)
                     row = rows.setdefault((w, str(folder), name), {"pipeline": name, "data_dir": str(folder),
                                                                    "workers": w, "images_per_s": 0.0,
@@ -385,36 +392,37 @@ def _same_ids(samples: Sequence, root: str, other: Sequence, other_root: str) ->
     return mapped
 
 
-def _loader_rate(dataset, *, batch_size: int, workers: int, images: int,
-                 pin_memory: bool) -> tuple[float, float | None]:
-    """Images/s of `images` images through the trainer's `make_loader`, the first batch untimed, and with 0 workers
-    the CPU milliseconds per image (which other jobs on the machine do not change, unlike images/s).
+def _loader_rate(dataset, *, batch_size: int, workers: int, images: int, device: torch.device,
+                 normalize: Callable | None = None) -> tuple[float, float | None]:
+    """Images/s of `images` images through the trainer's `make_loader` onto `device` (then `normalize`d), the first
+    batch untimed, and with 0 workers the CPU milliseconds per image (which other jobs on the machine do not change,
+    unlike images/s).
 
     With 0 workers the pipeline runs in this process with one torch thread, as it does in a worker: with the
     default of one thread per core, the intra-op pool of a busy machine can make small tensor ops (ToTensor,
     collate) ten times slower, which would measure the thread pool rather than the pipeline.
     """
-    import cv2
-
-    from .data import make_loader, single_threaded_worker
+    from .data import make_loader
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers,
-                         pin_memory=pin_memory)
-    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-    if workers == 0:  # in-process, with one torch and one OpenCV thread as in a DataLoader worker
+                         pin_memory=device.type == "cuda")
+    threads = torch.get_num_threads()
+    if workers == 0:  # in-process, with one torch thread as in a DataLoader worker: the cost of one process
         torch.set_num_threads(1)
-        single_threaded_worker(0)
     try:
         batches = iter(loader)
         next(batches)  # worker start-up and the pipeline's first fill are not timed
         count, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while count < images:
-            count += len(next(batches)[1])
+            batch = next(batches)[0].to(device, non_blocking=True)
+            if normalize is not None:
+                batch = normalize(batch)
+            count += len(batch)
+        _synchronize(device)
         cpu_ms = 1000 * (time.process_time() - cpu_started) / count if workers == 0 else None
         return count / (time.perf_counter() - started), cpu_ms
     finally:
         torch.set_num_threads(threads)
-        cv2.setNumThreads(cv_threads)
         del loader
         gc.collect()
 

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -176,6 +177,6 @@ def main(argv: list[str] | None = None, run: Callable | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; continue with --resume <output dir>", file=sys.stderr)
         return 130
-    if result is not None:
-        print(json.dumps(result))
+    if result is not None and os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+        print(json.dumps(result), flush=True)
     return 0

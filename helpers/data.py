@@ -381,11 +381,4 @@ def make_loader(
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None, drop_last=False,
-        worker_init_fn=single_threaded_worker if workers > 0 else None,
     )
-
-
-def single_threaded_worker(worker_id: int) -> None:
-    """One OpenCV thread per DataLoader worker, as torch does for its own ops in workers: the workers already use
-    the cores, and OpenCV's default pool in each of N workers would start N x cores threads competing for them."""
-    cv2.setNumThreads(1)

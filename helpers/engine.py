@@ -78,6 +78,7 @@ class Run:
     kd_temperature: float = 3.0
     ema: ModelEmaV3 | None = None
     frozen_backbone: bool = False  # keep the backbone's BatchNorm layers in eval mode
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batches -> model input, on the device
     clip_grad: float = 0.0
     nan_policy: str = "stop"
     log_interval: int = 20
@@ -110,7 +111,10 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
         for micro in range(n_micro):
             images, labels, _, bad = next(batches)
             run.bad_indices.update(i for i in bad.tolist() if i >= 0)
-            images = images.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+            images = images.to(run.device, non_blocking=True)
+            if run.normalize is not None:
+                images = run.normalize(images)
+            images = images.contiguous(memory_format=run.memory_format)
             labels = labels.to(run.device, non_blocking=True)
             targets = labels
             if run.mixup is not None:
@@ -192,10 +196,11 @@ def _head_lr(optimizer: torch.optim.Optimizer) -> float:
 
 @torch.no_grad()
 def validate_model(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None = None, *,
-                   reduce: bool = True, bad: set[int] | None = None) -> dict:
+                   reduce: bool = True, bad: set[int] | None = None, normalize: Callable | None = None) -> dict:
     """Cross-entropy, top-1 and top-5 on a loader, summed over all processes (`reduce=False`: this process
     only). Dataset indices of unreadable images (replaced by the next readable one) are added to `bad`."""
-    logits, labels, _ = predict_logits(model, _recording(loader, bad if bad is not None else set()), device, dtype)
+    logits, labels, _ = predict_logits(model, _recording(loader, bad if bad is not None else set()), device, dtype,
+                                       normalize=normalize)
     loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
     top1, top5 = topk_correct(logits, labels)
     if reduce:
@@ -429,8 +434,10 @@ def fit(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)  # the batch-size probe may have drawn random numbers
 
     # 2. Data
-    train_tf = augment.train_transform(cfg.augment, dcfg["image_size"], dcfg["mean"], dcfg["std"])
-    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"], dcfg["interpolation"])
+    train_tf = augment.train_transform(cfg.augment, dcfg["image_size"], dcfg["mean"], dcfg["std"], uint8=True)
+    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"], dcfg["interpolation"],
+                                     uint8=True)
+    normalize = augment.DeviceNormalize(dcfg["mean"], dcfg["std"])  # the loaders send uint8 batches
     pin = device.type == "cuda"
     loader_args = dict(seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_info.rank, world_size=world, pin_memory=pin)
     train_loader = make_loader(ImageDataset(splits.train, train_tf, strict=cfg.strict_data), batch_size=micro_batch,
@@ -483,7 +490,7 @@ def fit(cfg: TrainConfig) -> dict:
               amp=dtype, scaler=scaler, mixup=mixup, teacher=teacher, kd_alpha=cfg.kd_alpha,
               kd_temperature=cfg.kd_temperature, ema=ema, frozen_backbone=cfg.freeze_backbone or cfg.freeze_bn,
               clip_grad=cfg.clip_grad, nan_policy=cfg.nan_policy, log_interval=cfg.log_interval,
-              num_updates=num_updates)
+              num_updates=num_updates, normalize=normalize)
 
     out = Path(cfg.output_dir)
     if dist_info.is_main:
@@ -525,11 +532,11 @@ def fit(cfg: TrainConfig) -> dict:
                                 save_every=cfg.checkpoint_every)
         start_step, sums_state = 0, None
         val_bad: set[int] = set()
-        val = validate_model(model, val_loader, device, dtype, bad=val_bad)
+        val = validate_model(model, val_loader, device, dtype, bad=val_bad, normalize=normalize)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["top1"], "val_loss": val["loss"],
                "val_top1": val["top1"], "val_top5": val["top5"]}
         if ema is not None:
-            val_ema = validate_model(ema.module, val_loader, device, dtype)
+            val_ema = validate_model(ema.module, val_loader, device, dtype, normalize=normalize)
             row.update(val_ema_top1=val_ema["top1"], val_ema_top5=val_ema["top5"])
         row.update(lr=_head_lr(optimizer), images_per_s=train["images_per_s"], epoch_seconds=train["seconds"],
                    peak_mem_mb=peak_memory_mb(device))
@@ -567,7 +574,9 @@ def _final_test(cfg, out, splits, dcfg, device, dtype, best, seconds, dist_info)
     summary = {"output_dir": str(out), "best_epoch": best["epoch"], "val_top1": best["top1"], "train_seconds": seconds}
     if not dist_info.is_main:
         return summary
-    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"], dcfg["interpolation"])
+    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"], dcfg["interpolation"],
+                                     uint8=True)
+    normalize = augment.DeviceNormalize(dcfg["mean"], dcfg["std"])
     loader = make_loader(ImageDataset(splits.test, eval_tf, strict=cfg.strict_data), batch_size=64, shuffle=False,
                          seed=0, num_workers=cfg.num_workers)
     for weights in ("model", "model_ema"):
@@ -575,7 +584,8 @@ def _final_test(cfg, out, splits, dcfg, device, dtype, best, seconds, dist_info)
             continue
         trained = load_trained(out, use_ema=weights == "model_ema", device=device)
         test_bad: set[int] = set()
-        test = validate_model(trained.model, loader, device, dtype, reduce=False, bad=test_bad) if splits.test else {}
+        test = (validate_model(trained.model, loader, device, dtype, reduce=False, bad=test_bad, normalize=normalize)
+                if splits.test else {})
         _report_bad_files({splits.test[i][0] for i in test_bad}, out)
         prefix = "test" if weights == "model" else "test_ema"
         summary.update({f"{prefix}_{k}": v for k, v in test.items()})

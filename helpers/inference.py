@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,11 @@ def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.devic
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run `model` over a loader of ImageDataset items.
+                   dtype: torch.dtype | None = None, *,
+                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run `model` over a loader of ImageDataset items (normalised float batches, or uint8 ones with the
+    `normalize` that turns them into model input on the device, e.g. `augment.DeviceNormalize`).
 
     Returns:
         logits (N, C) float32 on the CPU, labels (N,), dataset indices (N,).
@@ -61,7 +65,12 @@ def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device
     model.eval()
     out_logits, out_labels, out_index = [], [], []
     for images, labels, index, _ in loader:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True)
+        if normalize is not None:
+            images = normalize(images)
+        if images.dtype == torch.uint8:
+            raise ValueError("predict_logits got uint8 images without `normalize`: pass augment.DeviceNormalize")
+        images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             logits = model(images)
         out_logits.append(logits.float().cpu())
@@ -83,12 +92,13 @@ def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_si
     device = device or next(trained.model.parameters()).device
     d = trained.data_config
     size = image_size or d["image_size"]
-    views = augment.tta_transforms(tta, size, d["mean"], d["std"], d["crop_pct"], d["interpolation"])
+    views = augment.tta_transforms(tta, size, d["mean"], d["std"], d["crop_pct"], d["interpolation"], uint8=True)
+    normalize = augment.DeviceNormalize(d["mean"], d["std"])
     total = None
     for view in views:
         loader = make_loader(ImageDataset(samples, view), batch_size=batch_size, shuffle=False, seed=0,
                              num_workers=num_workers)
-        logits, labels, index = predict_logits(trained.model, loader, device, amp_dtype(device, amp))
+        logits, labels, index = predict_logits(trained.model, loader, device, amp_dtype(device, amp), normalize=normalize)
         probs = torch.softmax(logits, dim=1)[torch.argsort(index)]
         total = probs if total is None else total + probs
     labels = torch.tensor([label for _, label in samples])

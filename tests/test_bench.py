@@ -101,3 +101,19 @@ def test_bench_cli_rejects_bad_settings(capsys):
     assert main(["bench", "--batch-size", "0", "--sections", "ceiling"]) == 2
     assert "--batch-size must be a positive integer or auto" in capsys.readouterr().err
     assert main(["bench", "--workers", "-1", "--sections", "input"]) == 2
+
+
+@pytest.mark.parametrize("preset", ["light", "advanced"])
+def test_uint8_batches_normalised_on_the_device_equal_the_float_pipeline(preset):
+    """The trainer's loaders send uint8 batches; DeviceNormalize must give the model exactly the float pipeline's
+    numbers (a quarter of the bytes through the loader, nothing else changes)."""
+    samples = load_splits("food-101", TINY).train[:6]
+    for mean, std in ((MEAN, STD), ((0.5,) * 3, (0.5,) * 3)):
+        floats = ImageDataset(samples, augment.train_transform(preset, 96, mean, std))
+        uint8 = ImageDataset(samples, augment.train_transform(preset, 96, mean, std, uint8=True))
+        normalize = augment.DeviceNormalize(mean, std)
+        batch = torch.stack([uint8[(i, 100 + i)][0] for i in range(6)])
+        assert batch.dtype == torch.uint8 and batch.shape == (6, 3, 96, 96)
+        expected = torch.stack([floats[(i, 100 + i)][0] for i in range(6)])
+        assert torch.equal(normalize(batch), expected)
+        assert normalize(expected) is expected  # float batches pass through

@@ -535,7 +535,7 @@ def _clean_error(code: int, err: str, needle: str) -> None:
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
         (["--num-workers", "-4"], "--num-workers must be >= 0"),
         (["--warmup-epochs", "5"], "--warmup-epochs (5.0) must be >= 0 and at most --epochs"),
-        (["--resume", "auto", "--init-from", "x"], "give only one"),
+        (["--resume", "runs/other", "--init-from", "x"], "give only one"),
         (["--resume", "/nonexistent/run"], "does not exist"),
         (["--image-size", "16"], "--image-size must be an integer of at least 32"),
     ],
