@@ -33,23 +33,31 @@ class DeviceNormalize:
     """Normalise uint8 CHW batches on the device, bit-identical to the pipelines' `A.Normalize` on the CPU.
 
     The trainer's loaders send uint8 batches (`uint8=True` pipelines): a quarter of the bytes to collate, pass
-    between processes, pin and copy, and no float work in the workers. The values come from a table that
-    `A.Normalize` itself computes for the 256 levels of each channel, so the model sees exactly the numbers it
-    would have seen from a float pipeline. Float batches pass through unchanged.
+    between processes, pin and copy, and no float work in the workers. `(x - mean) * scale` runs in float32 with
+    `A.Normalize`'s own float32 constants, and is checked at construction against what `A.Normalize` returns for
+    all 256 levels of each channel, so the model sees exactly the numbers a float pipeline would give it. Float
+    batches pass through unchanged.
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        norm = A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+        offset = getattr(norm, "mean_np", np.array(mean, dtype=np.float32) * 255.0)
+        scale = getattr(norm, "denominator", np.reciprocal(np.array(std, dtype=np.float32) * 255.0))
+        self.mean = torch.from_numpy(np.asarray(offset, dtype=np.float32)).view(1, 3, 1, 1)
+        self.scale = torch.from_numpy(np.asarray(scale, dtype=np.float32)).view(1, 3, 1, 1)
         ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(256, 1, 1), 3, axis=2)
-        table = A.Normalize(mean=mean, std=std, max_pixel_value=255.0)(image=ramp)["image"]  # (256, 1, 3) float32
-        self.table = torch.from_numpy(np.ascontiguousarray(table[:, 0, :].T)).reshape(-1)  # channel-major, (768,)
-        self.offsets = torch.arange(3).view(1, 3, 1, 1) * 256
+        expected = torch.from_numpy(norm(image=ramp)["image"][:, 0, :])  # (256, 3) float32
+        levels = torch.arange(256, dtype=torch.float32).view(256, 1)
+        if not torch.equal((levels - self.mean.view(1, 3)) * self.scale.view(1, 3), expected):
+            raise RuntimeError("albumentations' Normalize no longer computes (x - mean) * scale in float32: "
+                               "update DeviceNormalize")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             return images
-        if self.table.device != images.device:
-            self.table, self.offsets = self.table.to(images.device), self.offsets.to(images.device)
-        return torch.take(self.table, images.long() + self.offsets)
+        if self.mean.device != images.device:
+            self.mean, self.scale = self.mean.to(images.device), self.scale.to(images.device)
+        return images.float().sub_(self.mean).mul_(self.scale)
 
 
 def light_transforms(size: int) -> list:
