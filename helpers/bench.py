@@ -357,12 +357,12 @@ def measure_input(samples: Sequence, *, dataset: str, data_dirs: Sequence[str], 
     for _ in range(repeats):  # whole passes over the table, so each cell's best comes from a different moment
         for w in workers:
             for folder, folder_samples in per_dir.items():
-                pipelines = [("package: OpenCV + albumentations", ImageDataset(folder_samples, package_tf))]
-                if baseline_tf is not None:
-                    pipelines.append(("baseline: PIL + torchvision", BaselineDataset(folder_samples, baseline_tf)))
-                for name, ds in pipelines:
+                pipelines = [("package: OpenCV + albumentations", ImageDataset(folder_samples, package_tf), normalize)]
+                if baseline_tf is not None:  # torchvision's pipeline normalises in the worker
+                    pipelines.append(("baseline: PIL + torchvision", BaselineDataset(folder_samples, baseline_tf), None))
+                for name, ds, to_input in pipelines:
                     rate, cpu_ms = _loader_rate(ds, batch_size=batch_size, workers=w, images=images, device=device,
-                                                normalize=normalize if name.startswith("package") else None)
+                                                normalize=to_input)
                     _logger.info("input %-34s %-40s %d workers: %.0f images/s", name, folder, w, rate)
                     row = rows.setdefault((w, str(folder), name), {"pipeline": name, "data_dir": str(folder),
                                                                    "workers": w, "images_per_s": 0.0,
@@ -403,6 +403,7 @@ def _loader_rate(dataset, *, batch_size: int, workers: int, images: int, device:
     collate) ten times slower, which would measure the thread pool rather than the pipeline.
     """
     from .data import make_loader
+    from .inference import to_model_input
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers,
                          pin_memory=device.type == "cuda")
@@ -414,10 +415,7 @@ def _loader_rate(dataset, *, batch_size: int, workers: int, images: int, device:
         next(batches)  # worker start-up and the pipeline's first fill are not timed
         count, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while count < images:
-            batch = next(batches)[0].to(device, non_blocking=True)
-            if normalize is not None:
-                batch = normalize(batch)
-            count += len(batch)
+            count += len(to_model_input(next(batches)[0], device, normalize, torch.contiguous_format))
         _synchronize(device)
         cpu_ms = 1000 * (time.process_time() - cpu_started) / count if workers == 0 else None
         return count / (time.perf_counter() - started), cpu_ms

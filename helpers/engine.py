@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
 from .data import ImageDataset, index_seed, load_splits, make_loader
-from .inference import load_trained, predict_logits
+from .inference import load_trained, predict_logits, to_model_input
 from .losses import kd_loss
 from .metrics import Sums, append_row, topk_correct, truncate_rows
 from .models import create_model, data_config, freeze_backbone, grow_head, param_groups, set_train_mode
@@ -111,10 +111,7 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
         for micro in range(n_micro):
             images, labels, _, bad = next(batches)
             run.bad_indices.update(i for i in bad.tolist() if i >= 0)
-            images = images.to(run.device, non_blocking=True)
-            if run.normalize is not None:
-                images = run.normalize(images)
-            images = images.contiguous(memory_format=run.memory_format)
+            images = to_model_input(images, run.device, run.normalize, run.memory_format)
             labels = labels.to(run.device, non_blocking=True)
             targets = labels
             if run.mixup is not None:

@@ -51,6 +51,19 @@ def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.devic
     return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(path))
 
 
+def to_model_input(images: torch.Tensor, device: torch.device,
+                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """A loader's batch on `device`, normalised (uint8 batches need `normalize`, e.g. `augment.DeviceNormalize`;
+    float batches are normalised already) and in `memory_format`."""
+    images = images.to(device, non_blocking=True)
+    if normalize is not None:
+        images = normalize(images)
+    if images.dtype == torch.uint8:
+        raise ValueError("uint8 images reached the model without `normalize`: pass augment.DeviceNormalize")
+    return images.contiguous(memory_format=memory_format)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
                    dtype: torch.dtype | None = None, *,
@@ -65,12 +78,7 @@ def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device
     model.eval()
     out_logits, out_labels, out_index = [], [], []
     for images, labels, index, _ in loader:
-        images = images.to(device, non_blocking=True)
-        if normalize is not None:
-            images = normalize(images)
-        if images.dtype == torch.uint8:
-            raise ValueError("predict_logits got uint8 images without `normalize`: pass augment.DeviceNormalize")
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device, normalize)
         with autocast(device, dtype):
             logits = model(images)
         out_logits.append(logits.float().cpu())

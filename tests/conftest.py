@@ -17,6 +17,16 @@ FAST = dict(dataset="food-101", data_dir=str(TINY), backbone="tf_efficientnet_li
             image_size=96, batch_size=32, num_workers=0, lr=3e-3, warmup_epochs=0.5)
 
 
+def cli_flags(settings: dict) -> list[str]:
+    """`python -m helpers train` flags for TrainConfig settings: {"image_size": 64, "freeze_bn": True} gives
+    ["--image-size", "64", "--freeze-bn"]."""
+    flags: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m helpers ...` in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=cwd, capture_output=True, text=True,

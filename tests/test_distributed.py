@@ -27,45 +27,17 @@ import torch.multiprocessing as mp
 
 from helpers import distributed
 
-from .conftest import ROOT
+from .conftest import ROOT, cli_flags
 
 # Heavy imports (timm, OpenCV) go inside the DDP test: the spawned processes of the collectives test import
 # this module, and should start in seconds.
 
 SEED = 11
-FLAGS = [
-    "--dataset",
-    "food-101",
-    "--backbone",
-    "tf_efficientnet_lite0",
-    "--pretrained",
-    "offline",
-    "--image-size",
-    "64",
-    "--num-workers",
-    "0",
-    "--batch-size",
-    "16",
-    "--epochs",
-    "1",
-    "--warmup-epochs",
-    "0.3",
-    "--lr",
-    "0.003",
-    "--optimizer",
-    "sgd",
-    "--checkpoint-every",
-    "2",
-    "--device",
-    "cpu",
-    "--seed",
-    str(SEED),
-    "--freeze-bn",
-    "--drop-rate",
-    "0",
-    "--drop-path-rate",
-    "0",
-]
+FLAGS = cli_flags(dict(
+    dataset="food-101", backbone="tf_efficientnet_lite0", pretrained="offline", image_size=64, num_workers=0,
+    batch_size=16, epochs=1, warmup_epochs=0.3, lr=0.003, optimizer="sgd", checkpoint_every=2, device="cpu",
+    seed=SEED, freeze_bn=True, drop_rate=0, drop_path_rate=0,
+))
 
 
 def _run(cmd: list[str], log: Path) -> subprocess.CompletedProcess:

@@ -42,38 +42,12 @@ from helpers.cli import main
 from helpers.config import TrainConfig, UserError
 from helpers.data import BadImageError, load_splits, read_image
 
-from .conftest import ROOT, TINY
+from .conftest import ROOT, TINY, cli_flags
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and /dev/full are Linux-only")
 
 SEED = 7
 # 8 train photos of each class (70 train, 10 val), 2 test ones: 9 steps of 8 images per epoch, a checkpoint every 2.
-FLAGS = [
-    "--dataset",
-    "food-101",
-    "--backbone",
-    "tf_efficientnet_lite0",
-    "--pretrained",
-    "offline",
-    "--image-size",
-    "64",
-    "--num-workers",
-    "0",
-    "--batch-size",
-    "8",
-    "--epochs",
-    "2",
-    "--warmup-epochs",
-    "0.5",
-    "--lr",
-    "3e-3",
-    "--checkpoint-every",
-    "2",
-    "--device",
-    "cpu",
-    "--seed",
-    str(SEED),
-]
 CONFIG = dict(
     dataset="food-101",
     backbone="tf_efficientnet_lite0",
@@ -88,6 +62,7 @@ CONFIG = dict(
     device="cpu",
     seed=SEED,
 )
+FLAGS = cli_flags(CONFIG)
 
 
 def make_micro(dst: Path, n_train: int = 8, n_test: int = 2) -> Path:
