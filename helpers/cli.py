@@ -150,12 +150,12 @@ def _check_tta(tta: int) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> dict:
-    from .inference import ensemble
+    from .inference import TEST_FOLDER, ensemble
 
     _check_tta(args.tta)
     dataset, data_dir = args.dataset, args.data_dir
     if args.test_dir:
-        dataset, data_dir = "imagefolder_test", args.test_dir
+        dataset, data_dir = TEST_FOLDER, args.test_dir
     if not data_dir:
         raise UserError("Give --test-dir DIR, or --dataset and --data-dir.")
     return ensemble(args.models, dataset=dataset, data_dir=data_dir, split=args.split, tta=args.tta,

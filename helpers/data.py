@@ -131,6 +131,19 @@ def _list_class_folders(root: Path) -> dict[str, list[str]]:
     return found
 
 
+def read_test_folder(root: str | Path) -> tuple[list[str], list[Sample]]:
+    """Every image of a folder of class folders (<class>/<image>.jpg), to evaluate on: (class names, samples)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"Test folder {root} does not exist. Give a folder of class folders (<class>/<image>.jpg).")
+    folders = _list_class_folders(root)
+    class_names = sorted(folders)
+    samples = [(f, i) for i, c in enumerate(class_names) for f in folders[c]]
+    if not samples:
+        raise UserError(f"{root} has no images in class folders. The expected layout is <class>/<image>.jpg.")
+    return class_names, samples
+
+
 def _read_imagefolder(root: Path, test_fraction: float, seed: int) -> tuple[list[str], list[Sample], list[Sample]]:
     if not root.is_dir():
         raise UserError(f"Data folder {root} does not exist. Point --data-dir at a folder of class folders.")

@@ -474,7 +474,6 @@ def fit(cfg: TrainConfig) -> dict:
         _logger.info("Resuming %s at epoch %d, step %d", cfg.resume, start_epoch + 1, start_step)
     elif state is not None:
         _logger.info("Starting a new stage from the weights of %s (its settings differ)", cfg.resume)
-    scheduler.step_update(num_updates)
 
     ddp_model = model
     if dist_info.enabled:
@@ -560,20 +559,19 @@ def fit(cfg: TrainConfig) -> dict:
                          cfg.patience, best["top1"], best["epoch"])
         epoch += 1
     distributed.barrier()
-    summary = _final_test(cfg, out, splits, dcfg, device, dtype, best, time.perf_counter() - started, dist_info)
+    summary = _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, time.perf_counter() - started,
+                          dist_info)
     summary = distributed.broadcast_object(summary)
     distributed.cleanup()
     return summary
 
 
-def _final_test(cfg, out, splits, dcfg, device, dtype, best, seconds, dist_info) -> dict:
-    """Evaluate the best checkpoint (and its EMA weights) once on the test split; write summary.json."""
+def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, seconds, dist_info) -> dict:
+    """Evaluate the best checkpoint (and its EMA weights) once on the test split, with the validation split's
+    transform and normaliser; write summary.json."""
     summary = {"output_dir": str(out), "best_epoch": best["epoch"], "val_top1": best["top1"], "train_seconds": seconds}
     if not dist_info.is_main:
         return summary
-    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"], dcfg["interpolation"],
-                                     uint8=True)
-    normalize = augment.DeviceNormalize(dcfg["mean"], dcfg["std"])
     loader = make_loader(ImageDataset(splits.test, eval_tf, strict=cfg.strict_data), batch_size=64, shuffle=False,
                          seed=0, num_workers=cfg.num_workers)
     for weights in ("model", "model_ema"):

@@ -11,18 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import augment, checkpoint
 from .config import UserError, config_from_dict
-from .data import ImageDataset, Sample, load_splits, make_loader
+from .data import ImageDataset, Sample, load_splits, make_loader, read_test_folder
 from .metrics import topk_correct
 from .models import create_model
 from .utils import amp_dtype, autocast, get_device
 
 _logger = logging.getLogger(__name__)
+
+TEST_FOLDER = "test-folder"  # the `dataset` of `ensemble --test-dir`: every image of DIR/<class>/ is evaluated
 
 
 @dataclass
@@ -121,6 +122,9 @@ def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def _samples(dataset: str, data_dir: str, split: str, config: dict) -> tuple[list[Sample], list[str]]:
+    if dataset == TEST_FOLDER:  # every image of a folder of class folders (ensemble --test-dir)
+        class_names, samples = read_test_folder(data_dir)
+        return samples, class_names
     splits = load_splits(dataset, data_dir, val_fraction=config.get("val_fraction", 0.1),
                          test_fraction=config.get("test_fraction", 0.2), seed=config.get("seed", 42))
     return splits.get(split), splits.class_names
@@ -196,14 +200,3 @@ def write_predictions(path: str | Path, samples: list[Sample], probs: torch.Tens
         for (image_path, label), p, row in zip(samples, pred, probs_np):
             writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
                             + [f"{v:.5f}" for v in row])
-
-
-def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """Read a predictions CSV: (paths, true indices, probabilities (N, C), class names)."""
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    prob_cols = [c for c in frame.columns if c.startswith("p_")]
-    class_names = [c[2:] for c in prob_cols]
-    index = {c: i for i, c in enumerate(class_names)}
-    return list(frame["path"]), frame["true"].map(index).to_numpy(), frame[prob_cols].to_numpy(), class_names

@@ -194,24 +194,24 @@ def accuracy(predictions: str | Path | pd.DataFrame) -> float:
 
 def lr_schedule(run: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     """The head's learning rate at every optimizer step of a run, rebuilt with the trainer's own scheduler from
-    the run's config.yaml and the steps per epoch in its last.pt.
+    the settings and the steps per epoch in the run's last.pt.
 
     Returns:
         (epoch position of each step, from 0 to the epochs run; learning rate), or None when the run lacks the
         files (the caller then plots the per-epoch values of metrics.csv).
     """
     import torch
-    import yaml
 
     from .config import config_from_dict
     from .engine import make_scheduler
 
     run = Path(run)
     try:
-        cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
         state = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
-        done = int(state["epoch"]) + (1 if state.get("step") else 0)
-        steps_per_epoch = round(int(state["num_updates"]) / max(int(state["epoch"]), 1)) if state["epoch"] else 0
+        cfg = config_from_dict(state["config"])
+        epochs, step = int(state["epoch"]), int(state.get("step") or 0)  # whole epochs, then steps into the next
+        done = epochs + (1 if step else 0)
+        steps_per_epoch = round((int(state["num_updates"]) - step) / epochs) if epochs else 0
     except (OSError, KeyError, ValueError, RuntimeError, TypeError):
         return None
     if steps_per_epoch <= 0:
@@ -495,14 +495,6 @@ def class_samples(samples: Sequence[tuple[str, str]], *, cols: int = 5, title: s
     return fig
 
 
-def _visual(transform) -> Any:
-    """A pipeline without its Normalize and ToTensorV2 steps, for looking at."""
-    import albumentations as A
-    from albumentations.pytorch import ToTensorV2
-
-    return A.Compose([t for t in transform.transforms if not isinstance(t, (A.Normalize, ToTensorV2))], strict=True)
-
-
 @_styled
 def augmentation_preview(image: np.ndarray | str, *, presets: Iterable[str] = ("light", "basic", "advanced"),
                          size: int = 224, n: int = 5, seed: int = 0, title: str | None = None,
@@ -722,7 +714,7 @@ def tta_views(image: np.ndarray | str, *, views: int = 6, size: int = 224, title
     axes.flat[0].imshow(photo)
     axes.flat[0].set_title("original", fontsize=10)
     for i, (ax, transform) in enumerate(zip(axes.flat[1:], transforms)):
-        ax.imshow(_visual(transform)(image=photo)["image"])
+        ax.imshow(augment.preview_grid(photo, transform, n=1)[0])  # deterministic views: any seed gives the same
         ax.set_title(f"view {i + 1}: {TTA_VIEW_NAMES[i]}", fontsize=9)
     fig.suptitle(title or f"The test-time views at {size} px; their softmax outputs are averaged")
     save_figure(fig, name, folder)

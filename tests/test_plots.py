@@ -300,3 +300,17 @@ def test_augmentation_explorer_draws_each_choice(predictions):
     assert image.value != first
     with pytest.raises(UserError):
         widgets.augmentation_explorer([])
+
+
+def test_lr_schedule_from_a_checkpoint_saved_mid_epoch(tmp_path):
+    """last.pt after 2 whole epochs of 10 steps and 5 steps into the third: 10 steps per epoch, 3 epochs drawn."""
+    import torch
+
+    from helpers.config import TrainConfig
+    from helpers.engine import _config_dict
+
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, lr=1e-2)
+    torch.save({"config": _config_dict(cfg), "epoch": 2, "step": 5, "num_updates": 25}, tmp_path / "last.pt")
+    x, lr = plots.lr_schedule(tmp_path)
+    assert len(x) == 31 and x[-1] == 3.0 and x[10] == 1.0
+    assert int(np.argmax(lr)) == 9  # the warmup rises for exactly one epoch, steps 0-9

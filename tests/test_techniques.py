@@ -171,3 +171,24 @@ def test_data_config_follows_the_backbone():
     assert d["image_size"] == 260 and d["mean"] == (0.5, 0.5, 0.5)
     assert data_config(model, 300)["image_size"] == 300
     assert copy.deepcopy(d) == d
+
+
+def test_ensemble_test_dir_evaluates_every_image_of_a_class_folder_tree(trained_run, tmp_path, capsys):
+    """`ensemble --test-dir DIR` (DIR/<class>/<image>.jpg) gives what --dataset food-101 gives on the same photos."""
+    import json
+    import shutil
+
+    from helpers.cli import main
+
+    splits = load_splits("food-101", TINY)
+    test_dir = tmp_path / "test"
+    for path, label in splits.test:
+        (test_dir / splits.class_names[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, test_dir / splits.class_names[label])
+    expected = helpers.ensemble([str(trained_run)], dataset="food-101", data_dir=str(TINY), num_workers=0)
+    assert main(["ensemble", "--models", str(trained_run), "--test-dir", str(test_dir), "--num-workers", "0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == expected["n"] == 150
+    assert result["top1"] == pytest.approx(expected["top1"]) and result["top5"] == pytest.approx(expected["top5"])
+    assert main(["ensemble", "--models", str(trained_run), "--test-dir", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
