@@ -6,7 +6,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo course quick test lint format clean
+.PHONY: demo course quick test lint format clean lab git-filter
+
+# The project's Jupyter kernel: notebooks ask for it by name (kernelspec "food101").
+KERNEL_NAME := food101
+KERNEL_DISPLAY := Food-101 workbook (.venv)
+# Notebooks are committed without outputs: a git filter (nbstripout) strips them from what `git add` and
+# `git status` see, so running a notebook in JupyterLab leaves the repository clean. It keeps cell ids, and drops
+# the language_info fields a kernel adds when a notebook opens (they differ between Python patch releases).
+STRIP_KEYS := metadata.language_info.codemirror_mode metadata.language_info.file_extension \
+	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter metadata.language_info.version
+REPO ?= .
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +24,25 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "$(KERNEL_DISPLAY)" >/dev/null
+	$(MAKE) --no-print-directory git-filter
 	touch $(STAMP)
+
+# The output filter of .gitattributes, set up in REPO's git config (the install step runs it; REPO=DIR for another
+# clone). Outside a git repository (an unpacked archive) there is nothing to set up.
+git-filter:
+	@if git -C "$(REPO)" rev-parse --git-dir >/dev/null 2>&1; then \
+		git -C "$(REPO)" config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
+		git -C "$(REPO)" config filter.nbstripout.smudge cat && \
+		git -C "$(REPO)" config filter.nbstripout.required true && \
+		git -C "$(REPO)" config filter.nbstripout.extrakeys "$(STRIP_KEYS)" && \
+		git -C "$(REPO)" config diff.ipynb.textconv '"$(abspath $(PY))" -m nbstripout --keep-id -t' && \
+		echo "git filter nbstripout set up in $(REPO): notebook outputs stay out of git"; \
+	else echo "$(REPO) is not a git repository: no output filter set up"; fi
+
+# JupyterLab on the project's environment, opened on the notebooks; pick the kernel "$(KERNEL_DISPLAY)".
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
 
 demo: course
 

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
@@ -42,6 +40,7 @@ from .inference import load_trained, predict_logits, to_model_input
 from .losses import kd_loss
 from .metrics import Sums, append_row, topk_correct, truncate_rows
 from .models import create_model, data_config, freeze_backbone, grow_head, param_groups, set_train_mode
+from .progress import progress_bar
 from .utils import amp_dtype, autocast, get_device, peak_memory_mb, reset_peak_memory, run_info, seed_everything
 
 _logger = logging.getLogger(__name__)
@@ -100,9 +99,8 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
     set_train_mode(run.raw_model, run.frozen_backbone)
     sums = sums or Sums()
     batches, n_micro_total = iter(loader), run.micro_per_epoch
-    bar = tqdm(total=run.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
-               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True,
-               disable=not distributed.is_main())
+    bar = progress_bar(total=run.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
+                       disable=not distributed.is_main())
     seen, started = 0, time.perf_counter()
     for step in range(start_step, run.steps_per_epoch):
         _reseed(run.seed, epoch, step)

@@ -21,11 +21,11 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from .config import UserError
+from .progress import progress_bar
 
 _logger = logging.getLogger(__name__)
 
@@ -130,9 +130,7 @@ def _check_args(src: Path, dst: Path, short_side: int, quality: int, overwrite: 
 
 def _map(fn, jobs: list, n_workers: int):
     """fn over jobs, in `n_workers` processes (or inline for one), yielding results as they finish."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc="prepare", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = progress_bar(total=len(jobs), desc="prepare")
     if n_workers == 1:
         results = map(fn, jobs)
         pool = None
