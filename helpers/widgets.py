@@ -4,7 +4,12 @@
     widgets.failure_explorer("runs/course-demo/predictions/01_baseline-baseline-test.csv")
 
 ipywidgets is imported when an explorer is built, so the rest of the package works without it. In a headless
-(papermill) run an explorer draws its first page once and is stored in the executed notebook.
+(papermill) run an explorer draws its first page once; the executor saves the widgets' state (the picture too) in
+the executed notebook, so JupyterLab shows that first page when the notebook is opened later, without a kernel.
+
+An explorer's pictures are drawn by the kernel: while another cell runs (training, say), a pick waits until that
+cell ends, which each explorer says in a line under its picture. Each explorer's box carries a CSS class
+(`FAILURE_CLASS`, `AUGMENTATION_CLASS`) by which tests and styles find it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from .config import UserError
 if TYPE_CHECKING:
     import pandas as pd
 
+FAILURE_CLASS = "helpers-failure-explorer"
+AUGMENTATION_CLASS = "helpers-augmentation-explorer"
+# Shown under an explorer's controls: its callbacks run in the kernel, which runs one cell at a time.
+BUSY_NOTE = "Pictures are drawn by the kernel: while another cell runs (training, say), a new pick waits until it ends."
+
 
 def _ipywidgets():
     try:
@@ -27,6 +37,14 @@ def _ipywidgets():
     except ImportError as exc:
         raise UserError("The explorers need ipywidgets: pip install ipywidgets (it is in requirements.txt).") from exc
     return ipywidgets
+
+
+def _box(w, controls: list, output, css_class: str) -> Any:
+    """The explorer's layout: its controls, the picture, and the note that picks wait for a busy kernel."""
+    note = w.HTML(f"<small style='color: var(--jp-ui-font-color2, #666)'>{BUSY_NOTE}</small>")
+    box = w.VBox([w.HBox(controls), output, note])
+    box.add_class(css_class)
+    return box
 
 
 def _show(image, fig, dpi: int = 90) -> None:
@@ -93,7 +111,7 @@ def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 
     page.observe(draw, names="value")
     page.max = pages()
     draw()
-    return w.VBox([w.HBox([choice, page, of]), output])
+    return _box(w, [choice, page, of], output, FAILURE_CLASS)
 
 
 def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224) -> Any:
@@ -130,7 +148,8 @@ def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224
     for widget in (photo, view, seed):
         widget.observe(draw, names="value")
     draw()
-    return w.VBox([w.HBox([photo, view, seed]), output])
+    return _box(w, [photo, view, seed], output, AUGMENTATION_CLASS)
 
 
-__all__ = ["failure_explorer", "augmentation_explorer", "failure_options"]
+__all__ = ["failure_explorer", "augmentation_explorer", "failure_options", "FAILURE_CLASS", "AUGMENTATION_CLASS",
+           "BUSY_NOTE"]
