@@ -13,7 +13,8 @@ KERNEL_NAME := food101
 KERNEL_DISPLAY := Food-101 workbook (.venv)
 # Notebooks are committed without outputs: a git filter (nbstripout) strips them from what `git add` and
 # `git status` see, so running a notebook in JupyterLab leaves the repository clean. It keeps cell ids, and drops
-# the language_info fields a kernel adds when a notebook opens (they differ between Python patch releases).
+# the language_info fields the kernel writes when a notebook opens (they differ between Python releases); on
+# checkout scripts/lab.py writes this environment's, so a notebook opens unchanged.
 STRIP_KEYS := metadata.language_info.codemirror_mode metadata.language_info.file_extension \
 	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter metadata.language_info.version
 REPO ?= .
@@ -33,16 +34,17 @@ $(STAMP): requirements.txt
 git-filter:
 	@if git -C "$(REPO)" rev-parse --git-dir >/dev/null 2>&1; then \
 		git -C "$(REPO)" config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
-		git -C "$(REPO)" config filter.nbstripout.smudge cat && \
+		git -C "$(REPO)" config filter.nbstripout.smudge '"$(abspath $(PY))" "$(CURDIR)/scripts/lab.py" smudge' && \
 		git -C "$(REPO)" config filter.nbstripout.required true && \
 		git -C "$(REPO)" config filter.nbstripout.extrakeys "$(STRIP_KEYS)" && \
 		git -C "$(REPO)" config diff.ipynb.textconv '"$(abspath $(PY))" -m nbstripout --keep-id -t' && \
 		echo "git filter nbstripout set up in $(REPO): notebook outputs stay out of git"; \
 	else echo "$(REPO) is not a git repository: no output filter set up"; fi
 
-# JupyterLab on the project's environment, opened on the notebooks; pick the kernel "$(KERNEL_DISPLAY)".
+# JupyterLab on the project's environment, opened on the notebooks; pick the kernel "$(KERNEL_DISPLAY)". Saving a
+# notebook keeps git clean (scripts/lab.py: its post-save hook); LAB_ARGS="--port 8899" passes arguments on.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks
+	$(PY) scripts/lab.py $(LAB_ARGS)
 
 demo: course
 

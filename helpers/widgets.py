@@ -4,8 +4,9 @@
     widgets.failure_explorer("runs/course-demo/predictions/01_baseline-baseline-test.csv")
 
 ipywidgets is imported when an explorer is built, so the rest of the package works without it. In a headless
-(papermill) run an explorer draws its first page once; the executor saves the widgets' state (the picture too) in
-the executed notebook, so JupyterLab shows that first page when the notebook is opened later, without a kernel.
+(papermill) run an explorer draws its first page once. Its display carries that picture as a PNG besides the
+widget, so the executed notebook shows it when opened later: JupyterLab draws no widget in an output it did not
+produce (an untrusted notebook; the executor's saved widget state is not used there), and shows the PNG instead.
 
 An explorer's pictures are drawn by the kernel: while another cell runs (training, say), a pick waits until that
 cell ends, which each explorer says in a line under its picture. Each explorer's box carries a CSS class
@@ -14,6 +15,8 @@ cell ends, which each explorer says in a line under its picture. Each explorer's
 
 from __future__ import annotations
 
+import base64
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,12 +42,38 @@ def _ipywidgets():
     return ipywidgets
 
 
-def _box(w, controls: list, output, css_class: str) -> Any:
+def _box(w, controls: list, output, css_class: str, name: str) -> Any:
     """The explorer's layout: its controls, the picture, and the note that picks wait for a busy kernel."""
     note = w.HTML(f"<small style='color: var(--jp-ui-font-color2, #666)'>{BUSY_NOTE}</small>")
-    box = w.VBox([w.HBox(controls), output, note])
+    box = _explorer_class()([w.HBox(controls), output, note], picture=output, name=name)
     box.add_class(css_class)
     return box
+
+
+@functools.cache
+def _explorer_class() -> type:
+    """A VBox whose display also carries its picture as a PNG (built on first use: ipywidgets is imported then)."""
+    w = _ipywidgets()
+
+    class Explorer(w.VBox):
+        """An explorer's box. Its display bundle holds, besides the widget, the picture it shows as image/png and a
+        one-line text: a notebook executed headless (papermill) and opened later shows that picture where the
+        widget cannot be drawn: JupyterLab does not draw widgets in outputs it did not produce itself (an untrusted
+        notebook) and neither do GitHub or the HTML export without the widgets' scripts."""
+
+        def __init__(self, children: list, *, picture: Any, name: str):
+            super().__init__(children)
+            self._picture, self._name = picture, name
+
+        def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+            bundle = super()._repr_mimebundle_(**kwargs)
+            if isinstance(bundle, dict):
+                bundle["text/plain"] = f"{self._name} (interactive where the notebook runs; its first view below)"
+                if self._picture.value:
+                    bundle["image/png"] = base64.b64encode(self._picture.value).decode("ascii")
+            return bundle
+
+    return Explorer
 
 
 def _show(image, fig, dpi: int = 90) -> None:
@@ -111,7 +140,7 @@ def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 
     page.observe(draw, names="value")
     page.max = pages()
     draw()
-    return _box(w, [choice, page, of], output, FAILURE_CLASS)
+    return _box(w, [choice, page, of], output, FAILURE_CLASS, "Failure explorer")
 
 
 def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224) -> Any:
@@ -148,7 +177,7 @@ def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224
     for widget in (photo, view, seed):
         widget.observe(draw, names="value")
     draw()
-    return _box(w, [photo, view, seed], output, AUGMENTATION_CLASS)
+    return _box(w, [photo, view, seed], output, AUGMENTATION_CLASS, "Augmentation explorer")
 
 
 __all__ = ["failure_explorer", "augmentation_explorer", "failure_options", "FAILURE_CLASS", "AUGMENTATION_CLASS",

@@ -82,12 +82,11 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """A git repository holding the prepared notebook, committed through the project's output filter."""
+def _make_clone(base: Path) -> Path:
+    """A git repository holding the prepared notebook (and its jupytext pair, if it has one), committed through the
+    project's output filter and checked out again as a clone has it."""
     import papermill
 
-    base = tmp_path_factory.mktemp("clone")
     repo = base / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
@@ -95,7 +94,8 @@ def clone(tmp_path_factory) -> Path:
     _git(repo, "config", "user.name", "browser test")
     subprocess.run(["make", "-s", "-C", str(ROOT), "git-filter", f"REPO={repo}", f"PY={sys.executable}"], check=True,
                    capture_output=True)
-    shutil.copyfile(ROOT / ".gitattributes", repo / ".gitattributes")
+    for name in (".gitattributes", ".gitignore"):
+        shutil.copyfile(ROOT / name, repo / name)
     target = repo / f"{NOTEBOOK}.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / f"{NOTEBOOK}.ipynb"), str(target), prepare_only=True,
                                parameters={"profile": "ci", "output_dir": str(base / "course"),
@@ -104,11 +104,68 @@ def clone(tmp_path_factory) -> Path:
     nb.metadata.kernelspec = _kernelspec()  # the notebooks' contract; explicit for a notebook that still says python3
     nb.cells.append(nbformat.v4.new_code_cell(f"import sys\nprint({PREFIX_MARK!r} + sys.prefix)"))
     nbformat.write(nb, target)
+    files = [target]
+    if "py:percent" in nb.metadata.get("jupytext", {}).get("formats", ""):  # a paired notebook: JupyterLab saves both
+        import jupytext
+
+        jupytext.write(nb, repo / f"{NOTEBOOK}.py", fmt="py:percent")
+        files.append(repo / f"{NOTEBOOK}.py")
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "notebook")
-    target.unlink()  # a fresh checkout, as a clone has it
-    _git(repo, "checkout", "--", target.name)
+    for file in files:  # a fresh checkout, as a clone has it (the smudge filter runs)
+        file.unlink()
+    _git(repo, "checkout", "--", *[f.name for f in files])
     return repo
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    return _make_clone(tmp_path_factory.mktemp("clone"))
+
+
+def test_the_output_filter_keeps_outputs_and_kernel_metadata_out_of_git(tmp_path):
+    """Without a browser: what JupyterLab saves after a run (outputs, counts, the kernel's language_info) is
+    invisible to git, the stored notebook keeps its cell ids, and a checkout carries this kernel's language_info."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    repo = _make_clone(tmp_path)
+    file = repo / f"{NOTEBOOK}.ipynb"
+    stored = nbformat.reads(_git(repo, "show", f"HEAD:{file.name}"), as_version=4)
+    assert stored.metadata.language_info == {"name": "python", "pygments_lexer": "ipython3"} or \
+        "version" not in stored.metadata.get("language_info", {})
+    nb = nbformat.read(file, as_version=4)
+    assert nb.metadata.language_info == IPythonKernel.language_info  # so JupyterLab finds nothing to change
+    assert [c.id for c in nb.cells] == [c.id for c in stored.cells]
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.execution_count = i + 1
+        cell.outputs = [nbformat.v4.new_output("stream", text="trained\n"),
+                        nbformat.v4.new_output("display_data", data={"text/plain": "a figure"})]
+    nb.metadata.widgets = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                         "version_minor": 0}}
+    nbformat.write(nb, file)
+    assert _git(repo, "diff") == ""
+    lab = _lab_module()
+    lab.post_save({"type": "notebook"}, str(file))  # what JupyterLab calls after saving
+    assert _git(repo, "status", "--porcelain") == ""
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.source += "\n# an edit"  # a real change still shows, and the hook leaves it alone
+    nbformat.write(nb, file)
+    assert not lab.refresh_git(file)
+    assert _git(repo, "status", "--porcelain").split() == ["M", file.name] and _git(repo, "diff", "--cached") == ""
+    _git(repo, "add", file.name)
+    stored = nbformat.reads(_git(repo, "show", f":{file.name}"), as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in stored.cells if c.cell_type == "code")
+    assert "widgets" not in stored.metadata and [c.id for c in stored.cells] == [c.id for c in nb.cells]
+
+
+def _lab_module():
+    """scripts/lab.py (what `make lab` runs: the post-save hook and the smudge filter)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lab", ROOT / "scripts" / "lab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _free_port() -> int:
@@ -135,13 +192,18 @@ def lab(clone, tmp_path_factory):
            "PYTHONPATH": os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
                                                           else []))}
     log = open(home / "lab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={clone}"],
+    server = subprocess.Popen(  # as `make lab` starts it, on the clone
+        [sys.executable, str(ROOT / "scripts" / "lab.py"), "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--allow-root", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={clone}"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _get(f"{url}/api/status?token={token}") is not None, 120, f"JupyterLab to start ({home}/lab.log)")
+        def started() -> bool:
+            if server.poll() is not None:
+                raise AssertionError(f"JupyterLab exited with {server.returncode}: {(home / 'lab.log').read_text()[-2000:]}")
+            return _get(f"{url}/api/status?token={token}") is not None
+
+        _wait(started, 120, f"JupyterLab to start ({home}/lab.log)")
         yield {"url": url, "token": token, "root": clone, "log": home / "lab.log"}
     finally:
         server.terminate()
@@ -392,10 +454,19 @@ def test_an_executed_notebook_shows_the_explorers_picture_without_running(page, 
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     executed = lab["root"] / "executed_01.ipynb"
     shutil.copyfile(out / "executed" / f"{NOTEBOOK}.ipynb", executed)
+    nb = nbformat.read(executed, as_version=4)
+    views = [o for c in nb.cells if c.cell_type == "code" and "failure_explorer(" in c.source for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1 and "image/png" in views[0].data, "the explorer's output carries no picture"
     try:
         page.open(executed.name)
-        image = _wait(lambda: (page.explorer_image() or {}).get("width"), 60,
-                      f"the explorer's picture in the executed notebook (see {page.shots})")
+        # the output of the cell that calls the explorer: JupyterLab draws no widget in a notebook it did not run
+        # (untrusted), so it shows the picture the explorer's display carries
+        script = ("const cell = Array.from(document.querySelectorAll('.jp-CodeCell')).find(c => c.querySelector("
+                  "'.jp-InputArea').textContent.includes('failure_explorer(')); if (!cell) return null;"
+                  "const i = cell.querySelector('.jp-OutputArea img'); if (!i) return null;"
+                  "i.scrollIntoView(); return i.naturalWidth;")
+        image = _wait(lambda: page.js(script), 60, f"the explorer's picture in the executed notebook ({page.shots})")
         time.sleep(0.5)
         page.shot("06_executed_notebook_explorer")
         assert image > 300
