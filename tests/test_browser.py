@@ -444,10 +444,10 @@ def test_running_and_closing_a_notebook_leaves_git_clean(ui_run):
     assert ui_run["git_status"] == "", ui_run["git_status"]
 
 
-def test_an_executed_notebook_shows_the_explorers_picture_without_running(page, lab, tmp_path):
-    """A notebook executed headless (run-notebooks, papermill) and opened later shows the explorer's first page
-    from the widget state the executor saved."""
-    out = tmp_path / "course"
+def test_an_executed_notebook_shows_the_explorers_picture_without_running(ui_run, page, lab, tmp_path):
+    """A notebook executed headless (run-notebooks, papermill) and opened later shows the explorer's first page.
+    It runs in the course folder of the run above, whose trained model it reuses (the notebook re-tests it)."""
+    out = lab["root"].parent / "course"
     res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--profile", "ci", "--only", "01",
                           "--out", str(out), "-p", "ledger", str(tmp_path / "ledger.csv")], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
