@@ -333,7 +333,7 @@ def ui_run(page, lab) -> dict:
     file = lab["root"] / name
     committed = file.read_bytes()
     page.open(name)
-    time.sleep(2)  # the kernel's info and spec reach the notebook's metadata right after it starts
+    time.sleep(3)  # the kernel's info and spec reach the notebook's metadata right after it starts
     seen["kernel"] = page.toolbar("kernelName")
     seen["dirty_on_open"] = "jp-mod-dirty" in page.tab_classes(name)
     seen["file_unchanged_on_open"] = file.read_bytes() == committed
