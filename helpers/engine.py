@@ -289,6 +289,37 @@ def make_criterion(mixing: bool, label_smoothing: float) -> nn.Module:
     return LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing > 0 else nn.CrossEntropyLoss()
 
 
+def lr_schedule(run: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head's learning rate at every optimizer step of a run, rebuilt with the trainer's own scheduler from
+    the settings and the steps per epoch in the run's last.pt.
+
+    Returns:
+        (epoch position of each step, from 0 to the epochs run; learning rate), or None when the run lacks the
+        files (the caller then plots the per-epoch values of metrics.csv).
+    """
+    run = Path(run)
+    try:
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+        cfg = config_from_dict(state["config"])
+        epochs, step = int(state["epoch"]), int(state.get("step") or 0)  # whole epochs, then steps into the next
+        done = epochs + (1 if step else 0)
+        steps_per_epoch = round((int(state["num_updates"]) - step) / epochs) if epochs else 0
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        return None
+    if steps_per_epoch <= 0:
+        return None
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                               warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
+                               restart_epochs=cfg.restart_epochs)
+    steps = np.arange(done * steps_per_epoch + 1)
+    rates = []
+    for step in steps:
+        scheduler.step_update(int(step))
+        rates.append(optimizer.param_groups[0]["lr"])
+    return steps / steps_per_epoch, np.array(rates)
+
+
 class Teacher(nn.Module):
     """One or more trained models as a distillation teacher. Each member gets the student's batch converted
     to its own normalisation and input size; several members return the log of their mean softmax.
@@ -326,6 +357,48 @@ def _convert_batch(x: torch.Tensor, src: dict, dst: dict) -> torch.Tensor:
     if x.shape[-1] != dst["image_size"]:
         x = F.interpolate(x, size=(dst["image_size"], dst["image_size"]), mode="bilinear", align_corners=False)
     return x
+
+
+def sample_batch(cfg: TrainConfig, n: int = 8, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One batch of `cfg`'s data as the trainer's loader gives it (its train or eval pipeline, before the
+    on-device normalisation), for showing a technique on real photos.
+
+    Returns:
+        (uint8 images (n, 3, S, S), labels (n,), the dataset's class names)
+    """
+    splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         seed=cfg.seed)
+    size = cfg.image_size or 224
+    unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 pipelines leave normalisation to the device
+    transform = (augment.train_transform(cfg.augment, size, *unit, uint8=True) if train
+                 else augment.eval_transform(size, *unit, uint8=True))
+    loader = make_loader(ImageDataset(splits.train if train else splits.test, transform), batch_size=n, shuffle=train,
+                         seed=cfg.seed, num_workers=0)
+    images, labels, _, _ = next(iter(loader))
+    return images, labels, splits.class_names
+
+
+def distillation_terms(cfg: TrainConfig, student: str | Path, n: int = 16) -> dict[str, float]:
+    """The distillation loss's two terms on one training batch of `cfg`'s data, for a trained `student` run,
+    with the trainer's own pieces: `Teacher` (each member at its own size and normalisation), the criterion and
+    `kd_loss` (without mixing, so the labels are the photos' own).
+
+    Returns:
+        {"hard: CE on the labels", "soft: T^2 KL(teacher || student)", "loss = a soft + (1 - a) hard"}
+    """
+    device = get_device(cfg.device)
+    trained = load_trained(student, device=device)
+    images, labels, _ = sample_batch(cfg, n)
+    normalize = augment.DeviceNormalize(trained.data_config["mean"], trained.data_config["std"])
+    x = to_model_input(images, device, normalize, torch.contiguous_format)
+    teacher = Teacher(cfg.teacher, trained.data_config, device)
+    with torch.no_grad():
+        logits, teacher_logits = trained.model(x), teacher(x)
+        hard = make_criterion(False, cfg.label_smoothing)(logits, labels.to(device))
+        soft = kd_loss(logits, teacher_logits, hard, alpha=1.0, temperature=cfg.kd_temperature)
+        total = kd_loss(logits, teacher_logits, hard, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+    return {"hard: CE on the labels": float(hard), "soft: T^2 KL(teacher || student)": float(soft),
+            f"loss = {cfg.kd_alpha:g} soft + {1 - cfg.kd_alpha:g} hard": float(total)}
 
 
 def _same_run(saved: TrainConfig, cfg: TrainConfig) -> bool:
@@ -527,6 +600,8 @@ def build_data(cfg: TrainConfig, splits: Splits, model: nn.Module, device: torch
 def build_run(cfg: TrainConfig, model: nn.Module, data: Data, device: torch.device, dtype, dist_info) -> Run:
     """Optimizer, schedule, loss, mixup, teacher and EMA around `model` (wrapped for DDP and compiled when asked)."""
     steps_per_epoch = math.ceil(len(data.train_loader) / data.accum_steps)
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
