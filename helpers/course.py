@@ -17,6 +17,7 @@ root, not from the notebook's folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import analysis, ledger
-from .config import TrainConfig, UserError, make_config
+from .config import TrainConfig, UserError, config_from_dict, make_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +52,7 @@ PROFILES: dict[str, Profile] = {
                   "data/food-101-tiny", 0),
 }
 REHEARSAL_DATA = "data/food-101-thumbs"  # 101 classes x 4 thumbnails, official layout
-REHEARSAL = dict(pretrained="none", max_steps=2, num_workers=0)  # and epochs <= 2, images a quarter of the size
+REHEARSAL = dict(pretrained="none", max_steps=2, num_workers=0, epochs=1)  # and a quarter of the image size
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,13 @@ def check_profile(profile: str) -> Profile:
 
 
 def rehearsal(settings: dict[str, Any]) -> dict[str, Any]:
-    """A run's settings for the rehearsal: random weights, at most 2 epochs of 2 steps, a quarter of the size."""
+    """A run's settings for the rehearsal: the same run with random weights, one epoch of 2 steps, a quarter of
+    the image size and at most 8 images a step (warmup and restart cycles shortened to fit the one epoch)."""
     size = settings.get("image_size") or 224
-    return {**settings, **REHEARSAL, "epochs": min(2, settings.get("epochs", TrainConfig.epochs)),
-            "image_size": max(32, size // 4)}
+    return {**settings, **REHEARSAL, "image_size": max(32, size // 4),
+            "batch_size": min(8, settings.get("batch_size", TrainConfig.batch_size)),
+            "warmup_epochs": min(0.5, settings.get("warmup_epochs", TrainConfig.warmup_epochs)),
+            "restart_epochs": min(1, settings.get("restart_epochs", TrainConfig.restart_epochs))}
 
 
 class Course:
@@ -191,16 +195,24 @@ class Course:
         return cfg
 
     def _check_same_run(self, cfg: TrainConfig) -> None:
-        """A notebook whose settings were edited after its run trained: say so before training starts."""
-        from .engine import RUNTIME_FIELDS, _same_run_started
+        """A notebook whose settings were edited after its run trained: name the changes before training starts."""
+        import yaml
+
+        from .engine import RUNTIME_FIELDS, _same_run
 
         out = Path(cfg.output_dir)
-        if (out / "last.pt").is_file() and (out / "config.yaml").is_file() and not _same_run_started(out, cfg):
-            raise UserError(
-                f"{out} holds a run of {self.notebook} with other settings than the notebook's now (only "
-                f"{', '.join(sorted(RUNTIME_FIELDS))} may change). To train the new settings, use another output_dir "
-                f"or delete {out}; to continue that run, put its settings (its config.yaml) back."
-            )
+        if not (out / "last.pt").is_file() or not (out / "config.yaml").is_file():
+            return
+        saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()) or {})
+        if _same_run(saved, cfg):
+            return
+        old, new = dataclasses.asdict(saved), dataclasses.asdict(cfg)
+        changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]]
+        raise UserError(
+            f"{out} holds a run of {self.notebook} with other settings than the notebook's now ({', '.join(changed)}). "
+            f"To train the new settings, give another output_dir or delete {out}; to continue that run, put its "
+            "settings back."
+        )
 
     def evaluate(self, run: str | Path, *, tta: int = 1, image_size: int | None = None, split: str = "test",
                  tag: str | None = None) -> dict[str, Any]:
@@ -325,29 +337,33 @@ def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
 
 
 def _result_row(key: str, plan: Phase | None, measured: Any, source: str) -> dict[str, Any]:
-    """One row of the results table: the plan's expectation beside the measured top-1, its interval and gain."""
-    row: dict[str, Any] = {"phase": key, "technique": plan.technique if plan else measured["technique"],
-                           "plan: recipe": plan.plan_recipe if plan else "", "plan: gain": plan.plan_gain if plan else "",
-                           "plan: top-1": plan.plan_top1 if plan else ""}
-    top1 = n = gain = None
-    if measured is not None:
-        top1, n, gain = measured["test_top1"], measured["test_n"], measured["gain"]
-    low, high = analysis.wilson(top1, n) if top1 is not None else (None, None)
-    row.update({"measured: top-1": top1, "95% low": low, "95% high": high, "measured: gain": gain,
-                "gain is": analysis.gain_verdict(gain, measured["reference_top1"], low, high) if measured is not None
-                else "", "gain against": plan.reference if plan else (measured["reference"] if measured is not None
-                                                                       else ""),
-                "trained": "" if measured is None else _trained_label(measured), "train min": None if measured is None
-                else measured["train_minutes"], "source": source, "in plan table": plan.in_plan_table if plan else False})
+    """One row of the results table: the plan's expectation beside the measured top-1, its 95% interval, the
+    gain and whether that gain is outside the noise."""
+    row: dict[str, Any] = {
+        "phase": key, "technique": plan.technique if plan else measured["technique"],
+        "plan: recipe": plan.plan_recipe if plan else "", "plan: gain": plan.plan_gain if plan else "",
+        "plan: top-1": plan.plan_top1 if plan else "", "measured: top-1": None, "95% low": None, "95% high": None,
+        "measured: gain": None, "gain is": "", "gain against": plan.reference if plan else measured["reference"],
+        "trained": "", "train min": None, "source": source, "in plan table": plan.in_plan_table if plan else False,
+    }
+    if measured is None:
+        return row
+    low, high = analysis.wilson(measured["test_top1"], measured["test_n"])
+    row.update({"measured: top-1": measured["test_top1"], "95% low": low, "95% high": high,
+                "measured: gain": measured["gain"],
+                "gain is": analysis.gain_verdict(measured["gain"], measured["reference_top1"], low, high),
+                "trained": _trained_label(measured), "train min": measured["train_minutes"]})
     return row
 
 
 def _trained_label(row: Any) -> str:
     """What a ledger row's run trained, e.g. "tf_efficientnet_lite0 @112, 4 epochs"."""
     backbone, size, epochs = row.get("backbone"), row.get("image_size"), row.get("epochs")
-    if isinstance(backbone, str) and backbone.startswith("ensemble"):
+    if not isinstance(backbone, str):
+        return ""
+    if backbone.startswith("ensemble"):
         return backbone
-    text = str(backbone)
+    text = backbone
     if analysis.is_number(size):
         text += f" @{int(size)}"
     if analysis.is_number(epochs):
