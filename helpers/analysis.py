@@ -80,6 +80,13 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     return table.apply(lambda col: col.map(lambda v: format_value(v, str(col.name))))
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """A table as Markdown, its cells formatted by `format_value`."""
+    shown = format_table(table)
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]) + "\n"
+
+
 def read_predictions(predictions: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """A predictions CSV (or its DataFrame) and its class names, in the model's class order."""
     import pandas as pd
@@ -200,6 +207,6 @@ def optimizer_groups(optimizer: Any) -> pd.DataFrame:
                          for i, g in enumerate(optimizer.param_groups)]).set_index("group")
 
 
-__all__ = ["wilson", "gain_verdict", "with_interval", "format_value", "format_table", "is_number",
+__all__ = ["wilson", "gain_verdict", "with_interval", "format_value", "format_table", "markdown_table", "is_number",
            "read_predictions", "accuracy", "confusion_counts", "confused_pairs", "failures", "averaged",
            "parameter_table", "optimizer_groups"]

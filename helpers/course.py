@@ -191,28 +191,8 @@ class Course:
         values.update(dataset="food-101", data_dir=str(self.data_dir), device=self.device, resume=resume,
                       output_dir=str(output_dir))
         cfg = make_config(values)
-        self._check_same_run(cfg)
+        _check_same_run(cfg, self.notebook)
         return cfg
-
-    def _check_same_run(self, cfg: TrainConfig) -> None:
-        """A notebook whose settings were edited after its run trained: name the changes before training starts."""
-        import yaml
-
-        from .engine import RUNTIME_FIELDS, _same_run
-
-        out = Path(cfg.output_dir)
-        if not (out / "last.pt").is_file() or not (out / "config.yaml").is_file():
-            return
-        saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()) or {})
-        if _same_run(saved, cfg):
-            return
-        old, new = dataclasses.asdict(saved), dataclasses.asdict(cfg)
-        changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]]
-        raise UserError(
-            f"{out} holds a run of {self.notebook} with other settings than the notebook's now ({', '.join(changed)}). "
-            f"To train the new settings, give another output_dir or delete {out}; to continue that run, put its "
-            "settings back."
-        )
 
     def evaluate(self, run: str | Path, *, tta: int = 1, image_size: int | None = None, split: str = "test",
                  tag: str | None = None) -> dict[str, Any]:
@@ -275,17 +255,12 @@ class Course:
             course=str(self.output_dir), profile=self.profile + ("-rehearsal" if self.rehearse else ""),
             notebook=self.notebook, phase=phase, technique=technique or plan.technique, test_top1=test["top1"],
             test_top5=test.get("top5"), test_n=test.get("n"), reference=reference or (plan.reference if plan else ""),
-            reference_top1=reference_top1, device=self._device_name())
+            reference_top1=reference_top1, device=_device_name(self.device))
         if isinstance(run, (list, tuple)):
             row.update(run=" + ".join(str(r) for r in run), backbone=f"ensemble of {len(run)}", train_minutes=0.0)
         else:
             row.update(_run_facts(Path(run), evaluation_only=phase == "3.4"))
         return ledger.append(self.ledger_path, row)
-
-    def _device_name(self) -> str:
-        from .utils import get_device
-
-        return str(get_device(self.device))
 
     def results(self) -> pd.DataFrame:
         """The plan's roadmap with this course's measured numbers and their 95% intervals (for 10_results).
@@ -314,11 +289,35 @@ class Course:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         paths = {"csv": self.output_dir / "results.csv", "markdown": self.output_dir / "results.md"}
         table.to_csv(paths["csv"], index=False)
-        shown = analysis.format_table(table)
-        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-        lines += ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
-        paths["markdown"].write_text("\n".join(lines) + "\n")
+        paths["markdown"].write_text(analysis.markdown_table(table))
         return paths
+
+
+def _check_same_run(cfg: TrainConfig, notebook: str) -> None:
+    """A notebook whose settings were edited after its run trained: name the changes before training starts."""
+    import yaml
+
+    from .engine import RUNTIME_FIELDS, _same_run
+
+    out = Path(cfg.output_dir)
+    if not (out / "last.pt").is_file() or not (out / "config.yaml").is_file():
+        return
+    saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()) or {})
+    if _same_run(saved, cfg):
+        return
+    old, new = dataclasses.asdict(saved), dataclasses.asdict(cfg)
+    changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]]
+    raise UserError(
+        f"{out} holds a run of {notebook} with other settings than the notebook's now ({', '.join(changed)}). "
+        f"To train the new settings, give another output_dir or delete {out}; to continue that run, put its "
+        "settings back."
+    )
+
+
+def _device_name(device: str) -> str:
+    from .utils import get_device
+
+    return str(get_device(device))
 
 
 def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
