@@ -150,7 +150,7 @@ def failures(predictions: str | Path | pd.DataFrame, *, true_class: str | None =
 
 
 def averaged(members: dict[str, str | Path | pd.DataFrame], mean: str | Path | pd.DataFrame, photo: int = 0,
-             top: int = 3) -> pd.DataFrame:
+             top: int = 3, label: str = "mean") -> pd.DataFrame:
     """How an average of softmax outputs decides one photo: each member's probabilities of the classes the
     mean ranks highest, and the mean itself (an ensemble's CSV, or TTA views' CSVs and the TTA result).
 
@@ -159,6 +159,7 @@ def averaged(members: dict[str, str | Path | pd.DataFrame], mean: str | Path | p
         mean: the predictions of the average.
         photo: which photo (row of `mean`).
         top: how many classes to show.
+        label: the row name of the average.
     Returns:
         DataFrame: a row per member and one for the mean, a column per class (percent), plus "true class".
     """
@@ -168,11 +169,11 @@ def averaged(members: dict[str, str | Path | pd.DataFrame], mean: str | Path | p
     row = frame.iloc[photo]
     classes = sorted(names, key=lambda c: -row[f"p_{c}"])[:top]
     table = {}
-    for label, member in members.items():
+    for name, member in members.items():
         m, _ = read_predictions(member)
         hit = m[m["path"] == row["path"]].iloc[0]
-        table[label] = {c: 100.0 * hit[f"p_{c}"] for c in classes}
-    table["mean"] = {c: 100.0 * row[f"p_{c}"] for c in classes}
+        table[name] = {c: 100.0 * hit[f"p_{c}"] for c in classes}
+    table[label] = {c: 100.0 * row[f"p_{c}"] for c in classes}
     out = pd.DataFrame(table).T.round(1)
     out.attrs.update(path=row["path"], true=row["true"])
     out.columns.name = f"true class: {row['true']}"

@@ -69,7 +69,8 @@ plots.tta_gain(tests, folder=c.figures, name="06_tta_gain")
 # highest, percent):
 
 # %%
-analysis.averaged({f"{v} view(s)": t["predictions"] for v, t in tests.items()}, tests[max(views)]["predictions"])
+analysis.averaged({f"{v} view(s)": t["predictions"] for v, t in tests.items() if v != max(views)},
+                  tests[max(views)]["predictions"], label=f"{max(views)} views")
 
 # %% [markdown]
 # ## What the views changed

@@ -356,3 +356,26 @@ def test_lr_schedule_from_a_checkpoint_saved_mid_epoch(tmp_path):
     x, lr = engine.lr_schedule(tmp_path)
     assert len(x) == 31 and x[-1] == 3.0 and x[10] == 1.0
     assert int(np.argmax(lr)) == 9  # the warmup rises for exactly one epoch, steps 0-9
+
+
+def test_averaged_shows_each_members_probabilities_and_their_mean(predictions):
+    table = analysis.averaged({"view 1": predictions, "view 2": predictions}, predictions, photo=2, top=2)
+    assert list(table.index) == ["view 1", "view 2", "mean"] and table.columns.name == f"true class: {A}"
+    assert list(table.columns) == [B, A] and table.loc["mean", B] == pytest.approx(90.0)  # row 3: A -> B at 0.9
+    assert (table.loc["view 1"] == table.loc["mean"]).all()
+
+
+def test_stage_one_freezes_the_backbone_and_stage_two_splits_the_learning_rates():
+    import torch
+
+    from helpers.config import TrainConfig
+
+    cfg = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", freeze_backbone=True, lr=1e-2)
+    model, _ = engine.build_model(cfg, 10, None, torch.device("cpu"))
+    params = analysis.parameter_table(model)
+    assert params.loc["backbone", "trainable"] == 0 and params.loc["head", "trainable"] == 1280 * 10 + 10
+    stage2 = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", lr=1e-3, backbone_lr_ratio=0.1)
+    model, _ = engine.build_model(stage2, 10, None, torch.device("cpu"))
+    groups = analysis.optimizer_groups(engine.make_optimizer(model, stage2, torch.device("cpu")))
+    assert groups.loc["head", "lr"] == pytest.approx(1e-3) and groups.loc["backbone", "lr"] == pytest.approx(1e-4)
+    assert groups["parameters"].sum() == sum(p.numel() for p in model.parameters())
