@@ -6,7 +6,7 @@
     plots.failure_gallery("runs/b3/test_predictions.csv", n=16, folder="figures", name="02_failures")
 
 Predictions are the CSV files written by `helpers.evaluate(..., predictions=...)` (path, true, pred, confidence,
-p_<class>...). In a notebook a returned figure shows once (it is closed in pyplot, so the inline backend does
+p_<class>...); what the figures compute from them (confusions, failures, 95% intervals) is in `helpers.analysis`. In a notebook a returned figure shows once (it is closed in pyplot, so the inline backend does
 not draw it a second time); outside a kernel, pyplot uses the Agg backend unless MPLBACKEND says otherwise.
 """
 
@@ -644,7 +644,7 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     rows = results.reset_index(drop=True)
     fig, ax = _figure(11, 1.4 + 0.5 * len(rows))
     y = np.arange(len(rows))
-    measured = []
+    measured, lows = [], []
     for yi, (_, row) in zip(y, rows.iterrows()):
         span = _range(row["plan: top-1"])
         if span:
@@ -657,7 +657,7 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
             lo, hi = float(row.get("95% low", np.nan)), float(row.get("95% high", np.nan))
             if np.isfinite(lo):
                 ax.hlines(yi, lo, hi, color=NEUTRAL, lw=2, label="95% interval" if len(measured) == 1 else None)
-                measured.append(lo)
+                lows.append(lo)
             gain = row["measured: gain"]
             noise = ", within noise" if row.get("gain is") == "within noise" else ""
             text = f" {value:.1f}%" + (f" ({float(gain):+.1f}{noise})" if gain is not None and np.isfinite(float(gain))
@@ -667,7 +667,7 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     ax.set_yticks(y, [f"{r['phase']}  {textwrap.shorten(r['technique'], 50)}" for _, r in rows.iterrows()])
     ax.invert_yaxis()
     ax.grid(axis="y", visible=False)
-    low = min([70.0] + measured) - 5
+    low = min([70.0] + measured + lows) - 5
     ax.set_xlim(max(0.0, low), 101)
     ax.set_xlabel("top-1 (%)")
     fig.legend(loc="outside lower center", ncols=2, frameon=False)
