@@ -82,15 +82,15 @@ plots.ensemble_vs_members(result, folder=c.figures, name="08_ensemble_vs_members
 
 # %%
 member_tests = {f"member {i}: {m['backbone']}": c.evaluate(m["model"]) for i, m in enumerate(result["members"], 1)}
-analysis.averaged({label: t["predictions"] for label, t in member_tests.items()}, result["predictions"])
+analysis.averaged({label: t["predictions"] for label, t in member_tests.items()}, result["predictions"],
+                  label="ensemble (mean)")
 
 # %% [markdown]
 # ## What the ensemble changed
 # Against its best member: photos it fixed and photos it broke.
 
 # %%
-best = max(result["members"], key=lambda m: m["top1"])
-best_test = c.evaluate(best["model"])
+best_test = max(member_tests.values(), key=lambda t: t["top1"])  # evaluated above, each on its own
 plots.prediction_changes(best_test["predictions"], result["predictions"], labels=("best member", "ensemble"),
                          folder=c.figures, name="08_changes")
 
@@ -104,4 +104,4 @@ plots.top_confusions(result["predictions"], folder=c.figures, name="08_top_confu
 plots.failure_gallery(result["predictions"], n=12, title="08 · Ensemble", folder=c.figures, name="08_failures")
 
 # %%
-c.record("4.2", member_runs, result, reference_top1=best["top1"])
+c.record("4.2", member_runs, result, reference_top1=best_test["top1"])
