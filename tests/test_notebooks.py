@@ -224,6 +224,13 @@ def test_a_notebook_whose_inputs_are_missing_is_refused_before_running(tmp_path)
     assert res.returncode == 2 and "--out" in res.stderr
 
 
+def test_a_missing_kernel_is_one_clear_paragraph(tmp_path):
+    res = _run("run-notebooks", "--profile", "ci", "--only", "00", "--out", str(tmp_path / "seq"), "--kernel", "nope")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "The Jupyter kernel 'nope' is not installed" in res.stderr and "ipykernel install" in res.stderr
+    assert not (tmp_path / "seq").exists()  # nothing written
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The headless course (one run, several checks)
 
