@@ -8,6 +8,7 @@ The plan's 1.x arguments are translated: `var_limit` -> `std_range`, `max_holes/
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -152,3 +153,22 @@ def preview_grid(image: np.ndarray, transform: A.Compose, n: int = 8, seed: int 
         visual.set_random_seed(seed + i)
         out.append(visual(image=image)["image"])
     return out
+
+
+def preset_steps(preset: str, size: int) -> dict[str, Any]:
+    """The steps of a preset's pipeline by name, each set to always apply (p=1), for previews."""
+    import copy
+
+    builders = {"light": light_transforms, "basic": basic_transforms,
+                "advanced": advanced_transforms}
+    if preset not in builders:
+        raise ValueError(f"preset {preset!r} has no steps to show; use one of {', '.join(builders)}")
+    steps: dict[str, Any] = {}
+    for step in builders[preset](size):
+        step = copy.deepcopy(step)
+        step.p = 1.0
+        label = type(step).__name__
+        if label in steps:
+            label = f"{label} ({sum(k.startswith(label) for k in steps) + 1})"
+        steps[label] = step
+    return steps

@@ -58,6 +58,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     label_smoothing: float = 0.1
     scheduler: str = "cosine"  # cosine | cosine_restart | none
+    max_steps: int = 0  # cap on optimizer steps per epoch (0: the whole epoch); the notebooks' --rehearse uses 2
     warmup_epochs: float = 1.0  # linear warmup from lr/100
     restart_epochs: int = 0  # cosine_restart: epochs per cycle (0: a third of the run)
     min_lr: float = 1e-6

@@ -13,6 +13,7 @@ augmentation is seeded from (seed, epoch, index), and `last.pt` is written atomi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,7 +36,7 @@ from torch import nn
 
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
-from .data import ImageDataset, index_seed, load_splits, make_loader
+from .data import ImageDataset, Splits, index_seed, load_splits, make_loader
 from .inference import load_trained, predict_logits, to_model_input
 from .losses import kd_loss
 from .metrics import Sums, append_row, topk_correct, truncate_rows
@@ -95,66 +96,100 @@ def _reseed(seed: int, epoch: int, step: int) -> None:
 
 def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: Sums | None = None,
                     save_fn: Callable[[int, int, Sums], None] | None = None, save_every: int = 0) -> dict:
-    """Train one epoch from optimizer step `start_step`; returns loss/top1/top5 (sample-weighted) and images/s."""
+    """Train one epoch from optimizer step `start_step`; returns loss/top1/top5 (sample-weighted) and images/s.
+
+    The running sums stay on the device; they are copied into `sums` (a host sync, like `.item()`) only at the
+    log interval, before a mid-epoch save and at the end of the epoch.
+    """
     set_train_mode(run.raw_model, run.frozen_backbone)
     sums = sums or Sums()
-    batches, n_micro_total = iter(loader), run.micro_per_epoch
+    seen_before = sums.n
+    totals = torch.tensor(sums.state(), dtype=torch.float64, device=run.device)  # n, loss x n, top-1, top-5 hits
+    batches = iter(loader)
     bar = progress_bar(total=run.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
                        disable=not distributed.is_main())
-    seen, started = 0, time.perf_counter()
+    started = time.perf_counter()
     for step in range(start_step, run.steps_per_epoch):
-        _reseed(run.seed, epoch, step)
-        n_micro = min(run.accum_steps, n_micro_total - step * run.accum_steps)
-        run.optimizer.zero_grad(set_to_none=True)
-        for micro in range(n_micro):
-            images, labels, _, bad = next(batches)
-            run.bad_indices.update(i for i in bad.tolist() if i >= 0)
-            images = to_model_input(images, run.device, run.normalize, run.memory_format)
-            labels = labels.to(run.device, non_blocking=True)
-            targets = labels
-            if run.mixup is not None:
-                images, labels = _even(images), _even(labels)  # timm's Mixup pairs the batch with its mirror
-                images, targets = run.mixup(images, labels)
-            last = micro == n_micro - 1
-            sync = run.model.no_sync() if (not last and hasattr(run.model, "no_sync")) else _nullcontext()
-            with sync:
-                with autocast(run.device, run.amp):
-                    logits = run.model(images)
-                    loss = run.criterion(logits, targets)
-                    if run.teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = run.teacher(images)
-                        loss = kd_loss(logits, teacher_logits, loss, alpha=run.kd_alpha, temperature=run.kd_temperature)
-                # one sync per micro-batch: a NaN must never reach the weights; under DDP every rank takes the
-                # same branch (one rank skipping the backward that the others run would hang the all-reduce)
-                if not distributed.all_true(torch.isfinite(loss), run.device):
-                    if run.nan_policy == "stop":
-                        raise NonFiniteLossError(
-                            f"The loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}. The last good "
-                            "checkpoint is kept. Lower --lr, turn off --amp, or use --nan-policy skip.")
-                    _logger.warning("Skipping step %d of epoch %d: loss is %s", step + 1, epoch + 1, loss.item())
-                    run.optimizer.zero_grad(set_to_none=True)
-                    for _ in range(n_micro - micro - 1):  # keep the loader aligned with the step count
-                        next(batches)
-                    break
-                scaled = loss / run.accum_steps
-                (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-            top1, top5 = topk_correct(logits.detach(), labels)
-            sums.update(float(loss.detach()) * len(labels), len(labels), top1, top5)
-            seen += len(labels)
-        else:
-            _optimizer_step(run)
+        train_step(run, batches, epoch, step, totals)
         bar.update(1)
         if (step + 1) % run.log_interval == 0 or step + 1 == run.steps_per_epoch:
+            sums.load(totals.tolist())
             bar.set_postfix(loss=f"{sums.result()['loss']:.3f}", lr=f"{_head_lr(run.optimizer):.2e}")
         if save_fn and save_every and (step + 1) % save_every == 0 and step + 1 < run.steps_per_epoch:
+            sums.load(totals.tolist())
             save_fn(epoch, step + 1, sums)
     bar.close()
+    sums.load(totals.tolist())
     elapsed = time.perf_counter() - started
     total = Sums()  # every rank's samples: under DDP each rank saw only its shard of the batches
     total.load(distributed.all_sum(sums.state(), run.device))
-    seen = distributed.all_sum([seen], run.device)[0]
+    seen = distributed.all_sum([sums.n - seen_before], run.device)[0]
     return {**total.result(), "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+
+
+def train_step(run: Run, batches, epoch: int, step: int, totals: torch.Tensor) -> None:
+    """One optimizer step: forward and backward over `accum_steps` micro-batches from `batches` (fewer for the
+    epoch's last partial step), then the update. Adds (n, loss x n, top-1 hits, top-5 hits) to `totals` on the
+    device. A non-finite loss stops the run, or skips the step with `nan_policy="skip"`."""
+    _reseed(run.seed, epoch, step)
+    n_micro = min(run.accum_steps, run.micro_per_epoch - step * run.accum_steps)
+    run.optimizer.zero_grad(set_to_none=True)
+    for micro in range(n_micro):
+        images, labels, _, bad = next(batches)
+        run.bad_indices.update(i for i in bad.tolist() if i >= 0)
+        images = to_model_input(images, run.device, run.normalize, run.memory_format)
+        labels = labels.to(run.device, non_blocking=True)
+        targets = labels
+        if run.mixup is not None:
+            images, labels = _even(images), _even(labels)  # timm's Mixup pairs the batch with its mirror
+            images, targets = run.mixup(images, labels)
+        last = micro == n_micro - 1
+        with run.model.no_sync() if (not last and hasattr(run.model, "no_sync")) else contextlib.nullcontext():
+            logits, loss = _forward(run, images, targets)
+            if not _finite(run, loss, epoch, step):
+                for _ in range(n_micro - micro - 1):  # keep the loader aligned with the step count
+                    next(batches)
+                return
+            scaled = loss / run.accum_steps
+            (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+        totals += _batch_totals(logits.detach(), labels, loss.detach())
+    _optimizer_step(run)
+
+
+def _forward(run: Run, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss) under the run's autocast; with a teacher the loss is the distillation loss."""
+    with autocast(run.device, run.amp):
+        logits = run.model(images)
+        loss = run.criterion(logits, targets)
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(images)
+            loss = kd_loss(logits, teacher_logits, loss, alpha=run.kd_alpha, temperature=run.kd_temperature)
+    return logits, loss
+
+
+def _finite(run: Run, loss: torch.Tensor, epoch: int, step: int) -> bool:
+    """Whether the loss is finite; a NaN must never reach the weights, so this is the one host sync per
+    micro-batch. Under DDP every rank takes the same branch (one rank skipping the backward that the others
+    run would hang the all-reduce)."""
+    if distributed.all_true(torch.isfinite(loss), run.device):
+        return True
+    if run.nan_policy == "stop":
+        raise NonFiniteLossError(
+            f"The loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}. The last good "
+            "checkpoint is kept. Lower --lr, turn off --amp, or use --nan-policy skip.")
+    _logger.warning("Skipping step %d of epoch %d: loss is %s", step + 1, epoch + 1, loss.item())
+    run.optimizer.zero_grad(set_to_none=True)
+    return False
+
+
+def _batch_totals(logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """(n, loss x n, top-1 hits, top-5 hits) of one batch as a float64 tensor on the device (no host sync);
+    the same counts as `metrics.topk_correct`."""
+    n = len(labels)
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels.unsqueeze(1))
+    return torch.stack((torch.tensor(n, dtype=torch.float64, device=logits.device), loss.double() * n,
+                        hits[:, 0].sum().double(), hits.any(dim=1).sum().double()))
 
 
 def _optimizer_step(run: Run) -> None:
@@ -175,14 +210,6 @@ def _optimizer_step(run: Run) -> None:
 
 def _even(t: torch.Tensor) -> torch.Tensor:
     return t[: len(t) - len(t) % 2]
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _head_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -260,6 +287,37 @@ def make_criterion(mixing: bool, label_smoothing: float) -> nn.Module:
     return LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing > 0 else nn.CrossEntropyLoss()
 
 
+def lr_schedule(run: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head's learning rate at every optimizer step of a run, rebuilt with the trainer's own scheduler from
+    the settings and the steps per epoch in the run's last.pt.
+
+    Returns:
+        (epoch position of each step, from 0 to the epochs run; learning rate), or None when the run lacks the
+        files (the caller then plots the per-epoch values of metrics.csv).
+    """
+    run = Path(run)
+    try:
+        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+        cfg = config_from_dict(state["config"])
+        epochs, step = int(state["epoch"]), int(state.get("step") or 0)  # whole epochs, then steps into the next
+        done = epochs + (1 if step else 0)
+        steps_per_epoch = round((int(state["num_updates"]) - step) / epochs) if epochs else 0
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        return None
+    if steps_per_epoch <= 0:
+        return None
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                               warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
+                               restart_epochs=cfg.restart_epochs)
+    steps = np.arange(done * steps_per_epoch + 1)
+    rates = []
+    for step in steps:
+        scheduler.step_update(int(step))
+        rates.append(optimizer.param_groups[0]["lr"])
+    return steps / steps_per_epoch, np.array(rates)
+
+
 class Teacher(nn.Module):
     """One or more trained models as a distillation teacher. Each member gets the student's batch converted
     to its own normalisation and input size; several members return the log of their mean softmax.
@@ -297,6 +355,48 @@ def _convert_batch(x: torch.Tensor, src: dict, dst: dict) -> torch.Tensor:
     if x.shape[-1] != dst["image_size"]:
         x = F.interpolate(x, size=(dst["image_size"], dst["image_size"]), mode="bilinear", align_corners=False)
     return x
+
+
+def sample_batch(cfg: TrainConfig, n: int = 8, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One batch of `cfg`'s data as the trainer's loader gives it (its train or eval pipeline, before the
+    on-device normalisation), for showing a technique on real photos.
+
+    Returns:
+        (uint8 images (n, 3, S, S), labels (n,), the dataset's class names)
+    """
+    splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                         seed=cfg.seed)
+    size = cfg.image_size or 224
+    unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 pipelines leave normalisation to the device
+    transform = (augment.train_transform(cfg.augment, size, *unit, uint8=True) if train
+                 else augment.eval_transform(size, *unit, uint8=True))
+    loader = make_loader(ImageDataset(splits.train if train else splits.test, transform), batch_size=n, shuffle=train,
+                         seed=cfg.seed, num_workers=0)
+    images, labels, _, _ = next(iter(loader))
+    return images, labels, splits.class_names
+
+
+def distillation_terms(cfg: TrainConfig, student: str | Path, n: int = 16) -> dict[str, float]:
+    """The distillation loss's two terms on one training batch of `cfg`'s data, for a trained `student` run,
+    with the trainer's own pieces: `Teacher` (each member at its own size and normalisation), the criterion and
+    `kd_loss` (without mixing, so the labels are the photos' own).
+
+    Returns:
+        {"hard: CE on the labels", "soft: T^2 KL(teacher || student)", "loss = a soft + (1 - a) hard"}
+    """
+    device = get_device(cfg.device)
+    trained = load_trained(student, device=device)
+    images, labels, _ = sample_batch(cfg, n)
+    normalize = augment.DeviceNormalize(trained.data_config["mean"], trained.data_config["std"])
+    x = to_model_input(images, device, normalize, torch.contiguous_format)
+    teacher = Teacher(cfg.teacher, trained.data_config, device)
+    with torch.no_grad():
+        logits, teacher_logits = trained.model(x), teacher(x)
+        hard = make_criterion(False, cfg.label_smoothing)(logits, labels.to(device))
+        soft = kd_loss(logits, teacher_logits, hard, alpha=1.0, temperature=cfg.kd_temperature)
+        total = kd_loss(logits, teacher_logits, hard, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+    return {"hard: CE on the labels": float(hard), "soft: T^2 KL(teacher || student)": float(soft),
+            f"loss = {cfg.kd_alpha:g} soft + {1 - cfg.kd_alpha:g} hard": float(total)}
 
 
 def _same_run(saved: TrainConfig, cfg: TrainConfig) -> bool:
@@ -384,6 +484,32 @@ def _batch_plan(cfg: TrainConfig, model: nn.Module, image_size: int, device: tor
     return plan.micro_batch, plan.accum_steps, plan.effective_batch
 
 
+@dataclass
+class Data:
+    """A run's data: the splits, the loaders and the batch plan (micro-batch x accumulation x processes)."""
+
+    splits: Splits
+    data_config: dict  # the model's input size, mean, std, crop_pct, interpolation
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    eval_transform: Callable
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batches -> model input, on the device
+    micro_batch: int
+    accum_steps: int
+    batch_size: int  # images per optimizer step over all processes
+
+
+@dataclass
+class Progress:
+    """Where training stands: the next epoch and step, the best validation so far, the saved running sums."""
+
+    epoch: int = 0
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "epoch": 0, "since": 0})
+    sums_state: list[float] | None = None
+    finished: bool = False
+
+
 def fit(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, early-stop on validation, test the best weights once. Returns the summary
     that is also written to `output_dir/summary.json`.
@@ -393,10 +519,32 @@ def fit(cfg: TrainConfig) -> dict:
     device = get_device(cfg.device, dist_info.local_rank)
     cfg, state, continuing = _prepare_output(cfg)
     distributed.barrier()  # every rank has checked the output folder before rank 0 writes into it
+    splits = _load_splits(cfg, state if continuing else None, dist_info)
+    seed_everything(cfg.seed)
+    model, dtype = build_model(cfg, len(splits.class_names), state, device)
+    data = build_data(cfg, splits, model, device, dtype, dist_info, state if continuing else None)
+    run = build_run(cfg, model, data, device, dtype, dist_info)
+    progress = restore(run, state, continuing, cfg.resume)
+    out = _start_output(cfg, device, dist_info, progress.epoch if continuing else None)
+    _logger.info("Training %s on %d images (%d val, %d test), %d classes, %s, batch %d, %d steps/epoch",
+                 cfg.backbone, len(splits.train), len(splits.val), len(splits.test), len(splits.class_names), device,
+                 data.batch_size, run.steps_per_epoch)
+    started = time.perf_counter()
+    train_epochs(cfg, run, data, progress, out, dist_info)
+    distributed.barrier()
+    summary = _final_test(cfg, out, splits, data.eval_transform, data.normalize, device, dtype, progress.best,
+                          time.perf_counter() - started, dist_info)
+    summary = distributed.broadcast_object(summary)
+    distributed.cleanup()
+    return summary
+
+
+def _load_splits(cfg: TrainConfig, state: dict | None, dist_info) -> Splits:
+    """The dataset's splits, checked against a continued run's classes and the batch size's divisibility."""
     splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                          seed=cfg.seed, download=cfg.download and dist_info.is_main)
     n_classes = len(splits.class_names)
-    if state is not None and continuing and list(state["class_names"]) != splits.class_names:
+    if state is not None and list(state["class_names"]) != splits.class_names:
         raise UserError(
             f"--resume {cfg.resume} was trained on {len(state['class_names'])} classes, {cfg.data_dir} has "
             f"{n_classes}. Resume on the same dataset, or start a new run with --init-from."
@@ -405,9 +553,12 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.batch_size != "auto" and cfg.batch_size % (cfg.grad_accum_steps * world):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum-steps x processes "
                         f"({cfg.grad_accum_steps} x {world}).")
-    seed_everything(cfg.seed)
+    return splits
 
-    # 1. Model
+
+def build_model(cfg: TrainConfig, n_classes: int, state: dict | None, device: torch.device):
+    """The timm model with its starting weights (pretrained, a resumed run's, or `--init-from`'s), frozen
+    backbone when asked, on the device in its memory format. Returns (model, autocast dtype or None)."""
     model = create_model(cfg.backbone, n_classes, pretrained="none" if (state or cfg.init_from) else cfg.pretrained,
                          drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     if state is not None:
@@ -420,148 +571,173 @@ def fit(cfg: TrainConfig) -> dict:
         model.load_state_dict(grow_head(model, init["model"]))
     if cfg.freeze_backbone:
         freeze_backbone(model)
-    dcfg = data_config(model, cfg.image_size)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    dtype = amp_dtype(device, cfg.amp)
-    micro_batch, accum_steps, batch_size = _batch_plan(cfg, model, dcfg["image_size"], device, dtype, world,
-                                                       state if continuing else None)
-    seed_everything(cfg.seed)  # the batch-size probe may have drawn random numbers
+    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    return model, amp_dtype(device, cfg.amp)
 
-    # 2. Data
+
+def build_data(cfg: TrainConfig, splits: Splits, model: nn.Module, device: torch.device, dtype, dist_info,
+               state: dict | None) -> Data:
+    """Transforms, loaders and the batch plan for `model`'s input size (a continued run keeps its plan)."""
+    dcfg = data_config(model, cfg.image_size)
+    micro_batch, accum_steps, batch_size = _batch_plan(cfg, model, dcfg["image_size"], device, dtype,
+                                                       dist_info.world_size, state)
+    seed_everything(cfg.seed)  # the batch-size probe may have drawn random numbers
     train_tf = augment.train_transform(cfg.augment, dcfg["image_size"], dcfg["mean"], dcfg["std"], uint8=True)
-    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"], dcfg["interpolation"],
-                                     uint8=True)
-    normalize = augment.DeviceNormalize(dcfg["mean"], dcfg["std"])  # the loaders send uint8 batches
-    pin = device.type == "cuda"
-    loader_args = dict(seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_info.rank, world_size=world, pin_memory=pin)
+    eval_tf = augment.eval_transform(dcfg["image_size"], dcfg["mean"], dcfg["std"], dcfg["crop_pct"],
+                                     dcfg["interpolation"], uint8=True)
+    loader_args = dict(seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_info.rank,
+                       world_size=dist_info.world_size, pin_memory=device.type == "cuda")
     train_loader = make_loader(ImageDataset(splits.train, train_tf, strict=cfg.strict_data), batch_size=micro_batch,
                                shuffle=True, **loader_args)
     val_loader = make_loader(ImageDataset(splits.val, eval_tf, strict=cfg.strict_data), batch_size=micro_batch * 2,
                              shuffle=False, **loader_args)
-    micro_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(micro_per_epoch / accum_steps)
+    return Data(splits, dcfg, train_loader, val_loader, eval_tf, augment.DeviceNormalize(dcfg["mean"], dcfg["std"]),
+                micro_batch, accum_steps, batch_size)
 
-    # 3. Optimisation
+
+def build_run(cfg: TrainConfig, model: nn.Module, data: Data, device: torch.device, dtype, dist_info) -> Run:
+    """Optimizer, schedule, loss, mixup, teacher and EMA around `model` (wrapped for DDP and compiled when asked)."""
+    steps_per_epoch = math.ceil(len(data.train_loader) / data.accum_steps)
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
                                restart_epochs=cfg.restart_epochs)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     mixing = cfg.mixup or cfg.cutmix
-    mixup = make_mixup(cfg, n_classes) if mixing else None
-    criterion = make_criterion(mixing, cfg.label_smoothing)
-    teacher = Teacher(cfg.teacher, dcfg, device) if cfg.teacher else None
-    if teacher is not None and teacher.class_names != splits.class_names:
+    teacher = Teacher(cfg.teacher, data.data_config, device) if cfg.teacher else None
+    if teacher is not None and teacher.class_names != data.splits.class_names:
         raise UserError(f"The teacher {cfg.teacher[0]} was trained on other classes than {cfg.data_dir}.")
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True) if cfg.model_ema else None  # warmup: short runs
-
-    # 4. Restore
-    start_epoch, start_step, sums_state = 0, 0, None
-    best = {"top1": -1.0, "epoch": 0, "since": 0}
-    num_updates = 0
-    if state is not None and continuing:
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("model_ema"):
-            ema.module.load_state_dict(state["model_ema"])
-        start_epoch, start_step, num_updates = state["epoch"], state["step"], state["num_updates"]
-        best = dict(state["best"])
-        sums_state = state.get("train_sums")
-        _logger.info("Resuming %s at epoch %d, step %d", cfg.resume, start_epoch + 1, start_step)
-    elif state is not None:
-        _logger.info("Starting a new stage from the weights of %s (its settings differ)", cfg.resume)
-
-    ddp_model = model
+    wrapped = model
     if dist_info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
-    run = Run(model=ddp_model, raw_model=model, optimizer=optimizer, scheduler=scheduler, criterion=criterion,
-              device=device, seed=cfg.seed, accum_steps=accum_steps, steps_per_epoch=steps_per_epoch,
-              micro_per_epoch=micro_per_epoch, memory_format=memory_format,
-              amp=dtype, scaler=scaler, mixup=mixup, teacher=teacher, kd_alpha=cfg.kd_alpha,
-              kd_temperature=cfg.kd_temperature, ema=ema, frozen_backbone=cfg.freeze_backbone or cfg.freeze_bn,
-              clip_grad=cfg.clip_grad, nan_policy=cfg.nan_policy, log_interval=cfg.log_interval,
-              num_updates=num_updates, normalize=normalize)
+        wrapped = torch.compile(wrapped)
+    return Run(model=wrapped, raw_model=model, optimizer=optimizer, scheduler=scheduler,
+               criterion=make_criterion(mixing, cfg.label_smoothing), device=device, seed=cfg.seed,
+               accum_steps=data.accum_steps, steps_per_epoch=steps_per_epoch, micro_per_epoch=len(data.train_loader),
+               memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format, amp=dtype,
+               scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
+               mixup=make_mixup(cfg, len(data.splits.class_names)) if mixing else None, teacher=teacher,
+               kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature,
+               ema=ema,
+               frozen_backbone=cfg.freeze_backbone or cfg.freeze_bn, clip_grad=cfg.clip_grad,
+               nan_policy=cfg.nan_policy, log_interval=cfg.log_interval, normalize=data.normalize)
 
+
+def restore(run: Run, state: dict | None, continuing: bool, resume: str | None) -> Progress:
+    """Load a continued run's optimizer, scaler and EMA state; returns where it stopped (a fresh start
+    otherwise: a resume checkpoint with other settings only gave its weights to `build_model`)."""
+    if state is None or not continuing:
+        if state is not None:
+            _logger.info("Starting a new stage from the weights of %s (its settings differ)", resume)
+        return Progress()
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("model_ema"):
+        run.ema.module.load_state_dict(state["model_ema"])
+    run.num_updates = state["num_updates"]
+    _logger.info("Resuming %s at epoch %d, step %d", resume, state["epoch"] + 1, state["step"])
+    return Progress(epoch=state["epoch"], step=state["step"], best=dict(state["best"]),
+                    sums_state=state.get("train_sums"), finished=state.get("finished", False))
+
+
+def _start_output(cfg: TrainConfig, device: torch.device, dist_info, completed_epochs: int | None) -> Path:
+    """Write config.yaml and run_info.json (rank 0); a continued run carries its metrics.csv over."""
     out = Path(cfg.output_dir)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "run_info.json").write_text(json.dumps({**run_info(device, cfg.seed), "world_size": world}, indent=2))
-        if continuing:
-            _carry_metrics(cfg.resume, out, start_epoch)
+        info = {**run_info(device, cfg.seed), "world_size": dist_info.world_size}
+        (out / "run_info.json").write_text(json.dumps(info, indent=2))
+        if completed_epochs is not None:
+            _carry_metrics(cfg.resume, out, completed_epochs)
+    return out
 
-    def save(epoch: int, step: int, sums: Sums | None, finished: bool = False) -> None:
-        all_sums = distributed.all_sum(sums.state(), device) if sums else None  # every rank calls this
-        if not dist_info.is_main:
-            return
-        checkpoint.save_atomic({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None,
-            "model_ema": ema.module.state_dict() if ema is not None else None,
-            "epoch": epoch, "step": step, "num_updates": run.num_updates, "best": best, "finished": finished,
-            "train_sums": all_sums, "config": _config_dict(cfg),
-            "batch_plan": {"micro_batch": micro_batch, "accum_steps": accum_steps, "effective_batch": batch_size},
-            "class_names": splits.class_names, "data_config": dcfg,
-        }, out / checkpoint.LAST)
 
-    _logger.info("Training %s on %d images (%d val, %d test), %d classes, %s, batch %d, %d steps/epoch",
-                 cfg.backbone, len(splits.train), len(splits.val), len(splits.test), n_classes, device,
-                 batch_size, steps_per_epoch)
-    started = time.perf_counter()
-    finished = state is not None and continuing and state.get("finished", False)
-    epoch = start_epoch
-    while not finished and epoch < cfg.epochs:
-        train_loader.sampler.set_epoch(epoch, start=start_step * accum_steps * micro_batch * world)
-        set_backbone_lr_scale(optimizer, 0.0 if epoch < cfg.head_warmup_epochs else cfg.backbone_lr_ratio)
-        scheduler.step_update(run.num_updates)
+def train_epochs(cfg: TrainConfig, run: Run, data: Data, progress: Progress, out: Path, dist_info) -> None:
+    """The epoch loop: train, validate, log a metrics row, keep best.pt and last.pt, stop early or at the end."""
+    world, is_main = dist_info.world_size, dist_info.is_main
+
+    def save(epoch: int, step: int, sums: Sums | None) -> None:  # mid-epoch, from train_one_epoch
+        _save_last(cfg, run, data, progress, out, epoch, step, sums, is_main)
+
+    while not progress.finished and progress.epoch < cfg.epochs:
+        epoch = progress.epoch
+        data.train_loader.sampler.set_epoch(epoch, start=progress.step * data.accum_steps * data.micro_batch * world)
+        set_backbone_lr_scale(run.optimizer, 0.0 if epoch < cfg.head_warmup_epochs else cfg.backbone_lr_ratio)
+        run.scheduler.step_update(run.num_updates)
         sums = Sums()
-        if sums_state is not None and start_step > 0 and dist_info.is_main:  # the saved sums are all ranks'
-            sums.load(sums_state)
-        reset_peak_memory(device)
-        train = train_one_epoch(run, train_loader, epoch, start_step=start_step, sums=sums, save_fn=save,
+        if progress.sums_state is not None and progress.step > 0 and is_main:  # the saved sums are all ranks'
+            sums.load(progress.sums_state)
+        reset_peak_memory(run.device)
+        train = train_one_epoch(run, data.train_loader, epoch, start_step=progress.step, sums=sums, save_fn=save,
                                 save_every=cfg.checkpoint_every)
-        start_step, sums_state = 0, None
-        val_bad: set[int] = set()
-        val = validate_model(model, val_loader, device, dtype, bad=val_bad, normalize=normalize)
-        row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["top1"], "val_loss": val["loss"],
-               "val_top1": val["top1"], "val_top5": val["top5"]}
-        if ema is not None:
-            val_ema = validate_model(ema.module, val_loader, device, dtype, normalize=normalize)
-            row.update(val_ema_top1=val_ema["top1"], val_ema_top5=val_ema["top5"])
-        row.update(lr=_head_lr(optimizer), images_per_s=train["images_per_s"], epoch_seconds=train["seconds"],
-                   peak_mem_mb=peak_memory_mb(device))
-        improved = val["top1"] > best["top1"]
-        best = {"top1": val["top1"], "epoch": epoch + 1, "since": 0} if improved else {**best, "since": best["since"] + 1}
-        stop = cfg.early_stopping and best["since"] >= cfg.patience
-        finished = stop or epoch + 1 == cfg.epochs
-        bad_paths = distributed.all_gather_object([splits.train[i][0] for i in run.bad_indices]
-                                                  + [splits.val[i][0] for i in val_bad])
-        if dist_info.is_main:
+        progress.step, progress.sums_state = 0, None
+        row, val, val_bad = _validate_epoch(run, data, epoch, train)
+        improved = val["top1"] > progress.best["top1"]
+        best = progress.best
+        progress.best = ({"top1": val["top1"], "epoch": epoch + 1, "since": 0} if improved
+                         else {**best, "since": best["since"] + 1})
+        stop = cfg.early_stopping and progress.best["since"] >= cfg.patience
+        progress.finished = stop or epoch + 1 == cfg.epochs
+        bad_paths = distributed.all_gather_object([data.splits.train[i][0] for i in run.bad_indices]
+                                                  + [data.splits.val[i][0] for i in val_bad])
+        if is_main:
             _report_bad_files({p for paths in bad_paths for p in paths}, out)
             append_row(out / "metrics.csv", row)
             if improved:
-                checkpoint.save_atomic({"model": model.state_dict(),
-                                        "model_ema": ema.module.state_dict() if ema is not None else None,
-                                        "epoch": epoch + 1, "val": val, "config": _config_dict(cfg),
-                                        "class_names": splits.class_names, "data_config": dcfg}, out / checkpoint.BEST)
-            save(epoch + 1, 0, None, finished)
+                _save_best(cfg, run, data, out, epoch + 1, val)
+        _save_last(cfg, run, data, progress, out, epoch + 1, 0, None, is_main, progress.finished)
         _logger.info("epoch %d/%d  train loss %.3f top1 %.1f | val loss %.3f top1 %.1f top5 %.1f | %.0f img/s%s",
                      epoch + 1, cfg.epochs, train["loss"], train["top1"], val["loss"], val["top1"], val["top5"],
                      train["images_per_s"], "  (best)" if improved else "")
         if stop:
             _logger.info("Early stopping: no val top-1 improvement for %d epochs (best %.2f at epoch %d)",
-                         cfg.patience, best["top1"], best["epoch"])
-        epoch += 1
-    distributed.barrier()
-    summary = _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, time.perf_counter() - started,
-                          dist_info)
-    summary = distributed.broadcast_object(summary)
-    distributed.cleanup()
-    return summary
+                         cfg.patience, progress.best["top1"], progress.best["epoch"])
+        progress.epoch += 1
+
+
+def _validate_epoch(run: Run, data: Data, epoch: int, train: dict) -> tuple[dict, dict, set[int]]:
+    """Validate the weights (and the EMA weights); returns (metrics.csv row, val metrics, unreadable val indices)."""
+    val_bad: set[int] = set()
+    val = validate_model(run.raw_model, data.val_loader, run.device, run.amp, bad=val_bad, normalize=data.normalize)
+    row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["top1"], "val_loss": val["loss"],
+           "val_top1": val["top1"], "val_top5": val["top5"]}
+    if run.ema is not None:
+        val_ema = validate_model(run.ema.module, data.val_loader, run.device, run.amp, normalize=data.normalize)
+        row.update(val_ema_top1=val_ema["top1"], val_ema_top5=val_ema["top5"])
+    row.update(lr=_head_lr(run.optimizer), images_per_s=train["images_per_s"], epoch_seconds=train["seconds"],
+               peak_mem_mb=peak_memory_mb(run.device))
+    return row, val, val_bad
+
+
+def _save_best(cfg: TrainConfig, run: Run, data: Data, out: Path, epoch: int, val: dict) -> None:
+    ema = run.ema.module.state_dict() if run.ema is not None else None
+    checkpoint.save_atomic({"model": run.raw_model.state_dict(), "model_ema": ema, "epoch": epoch, "val": val,
+                            "config": _config_dict(cfg), "class_names": data.splits.class_names,
+                            "data_config": data.data_config}, out / checkpoint.BEST)
+
+
+def _save_last(cfg: TrainConfig, run: Run, data: Data, progress: Progress, out: Path, epoch: int, step: int,
+               sums: Sums | None, is_main: bool, finished: bool = False) -> None:
+    """Write last.pt: everything a resume needs to continue at (epoch, step). Every rank calls this (the
+    running sums are summed over the ranks); only rank 0 writes."""
+    all_sums = distributed.all_sum(sums.state(), run.device) if sums else None
+    if not is_main:
+        return
+    checkpoint.save_atomic({
+        "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler else None,
+        "model_ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "epoch": epoch, "step": step, "num_updates": run.num_updates, "best": progress.best, "finished": finished,
+        "train_sums": all_sums, "config": _config_dict(cfg),
+        "batch_plan": {"micro_batch": data.micro_batch, "accum_steps": data.accum_steps,
+                       "effective_batch": data.batch_size},
+        "class_names": data.splits.class_names, "data_config": data.data_config,
+    }, out / checkpoint.LAST)
 
 
 def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, seconds, dist_info) -> dict:

@@ -3,6 +3,7 @@
     python -m helpers run-notebooks --profile demo                   # the whole course on the tiny set
     python -m helpers run-notebooks --profile full --only 01,02 -p device cuda
     python -m helpers run-notebooks --resume                          # continue the newest unfinished sequence
+    python -m helpers run-notebooks --rehearse                        # the full profile's chain in minutes
 
 Each sequence gets a run folder, runs/notebooks/<profile>-<YYYYmmdd-HHMMSS>/ unless --out names one:
 
@@ -13,7 +14,11 @@ Each sequence gets a run folder, runs/notebooks/<profile>-<YYYYmmdd-HHMMSS>/ unl
     state.json                  what ran, for how long, and what failed (read by --resume)
 
 Every notebook gets the parameters `profile` and `output_dir` (the run folder), and each `-p NAME VALUE`
-(VALUE is read as YAML: 1 is a number, true a bool, "[1, 2]" a list). A failure stops the sequence with a
+(VALUE is read as YAML: 1 is a number, true a bool, "[1, 2]" a list, "{epochs: 2}" a mapping, e.g. for a
+notebook's `overrides`). `--rehearse` runs the full profile's exact chain (its backbones, every cross-notebook
+dependency, the ensemble and the teacher) with random weights, 2 steps per epoch, at most 2 epochs and a quarter
+of the image size, on the 101-class thumbnails in data/food-101-thumbs: a wiring bug shows in minutes, not at
+notebook 08 of an overnight run. A failure stops the sequence with a
 summary naming the notebook and the cell; `--resume` continues with that notebook, whose training resumes from
 its last checkpoint.
 """
@@ -36,6 +41,7 @@ from .config import UserError
 _logger = logging.getLogger(__name__)
 
 STATE = "state.json"
+KERNEL = "food101"  # the kernel every notebook names: the project's environment
 # One figure of each kind, copied by --copy-figures as the repository's examples (figures/).
 EXAMPLE_FIGURES = ("00_class_samples", "01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures",
                    "02_compare", "03_augmentation_preview", "03_advanced_steps", "03_training_curves", "04_mix_preview",
@@ -54,6 +60,9 @@ def add_command(subparsers: Any) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=tuple(PROFILES), default=None,
                    help="demo (tiny set, CPU minutes; the default), full (Food-101, the plan's settings) or ci")
+    p.add_argument("--rehearse", action="store_true",
+                   help="the full profile's chain with random weights, 2 steps a run and small images, on the "
+                        "101-class thumbnails (minutes): run it before a night of the full profile")
     p.add_argument("--only", metavar="NN,NN", help="comma-separated notebook numbers or names, e.g. 01,02 or 06_tta")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    dest="parameters", help="a notebook parameter for every notebook (repeatable)")
@@ -61,7 +70,8 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
                    help="continue an interrupted or failed sequence (default: the newest unfinished one)")
     p.add_argument("--notebooks", metavar="DIR", help="where the notebooks are (default: <project>/notebooks)")
-    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    p.add_argument("--kernel", default=None,
+                   help=f"Jupyter kernel name (default: the notebook's own, {KERNEL!r}, which `make install` registers)")
     p.add_argument("--cell-timeout", type=int, default=None, metavar="S", help="seconds one cell may run (default none)")
     p.add_argument("--copy-figures", metavar="DIR",
                    help="when every notebook succeeded, copy one figure of each kind into DIR as smaller PNGs (the "
@@ -159,26 +169,72 @@ def _latest_unfinished(root: Path) -> Path:
                     "Start one with python -m helpers run-notebooks.")
 
 
-def _check_requirements(sequence: Sequence) -> None:
+def required_runs(source: Path, profile: str) -> list[tuple[str, str]]:
+    """The (notebook, run) pairs of other notebooks that a notebook needs in a profile, read from its script
+    without running it: `require("NN_slug", "run")` calls, and (notebook, run) pairs in its parameters under
+    the profile's key (e.g. `MEMBERS = {"demo": [("07_high_resolution", "hires"), ...]}`)."""
+    import ast
+
+    from .environment import parameters
+
+    def pair(values: list) -> tuple[str, str] | None:
+        if len(values) == 2 and all(isinstance(v, str) for v in values) and re.match(r"^\d\d_", values[0]):
+            return values[0], values[1]
+        return None
+
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(ast.parse(source.with_suffix(".py").read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "require":
+            hit = pair([a.value for a in node.args if isinstance(a, ast.Constant)])
+            found += [hit] if hit else []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, (tuple, list)):
+            hit = pair(list(value))
+            if hit:
+                found.append(hit)
+                return
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    for value in parameters(source).values():
+        if isinstance(value, dict) and profile in value:
+            walk(value[profile])
+    return [p for i, p in enumerate(found) if p not in found[:i] and p[0] != source.stem]
+
+
+def _check_requirements(sequence: Sequence, sources: dict[str, Path]) -> None:
     """Fail early when a selected notebook needs a model that neither an earlier selected notebook nor an earlier
     sequence in this folder makes."""
-    from .course import Course, required_runs
-
     coming: set[str] = set()
     for name in sequence.notebooks:
         if sequence.status.get(name, {}).get("state") == "done":
             coming.add(name)
             continue
-        for ref in required_runs(name, sequence.profile):
-            ready = (Course(name, sequence.profile, output_dir=str(sequence.folder)).run_dir(ref.notebook, ref.run)
-                     / "best.pt").is_file()
-            if ref.notebook not in coming and not ready:
+        for notebook, run in required_runs(sources[name], sequence.profile):
+            ready = (sequence.folder / "models" / notebook / run / "best.pt").is_file()
+            if notebook not in coming and not ready:
                 raise UserError(
-                    f"{name} needs the {ref.run!r} model of {ref.notebook}, which this sequence does not train and "
-                    f"{sequence.folder} does not hold. Add {ref.notebook[:2]} to --only, or run in a folder where it "
+                    f"{name} needs the {run!r} model of {notebook}, which this sequence does not train and "
+                    f"{sequence.folder} does not hold. Add {notebook[:2]} to --only, or run in a folder where it "
                     "ran (--out DIR or --resume DIR)."
                 )
         coming.add(name)
+
+
+def check_kernel(name: str) -> None:
+    """Raise a UserError saying how to register the kernel when Jupyter does not know `name`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if name not in KernelSpecManager().find_kernel_specs():
+        raise UserError(
+            f"The Jupyter kernel {name!r} is not installed, and the notebooks run in it. Register this environment "
+            f"as that kernel with `make install`, or: {sys.executable} -m ipykernel install --sys-prefix --name "
+            f"{KERNEL} --display-name \"Food-101 workbook (.venv)\" (or give --kernel NAME)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,6 +249,11 @@ def run_command(args: argparse.Namespace) -> dict:
     folder_nb = Path(args.notebooks) if args.notebooks else root / "notebooks"
     sources = {p.stem: p for p in find_notebooks(folder_nb)}
     parameters = {name: parse_value(value) for name, value in args.parameters}
+    if args.rehearse:
+        if args.profile not in (None, "full"):
+            raise UserError("--rehearse rehearses the full profile: leave out --profile (or give --profile full).")
+        args.profile = "full"
+        parameters["rehearse"] = True
     for reserved in ("output_dir", "profile"):
         if reserved in parameters:
             raise UserError(f"-p {reserved} is set by the runner: use --{'out' if reserved == 'output_dir' else reserved}.")
@@ -211,14 +272,16 @@ def run_command(args: argparse.Namespace) -> dict:
             raise UserError(f"The notebooks {', '.join(missing)} of {folder} are not in {folder_nb}.")
     else:
         profile = args.profile or "demo"
-        folder = Path(args.out) if args.out else _new_folder(root, profile)
+        folder = Path(args.out) if args.out else _new_folder(root, "rehearsal" if args.rehearse else profile)
         if (folder / STATE).exists():
             raise UserError(f"{folder} already holds a notebook sequence. Continue it with --resume {folder}, "
                             "or choose another --out.")
         names = select(list(sources), args.only)
         sequence = Sequence(folder=folder, profile=profile, notebooks=names, parameters=parameters,
                             status={n: {"state": "pending"} for n in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"))
-    _check_requirements(sequence)
+    _check_requirements(sequence, sources)
+    if args.kernel:
+        check_kernel(args.kernel)
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("executed", "logs", "figures"):
         (folder / sub).mkdir(exist_ok=True)
@@ -231,13 +294,28 @@ def run_command(args: argparse.Namespace) -> dict:
 
 def copy_figures(source: Path, target: Path, names: tuple[str, ...] = EXAMPLE_FIGURES) -> int:
     """Copy the named PNGs of a run folder's figures/ into `target`, shrunk for committing; returns the count."""
-    from .plots import compact_copy
-
     paths = [source / f"{name}.png" for name in names if (source / f"{name}.png").is_file()]
     for path in paths:
         compact_copy(path, target / path.name)
     _say(f"copied {len(paths)} figures to {target} (at most 1400 px wide, 256 colours)")
     return len(paths)
+
+
+def compact_copy(source: str | Path, target: str | Path, *, max_width: int = 1400, colors: int = 256) -> Path:
+    """Copy a PNG as a smaller one for committing: at most `max_width` pixels wide, `colors` colours (dithered).
+
+    Photos stay recognisable and text readable at a third to a tenth of the size.
+    """
+    from PIL import Image
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        if image.width > max_width:
+            image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS)
+        image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+    return target
 
 
 def _say(text: str = "") -> None:
@@ -250,7 +328,8 @@ def _clock(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: str, cell_timeout: int | None) -> dict:
+def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: str | None,
+         cell_timeout: int | None) -> dict:
     folder = sequence.folder
     total = len(sequence.notebooks)
     params = ", ".join(f"{k}={v!r}" for k, v in sequence.parameters.items()) or "none"
@@ -382,14 +461,22 @@ def _cell_lines(source: Path) -> tuple[list[str], int]:
     return lines, injected
 
 
-def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str = "python3",
+def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str | None = None,
             cell_timeout: int | None = None) -> None:
     """Run one notebook with papermill into `output`, logging everything it prints to `log`.
 
+    Args:
+        kernel: the Jupyter kernel (None: the notebook's own kernelspec, else `food101`).
+
     Raises:
+        UserError: the kernel is not installed (with how to install it).
         NotebookFailure: the notebook raised, its kernel died or a cell timed out; names the cell.
     """
+    import nbformat
     import papermill
+
+    kernel = kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get("name") or KERNEL
+    check_kernel(kernel)
 
     lines, injected = _cell_lines(source)
     logger = logging.getLogger("papermill")

@@ -6,7 +6,7 @@
     plots.failure_gallery("runs/b3/test_predictions.csv", n=16, folder="figures", name="02_failures")
 
 Predictions are the CSV files written by `helpers.evaluate(..., predictions=...)` (path, true, pred, confidence,
-p_<class>...). In a notebook a returned figure shows once (it is closed in pyplot, so the inline backend does
+p_<class>...); what the figures compute from them (confusions, failures, 95% intervals) is in `helpers.analysis`. In a notebook a returned figure shows once (it is closed in pyplot, so the inline backend does
 not draw it a second time); outside a kernel, pyplot uses the Agg backend unless MPLBACKEND says otherwise.
 """
 
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .analysis import confused_pairs, confusion_counts, failures, format_value, read_predictions, wilson, with_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,23 +60,6 @@ def save_figure(fig: Figure, name: str, folder: str | Path | None) -> Path | Non
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     _logger.info("Saved figure %s", path)
     return path
-
-
-def compact_copy(source: str | Path, target: str | Path, *, max_width: int = 1400, colors: int = 256) -> Path:
-    """Copy a PNG as a smaller one for committing: at most `max_width` pixels wide, `colors` colours (dithered).
-
-    Photos stay recognisable and text readable at a third to a tenth of the size.
-    """
-    from PIL import Image
-
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(source) as image:
-        image = image.convert("RGB")
-        if image.width > max_width:
-            image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS)
-        image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
-    return target
 
 
 def _in_kernel() -> bool:
@@ -122,112 +107,6 @@ def pretty(name: str, width: int | None = None) -> str:
     return "\n".join(textwrap.wrap(text, width)) if width else text
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Predictions
-
-
-def read_predictions(predictions: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """A predictions CSV (or its DataFrame) and its class names, in the model's class order."""
-    import pandas as pd
-
-    frame = predictions if isinstance(predictions, pd.DataFrame) else pd.read_csv(predictions)
-    class_names = [c[2:] for c in frame.columns if c.startswith("p_")]
-    return frame, class_names
-
-
-def confusion_counts(predictions: str | Path | pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """The confusion matrix of a predictions CSV: counts[true, predicted], and the class names."""
-    frame, names = read_predictions(predictions)
-    index = {c: i for i, c in enumerate(names)}
-    counts = np.zeros((len(names), len(names)), dtype=int)
-    np.add.at(counts, (frame["true"].map(index).to_numpy(), frame["pred"].map(index).to_numpy()), 1)
-    return counts, names
-
-
-def confused_pairs(predictions: str | Path | pd.DataFrame, k: int | None = None) -> pd.DataFrame:
-    """The (true, predicted) class pairs that are mistaken most often.
-
-    Returns:
-        DataFrame with columns true, pred, count, share (of the true class's test photos), most frequent first.
-    """
-    import pandas as pd
-
-    counts, names = confusion_counts(predictions)
-    totals = counts.sum(axis=1)
-    rows = [(names[t], names[p], int(counts[t, p]), counts[t, p] / max(totals[t], 1))
-            for t, p in zip(*np.nonzero(counts)) if t != p]
-    frame = pd.DataFrame(rows, columns=["true", "pred", "count", "share"])
-    frame = frame.sort_values(["count", "share", "true"], ascending=[False, False, True]).reset_index(drop=True)
-    return frame.head(k) if k else frame
-
-
-def failures(predictions: str | Path | pd.DataFrame, *, true_class: str | None = None,
-             pred_class: str | None = None) -> pd.DataFrame:
-    """The misclassified photos, the most confident mistakes first.
-
-    Args:
-        true_class: keep only photos of this class.
-        pred_class: keep only photos predicted as this class.
-    Returns:
-        DataFrame with path, true, pred, confidence (of the wrong prediction) and true_prob.
-    """
-    frame, _ = read_predictions(predictions)
-    wrong = frame[frame["true"] != frame["pred"]].copy()
-    if true_class is not None:
-        wrong = wrong[wrong["true"] == true_class]
-    if pred_class is not None:
-        wrong = wrong[wrong["pred"] == pred_class]
-    wrong["true_prob"] = [row[f"p_{row['true']}"] for _, row in wrong.iterrows()]
-    wrong = wrong.sort_values("confidence", ascending=False, kind="stable")
-    return wrong[["path", "true", "pred", "confidence", "true_prob"]].reset_index(drop=True)
-
-
-def accuracy(predictions: str | Path | pd.DataFrame) -> float:
-    """Top-1 of a predictions CSV, in percent."""
-    frame, _ = read_predictions(predictions)
-    return 100.0 * float((frame["true"] == frame["pred"]).mean()) if len(frame) else float("nan")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def lr_schedule(run: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The head's learning rate at every optimizer step of a run, rebuilt with the trainer's own scheduler from
-    the settings and the steps per epoch in the run's last.pt.
-
-    Returns:
-        (epoch position of each step, from 0 to the epochs run; learning rate), or None when the run lacks the
-        files (the caller then plots the per-epoch values of metrics.csv).
-    """
-    import torch
-
-    from .config import config_from_dict
-    from .engine import make_scheduler
-
-    run = Path(run)
-    try:
-        state = torch.load(run / "last.pt", map_location="cpu", weights_only=True, mmap=True)
-        cfg = config_from_dict(state["config"])
-        epochs, step = int(state["epoch"]), int(state.get("step") or 0)  # whole epochs, then steps into the next
-        done = epochs + (1 if step else 0)
-        steps_per_epoch = round((int(state["num_updates"]) - step) / epochs) if epochs else 0
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
-        return None
-    if steps_per_epoch <= 0:
-        return None
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    scheduler = make_scheduler(optimizer, kind=cfg.scheduler, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                               warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
-                               restart_epochs=cfg.restart_epochs)
-    steps = np.arange(done * steps_per_epoch + 1)
-    rates = []
-    for step in steps:
-        scheduler.step_update(int(step))
-        rates.append(optimizer.param_groups[0]["lr"])
-    return steps / steps_per_epoch, np.array(rates)
-
-
 def _as_runs(runs: str | Path | Sequence[str | Path] | dict[str, str | Path]) -> dict[str, Path]:
     if isinstance(runs, dict):
         return {str(k): Path(v) for k, v in runs.items()}
@@ -250,6 +129,8 @@ def training_curves(runs: str | Path | Sequence[str | Path] | dict[str, str | Pa
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    from . import engine
+
     runs = _as_runs(runs)
     fig, axes = _figure(15, 4.6, 1, 3)
     offset, last = 0, 1
@@ -268,11 +149,13 @@ def training_curves(runs: str | Path | Sequence[str | Path] | dict[str, str | Pa
         axes[1].plot(x, df["val_top5"], ls=":", color=color, marker=marker, ms=3)
         best = df["val_top1"].idxmax()
         axes[1].plot(x[best], df["val_top1"][best], marker="*", ms=14, color=color, mec="black", mew=0.6, ls="none")
-        schedule = lr_schedule(folder_)
+        schedule = engine.lr_schedule(folder_)
+        # later runs dashed and thinner over the earlier ones: identical schedules stay visible
+        style = dict(color=color, lw=max(3.0 - 0.8 * i, 1.2), ls=("-", (0, (5, 3)), (0, (2, 2)), "-.")[i % 4])
         if schedule is not None:
-            axes[2].plot(schedule[0] + offset, schedule[1], color=color)
+            axes[2].plot(schedule[0] + offset, schedule[1], **style)
         else:
-            axes[2].plot(x, df["lr"], color=color, marker=marker, ms=4)
+            axes[2].plot(x, df["lr"], marker=marker, ms=4, **style)
         last = max(last, int(x.max()))
         if sequential:
             if offset:
@@ -307,6 +190,7 @@ def confusion_matrix(predictions: str | Path | pd.DataFrame, *, title: str | Non
     Up to 20 classes each cell shows its count; with more (Food-101's 101) the cells are small and the colour
     scale is a square root, so rare confusions stay visible; read the pairs in `top_confusions`.
     """
+    import seaborn as sns
     from matplotlib.colors import PowerNorm
 
     counts, names = confusion_counts(predictions)
@@ -316,23 +200,21 @@ def confusion_matrix(predictions: str | Path | pd.DataFrame, *, title: str | Non
     side = 3.0 + 0.6 * n if small else 4.0 + 0.2 * n  # 101 classes: 0.2 in (22 px) a row, 6.5 pt labels
     label_size = 9 if small else (7.5 if n <= 60 else 6.5)
     fig, ax = _figure(side + 1.6, side)
-    image = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
     labels = [pretty(c, 18 if small else None) for c in names]
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=label_size)
-    ax.set_yticks(range(n), labels, fontsize=label_size)
+    sns.heatmap(rates, ax=ax, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), square=True,
+                annot=np.where(counts > 0, counts.astype(str), "") if small else False, fmt="",
+                annot_kws={"fontsize": 9}, xticklabels=False, yticklabels=False, linewidths=0.5 if small else 0,
+                linecolor="#eeeeee", cbar_kws={"shrink": 0.6 if small else 0.4, "pad": 0.01,
+                                               "label": "share of the true class's photos"})
+    # every label, set here: seaborn's own labelling measures each one to thin them out (seconds at 101 classes)
+    ax.set_xticks(np.arange(n) + 0.5, labels, rotation=90, fontsize=label_size)
+    ax.set_yticks(np.arange(n) + 0.5, labels, rotation=0, fontsize=label_size)
     ax.grid(False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    if small:
-        for t in range(n):
-            for p in range(n):
-                if counts[t, p]:
-                    ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=9,
-                            color="white" if rates[t, p] > 0.45 else "black")
-    bar = fig.colorbar(image, ax=ax, shrink=0.6 if small else 0.4, pad=0.01)
-    bar.set_label("share of the true class's photos")
     top1 = 100.0 * np.trace(counts) / max(counts.sum(), 1)
-    ax.set_title(f"{title or 'Confusion matrix'}: top-1 {top1:.1f}% on {counts.sum()} photos", loc="left")
+    ax.set_title(f"{title or 'Confusion matrix'}: top-1 {with_interval(top1, counts.sum())} on {counts.sum()} photos",
+                 loc="left")
     save_figure(fig, name, folder)
     return fig
 
@@ -537,7 +419,9 @@ def transform_steps(image: np.ndarray | str, *, preset: str = "advanced", size: 
     import albumentations as A
 
     photo = _thumbnail(image, 512) if isinstance(image, (str, Path)) else image
-    steps = augment_steps(preset, size)
+    from .augment import preset_steps
+
+    steps = preset_steps(preset, size)
     fig, axes = _grid(len(steps) + 1, 5, 2.5, extra_height=0.25)
     axes.flat[0].imshow(photo)
     axes.flat[0].set_title("original", fontsize=10)
@@ -551,78 +435,37 @@ def transform_steps(image: np.ndarray | str, *, preset: str = "advanced", size: 
     return fig
 
 
-def augment_steps(preset: str, size: int) -> dict[str, Any]:
-    """The steps of a preset's pipeline by name, each set to always apply (p=1), for previews."""
-    import copy
-
-    from . import augment
-
-    builders = {"light": augment.light_transforms, "basic": augment.basic_transforms,
-                "advanced": augment.advanced_transforms}
-    if preset not in builders:
-        raise ValueError(f"preset {preset!r} has no steps to show; use one of {', '.join(builders)}")
-    steps: dict[str, Any] = {}
-    for step in builders[preset](size):
-        step = copy.deepcopy(step)
-        step.p = 1.0
-        label = type(step).__name__
-        if label in steps:
-            label = f"{label} ({sum(k.startswith(label) for k in steps) + 1})"
-        steps[label] = step
-    return steps
-
-
 @_styled
-def mix_preview(samples: Sequence[tuple[str, str]], *, size: int = 160, mixup_alpha: float = 0.2,
-                cutmix_alpha: float = 1.0, seed: int = 0, title: str | None = None, folder: str | Path | None = None,
-                name: str = "mix_preview") -> Figure:
-    """What timm's Mixup (as the trainer uses it) does to a batch: the photos, then mixup, then cutmix.
-
-    Each mixed image is labelled with its soft target: the share of each class in its label.
+def mixed_batch(images: Any, mixed: Any, targets: Any, class_names: Sequence[str], *, n: int = 8,
+                title: str | None = None, folder: str | Path | None = None, name: str = "mixed_batch") -> Figure:
+    """A batch before and after the trainer's Mixup/CutMix, each mixed image labelled with its soft target.
 
     Args:
-        samples: (path, class name) pairs, an even number (a last odd one is left out); photo i is mixed with
-            photo n-1-i, each pair with its own lambda (the trainer draws one lambda per batch).
+        images: the batch as the loader gives it, (N, 3, H, W) uint8 or float in [0, 1].
+        mixed: the same batch after `engine.make_mixup(cfg, classes)(images, labels)`, (N, 3, H, W).
+        targets: the soft targets that came out with it, (N, classes), rows summing to one.
+        class_names: the dataset's classes, in label order.
+        n: how many of the batch to show.
     """
-    import torch
-    from timm.data import Mixup
-
-    from . import augment
-
-    samples = list(samples)[: len(samples) - len(samples) % 2]  # photos are mixed in pairs
-    if not samples:
-        raise ValueError("mix_preview needs at least two photos")
-    to_tensor = augment.eval_transform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    batch = torch.stack([to_tensor(image=_thumbnail(p, 2 * size))["image"] for p, _ in samples])
-    names = [c for _, c in samples]
-    labels = torch.arange(len(samples))
-    rows = {"photos": (batch, torch.eye(len(samples)))}
-    state = np.random.get_state()  # timm draws lambda with numpy's global generator
-    try:
-        for mode, (m_alpha, c_alpha) in (("mixup", (mixup_alpha, 0.0)), ("cutmix", (0.0, cutmix_alpha))):
-            np.random.seed(seed)
-            mixer = Mixup(mixup_alpha=m_alpha, cutmix_alpha=c_alpha, prob=1.0, switch_prob=0.0, mode="elem",
-                          label_smoothing=0.0, num_classes=len(samples))
-            rows[f"{mode} (α={m_alpha or c_alpha:g})"] = mixer(batch.clone(), labels)
-    finally:
-        np.random.set_state(state)
-    n = len(samples)
-    fig, axes = _figure(2.4 * n, 3.0 * len(rows) + 0.4, len(rows), n, squeeze=False)
-    for r, (label, (images, targets)) in enumerate(rows.items()):
+    n = min(n, len(images))
+    fig, axes = _figure(2.3 * n, 5.9, 2, n, squeeze=False)
+    for r, batch in enumerate((images, mixed)):
         for i in range(n):
             ax = axes[r, i]
-            ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+            image = batch[i].float()
+            image = image / 255.0 if image.max() > 1.5 else image
+            ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-            weights = targets[i]
-            order = torch.argsort(weights, descending=True)[:2]
-            text = "\n".join(f"{float(weights[j]):.0%} {pretty(names[j], 16)}" for j in order if weights[j] > 0.005)
-            ax.set_xlabel(text, fontsize=9)
-            if i == 0:
-                ax.set_ylabel(label, fontsize=11)
-    fig.suptitle(title or "Mixup blends two photos; CutMix pastes a patch of one into the other. Labels are mixed in "
-                          "the same proportions.\n(Here each pair draws its own λ; the trainer draws one λ per batch.)")
+            if r == 1:
+                weights = targets[i]
+                order = weights.argsort(descending=True)[:2]
+                ax.set_xlabel("\n".join(f"{float(weights[j]):.0%} {pretty(class_names[int(j)], 16)}" for j in order),
+                              fontsize=9)
+        axes[r, 0].set_ylabel(("the batch", "what the model sees")[r], fontsize=11)
+    fig.suptitle(title or "The trainer's Mixup/CutMix on one batch: image i is mixed with image N-1-i; the soft "
+                          "targets (smoothed) below")
     save_figure(fig, name, folder)
     return fig
 
@@ -631,52 +474,82 @@ def mix_preview(samples: Sequence[tuple[str, str]], *, size: int = 160, mixup_al
 # Comparisons
 
 
+def _top1_and_n(value: Any) -> tuple[float, float]:
+    """(top-1, photos) from a number or a result dict ({"top1", "n"}, as `evaluate` returns)."""
+    if isinstance(value, dict):
+        return float(value.get("top1", float("nan"))), float(value.get("n") or 0)
+    return float(value), 0.0
+
+
 @_styled
-def compare_top1(results: dict[str, float], *, highlight: str | None = None, reference: str | None = None,
+def compare_top1(results: dict[str, float | dict], *, highlight: str | None = None, reference: str | None = None,
                  title: str | None = None, xlabel: str = "test top-1 (%)", folder: str | Path | None = None,
                  name: str = "compare_top1") -> Figure:
-    """Top-1 per model or technique as dots on one scale, each labelled with its value and its gain over
-    `reference` (default: the first entry). Entries that are NaN show as "not measured"."""
+    """Top-1 per model or technique as dots on one scale with their 95% Wilson intervals, each labelled with
+    its value and its gain over `reference` (default: the first entry). A gain whose reference lies inside the
+    entry's interval is marked "(noise)". Entries that are NaN show as "not measured".
+
+    Args:
+        results: {label: top-1 in percent, or a result dict with "top1" and "n" (the interval needs n)}.
+    """
     labels = list(results)
-    values = np.array([float(results[k]) for k in labels], dtype=float)
+    pairs = [_top1_and_n(results[k]) for k in labels]
+    values = np.array([v for v, _ in pairs], dtype=float)
+    intervals = np.array([wilson(v, n) for v, n in pairs], dtype=float)
     reference = reference if reference in results else labels[0]
-    base = float(results[reference])
+    base = values[labels.index(reference)]
     fig, ax = _figure(10, 1.3 + 0.5 * len(labels))
     y = np.arange(len(labels))
-    finite = values[np.isfinite(values)]
-    low = max(0.0, float(finite.min()) - 10) if finite.size else 0.0
-    high = min(100.0, float(finite.max()) + 10) if finite.size else 100.0
+    spans = np.concatenate([values, intervals.ravel()])
+    finite = spans[np.isfinite(spans)]
+    low = max(0.0, float(finite.min()) - 5) if finite.size else 0.0
+    high = min(100.0, float(finite.max()) + 5) if finite.size else 100.0
     if high - low < 20:
         high = min(100.0, low + 20)
-    ax.set_xlim(low, high + (high - low) * 0.12)
+    ax.set_xlim(low, high + (high - low) * 0.3)
     if np.isfinite(base):
         ax.axvline(base, color="#999999", ls="--", lw=1)
-    for yi, key, value in zip(y, labels, values):
+    for yi, key, value, (lo, hi) in zip(y, labels, values, intervals):
         if not np.isfinite(value):
             ax.text(low, yi, " not measured", va="center", fontsize=9, color="#777777")
             continue
         color = GOOD if key == highlight else ("#888888" if key == reference else NEUTRAL)
-        ax.hlines(yi, low, value, color=color, lw=2, alpha=0.5)
+        if np.isfinite(lo):
+            ax.hlines(yi, lo, hi, color=color, lw=6, alpha=0.25)
         ax.plot(value, yi, "o", ms=10, color=color)
-        delta = "" if key == reference or not np.isfinite(base) else f"  ({value - base:+.1f})"
-        ax.text(value, yi, f"   {value:.1f}%{delta}", va="center", fontsize=10)
+        delta = ""
+        if key != reference and np.isfinite(base):
+            noise = ", within noise" if np.isfinite(lo) and lo <= base <= hi else ""
+            delta = f"  ({value - base:+.1f}{noise})"
+        ax.text(max(value, hi if np.isfinite(hi) else value), yi, f"   {value:.1f}%{delta}", va="center", fontsize=10)
     ax.set_yticks(y, [textwrap.fill(k, 34) for k in labels])
     ax.set_ylim(len(labels) - 0.4, -0.6)
     ax.grid(axis="y", visible=False)
-    ax.set_xlabel(xlabel)
+    shown = np.isfinite(intervals[:, 0]).any()
+    ax.set_xlabel(xlabel + ("; bars: 95% interval (Wilson) over the test photos" if shown else ""))
     ax.set_title(title or "Test top-1", loc="left")
     save_figure(fig, name, folder)
     return fig
 
 
 @_styled
-def tta_gain(top1_by_views: dict[int, float], *, title: str | None = None, folder: str | Path | None = None,
+def tta_gain(top1_by_views: dict[int, float | dict], *, title: str | None = None, folder: str | Path | None = None,
              name: str = "tta_gain") -> Figure:
-    """Test top-1 against the number of test-time views (1 = plain evaluation), with the gain of each."""
+    """Test top-1 against the number of test-time views (1 = plain evaluation), with the gain of each and the
+    95% interval of each measurement (given result dicts with "n")."""
     views = sorted(top1_by_views)
-    values = [float(top1_by_views[v]) for v in views]
+    pairs = [_top1_and_n(top1_by_views[v]) for v in views]
+    values = [v for v, _ in pairs]
     base = values[0]
     fig, ax = _figure(8, 4.2)
+    bounds = np.array([wilson(v, n) for v, n in pairs], dtype=float)
+    if np.isfinite(bounds).all():
+        ax.fill_between(views, bounds[:, 0], bounds[:, 1], color=NEUTRAL, alpha=0.15, lw=0,
+                        label="95% interval (Wilson)")
+        ax.legend(loc="lower right", frameon=False)
+        values_span = [*values, *bounds.ravel()]
+    else:
+        values_span = values
     ax.plot(views, values, marker="o", ms=8, color=NEUTRAL)
     ax.axhline(base, color="grey", ls="--", lw=1)
     ax.annotate("one view", (views[-1], base), textcoords="offset points", xytext=(0, -4), va="top", ha="right",
@@ -684,13 +557,15 @@ def tta_gain(top1_by_views: dict[int, float], *, title: str | None = None, folde
     for v, value in zip(views, values):
         ax.annotate(f"{value:.1f}%\n({value - base:+.1f})" if v != views[0] else f"{value:.1f}%", (v, value),
                     textcoords="offset points", xytext=(0, 10), ha="center", fontsize=9)
-    span = max(values) - min(values)
-    ax.set_ylim(max(0.0, min(values) - max(1.0, span)), min(105.0, max(values) + max(2.0, 1.2 * span)))
+    span = max(values_span) - min(values_span)
+    ax.set_ylim(max(0.0, min(values_span) - 1.0), min(105.0, max(values_span) + max(2.0, 0.2 * span)))
     ax.set_xticks(views)
     ax.set_xlabel("test-time views averaged (1 = plain evaluation)")
     ax.set_ylabel("test top-1 (%)")
     best = max(range(len(views)), key=lambda i: values[i])
     summary = f"{values[-1] - base:+.1f} points with {views[-1]} views"
+    if np.isfinite(bounds[-1]).all() and bounds[-1, 0] <= base <= bounds[-1, 1]:
+        summary += ", within noise"
     if best != len(views) - 1 and values[best] > base:
         summary += f" (most: {values[best] - base:+.1f} with {views[best]})"
     ax.set_title(title or f"Test-time augmentation: {summary}", loc="left")
@@ -726,24 +601,25 @@ def ensemble_vs_members(result: dict[str, Any], *, title: str | None = None, fol
     """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`)."""
     entries = {}
     for i, m in enumerate(result["members"], start=1):
-        entries[f"member {i}: {m['backbone']} @{m['image_size']}"] = m["top1"]
-    best = max(entries, key=entries.get)
-    entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result["top1"]
-    gain = result["top1"] - entries[best]
+        entries[f"member {i}: {m['backbone']} @{m['image_size']}"] = {"top1": m["top1"], "n": result.get("n")}
+    best = max(entries, key=lambda k: entries[k]["top1"])
+    entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result
+    gain = result["top1"] - entries[best]["top1"]
     return compare_top1(entries, highlight=list(entries)[-1], reference=best, folder=folder, name=name,
                         title=title or f"Ensemble: {gain:+.1f} points against its best member (the deltas)")
 
 
-def student_vs_teacher(teacher: dict[str, float], student_alone: tuple[str, float], student_kd: tuple[str, float],
-                       *, title: str | None = None, folder: str | Path | None = None,
-                       name: str = "student_vs_teacher") -> Figure:
-    """Teacher(s), the student trained alone and the student trained with the teacher's soft targets."""
+def student_vs_teacher(teacher: dict[str, float | dict], student_alone: tuple[str, float | dict],
+                       student_kd: tuple[str, float | dict], *, title: str | None = None,
+                       folder: str | Path | None = None, name: str = "student_vs_teacher") -> Figure:
+    """Teacher(s), the student trained alone and the student trained with the teacher's soft targets (each a
+    top-1 or a result dict with "top1" and "n" for its interval)."""
     entries = {f"teacher: {k}": v for k, v in teacher.items()}
     alone = f"student alone: {student_alone[0]}"
     kd = f"student with distillation: {student_kd[0]}"
     entries[alone] = student_alone[1]
     entries[kd] = student_kd[1]
-    gain = student_kd[1] - student_alone[1]
+    gain = _top1_and_n(student_kd[1])[0] - _top1_and_n(student_alone[1])[0]
     return compare_top1(entries, highlight=kd, reference=alone, folder=folder, name=name,
                         title=title or f"Distillation: {gain:+.1f} points for the student (deltas against it alone)")
 
@@ -768,7 +644,7 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     rows = results.reset_index(drop=True)
     fig, ax = _figure(11, 1.4 + 0.5 * len(rows))
     y = np.arange(len(rows))
-    measured = []
+    measured, lows = [], []
     for yi, (_, row) in zip(y, rows.iterrows()):
         span = _range(row["plan: top-1"])
         if span:
@@ -778,14 +654,20 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
         if value is not None and np.isfinite(float(value)):
             value = float(value)
             measured.append(value)
+            lo, hi = float(row.get("95% low", np.nan)), float(row.get("95% high", np.nan))
+            if np.isfinite(lo):
+                ax.hlines(yi, lo, hi, color=NEUTRAL, lw=2, label="95% interval" if len(measured) == 1 else None)
+                lows.append(lo)
             gain = row["measured: gain"]
-            text = f" {value:.1f}%" + (f" ({float(gain):+.1f})" if gain is not None and np.isfinite(float(gain)) else "")
+            noise = ", within noise" if row.get("gain is") == "within noise" else ""
+            text = f" {value:.1f}%" + (f" ({float(gain):+.1f}{noise})" if gain is not None and np.isfinite(float(gain))
+                                      else "")
             ax.plot(value, yi, "o", color=NEUTRAL, ms=8, label="measured test top-1" if len(measured) == 1 else None)
             ax.text(value, yi - 0.32, text, fontsize=9, va="bottom", ha="center")
     ax.set_yticks(y, [f"{r['phase']}  {textwrap.shorten(r['technique'], 50)}" for _, r in rows.iterrows()])
     ax.invert_yaxis()
     ax.grid(axis="y", visible=False)
-    low = min([70.0] + measured) - 5
+    low = min([70.0] + measured + lows) - 5
     ax.set_xlim(max(0.0, low), 101)
     ax.set_xlabel("top-1 (%)")
     fig.legend(loc="outside lower center", ncols=2, frameon=False)
@@ -794,41 +676,36 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     return fig
 
 
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
-
-
 @_styled
 def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: str | Path | None = None,
                   name: str = "roadmap_table") -> Figure:
     """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture."""
-    columns = ["phase", "technique", "plan: time", "plan: gain", "plan: top-1", "measured: top-1", "measured: gain",
-               "gain against", "model", "train min"]
-    headers = ["phase", "technique", "plan\ntime", "plan\ngain", "plan\ntop-1", "measured\ntop-1", "measured\ngain",
-               "gain against", "model", "train\nminutes"]
+    columns = ["phase", "technique", "plan: recipe", "plan: gain", "plan: top-1", "measured: top-1", "95% interval",
+               "measured: gain", "gain against", "trained", "train min"]
+    headers = ["phase", "technique", "plan\nrecipe", "plan\ngain", "plan\ntop-1", "measured\ntop-1",
+               "95%\ninterval", "measured\ngain", "gain against", "trained", "train\nminutes"]
     rows = results.reset_index(drop=True)
     cells = []
     for _, row in rows.iterrows():
         cell = []
         for c in columns:
             value = row.get(c)
-            if c == "measured: gain" and isinstance(value, float) and np.isfinite(value):
-                cell.append(f"{value:+.1f}")
+            if c == "95% interval":
+                low, high = row.get("95% low"), row.get("95% high")
+                cell.append(f"{low:.1f}-{high:.1f}" if np.isfinite(float(low if low is not None else np.nan)) else "–")
+            elif c == "measured: gain" and isinstance(value, float) and np.isfinite(value):
+                cell.append(f"{value:+.1f}" + ("\n(within noise)" if row.get("gain is") == "within noise" else ""))
             elif c == "measured: top-1" and isinstance(value, float) and np.isfinite(value):
                 cell.append(f"{value:.1f}%")
             else:
-                cell.append(textwrap.fill(_cell(value), 30))
+                cell.append(textwrap.fill(format_value(value, c), 26))
         cells.append(cell)
     fig, ax = _figure(17, 1.0 + 0.48 * (len(rows) + 1))
     ax.set_axis_off()
     table = ax.table(cellText=cells, colLabels=headers, loc="upper left", cellLoc="left", colLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    widths = [0.06, 0.22, 0.05, 0.09, 0.08, 0.07, 0.07, 0.15, 0.16, 0.06]
+    widths = [0.05, 0.19, 0.11, 0.07, 0.07, 0.06, 0.07, 0.07, 0.13, 0.13, 0.05]
     for (r, c), cell in table.get_celld().items():
         cell.set_width(widths[c])
         cell.set_height(1.0 / (len(rows) + 1.5))
@@ -844,8 +721,7 @@ def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: st
     return fig
 
 
-__all__ = ["save_figure", "compact_copy", "training_curves", "confusion_matrix", "top_confusions", "failure_gallery",
-           "prediction_changes", "class_samples", "augmentation_preview", "transform_steps", "mix_preview",
+__all__ = ["save_figure", "training_curves", "confusion_matrix", "top_confusions", "failure_gallery",
+           "prediction_changes", "class_samples", "augmentation_preview", "transform_steps", "mixed_batch",
            "compare_top1", "tta_gain", "tta_views", "ensemble_vs_members", "student_vs_teacher", "roadmap_chart",
-           "roadmap_table", "confused_pairs", "failures", "confusion_counts", "read_predictions", "pretty",
-           "augment_steps", "accuracy"]
+           "roadmap_table", "pretty"]

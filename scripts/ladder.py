@@ -6,6 +6,10 @@ Every row trains (or evaluates) with the offline ImageNet weights of tf_efficien
 food-101-mini (10 classes, 540 train / 60 val / 250 test photos) and reports test top-1 and the minutes it took.
 Runs that already finished are reused, so an interrupted ladder continues where it stopped. Writes
 OUT/ladder.csv and prints a Markdown table.
+
+The ladder changes one thing at a time on one base run (the course changes them cumulatively, as the plan
+does); each technique's settings are read from the notebook that teaches it (its parameters cell), so the two
+cannot drift apart: 03's advanced preset, 04's mixup/CutMix, 05's discriminative rate, 09's distillation.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import helpers  # noqa: E402
 from helpers.config import TrainConfig  # noqa: E402
+from helpers.environment import parameters  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def notebook_setting(notebook: str, name: str) -> dict:
+    """A setting literal of a course notebook's parameters cell, e.g. 04's TECHNIQUE."""
+    return parameters(NOTEBOOKS / f"{notebook}.ipynb")[name]
 
 
 def main() -> None:
@@ -61,16 +73,20 @@ def main() -> None:
     add("baseline (plain fine-tune)", setting, s["test_top1"], s["test_top5"], s["minutes"])
     baseline = s
 
-    s = train("advanced_aug", replace(base, augment="advanced"))
-    add("advanced augmentation", "--augment advanced", s["test_top1"], s["test_top5"], s["minutes"])
+    advanced = notebook_setting("03_augmentations", "AUGMENT")["3.2"]
+    s = train("advanced_aug", replace(base, augment=advanced))
+    add("advanced augmentation", f"--augment {advanced}", s["test_top1"], s["test_top5"], s["minutes"])
 
-    s = train("mixup_cutmix", replace(base, mixup=True, cutmix=True))
-    add("mixup + cutmix", "--mixup --cutmix (alpha 0.2 / 1.0)", s["test_top1"], s["test_top5"], s["minutes"])
+    mix = notebook_setting("04_mixup_cutmix", "TECHNIQUE")
+    s = train("mixup_cutmix", replace(base, **mix))
+    add("mixup + cutmix", f"--mixup --cutmix (alpha {mix['mixup_alpha']:g} / {mix['cutmix_alpha']:g})",
+        s["test_top1"], s["test_top5"], s["minutes"])
 
     s1 = train("two_stage_1", replace(base, freeze_backbone=True, epochs=2, lr=1e-2))
-    s2 = train("two_stage_2", replace(base, init_from=str(out / "two_stage_1"), lr=1e-3, backbone_lr_ratio=0.1,
+    ratio = notebook_setting("05_two_stage", "STAGE2")["backbone_lr_ratio"]
+    s2 = train("two_stage_2", replace(base, init_from=str(out / "two_stage_1"), lr=1e-3, backbone_lr_ratio=ratio,
                                       warmup_epochs=0.5))
-    add("two-stage + discriminative LR", "2 epochs frozen (lr 1e-2), then lr 1e-3, backbone x0.1",
+    add("two-stage + discriminative LR", f"2 epochs frozen (lr 1e-2), then lr 1e-3, backbone x{ratio:g}",
         s2["test_top1"], s2["test_top5"], s1["minutes"] + s2["minutes"])
 
     s = train("ema", replace(base, model_ema=True))
@@ -101,8 +117,10 @@ def main() -> None:
     minutes = sum(json.loads((m / "ladder_minutes.json").read_text())["minutes"] for m in members)
     add("ensemble", "lite0 + lite1 + lite2, mean softmax", r["top1"], r["top5"], minutes + (time.perf_counter() - started) / 60)
 
-    s = train("distilled", replace(base, teacher=tuple(str(m) for m in members)))
-    add("distillation", "lite0 student of the ensemble (alpha 0.7, T 3)", s["test_top1"], s["test_top5"], s["minutes"])
+    kd = notebook_setting("09_distillation", "TECHNIQUE")
+    s = train("distilled", replace(base, teacher=tuple(str(m) for m in members), **kd))
+    add("distillation", f"lite0 student of the ensemble (alpha {kd['kd_alpha']:g}, T {kd['kd_temperature']:g})",
+        s["test_top1"], s["test_top5"], s["minutes"])
 
     for r in rows:
         r["vs_baseline"] = round(r["test_top1"] - rows[0]["test_top1"], 1)

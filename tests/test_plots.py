@@ -1,5 +1,5 @@
-"""Figures, the results ledger, the course's settings and the explorers, without training: real photos of the tiny
-set with predictions whose confusions are known."""
+"""Figures, prediction analysis and its intervals, the results ledger, the course layer and the explorers, without
+training: real photos of the tiny set with predictions whose confusions are known."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import course, ledger, plots, widgets
+from helpers import analysis, course, engine, ledger, notebooks, plots, widgets
 from helpers.config import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,21 +79,21 @@ def _texts_overlap(fig, texts) -> list[tuple[str, str]]:
 
 
 def test_failures_are_the_most_confident_mistakes_first(predictions):
-    wrong = plots.failures(predictions)
+    wrong = analysis.failures(predictions)
     assert list(zip(wrong["true"], wrong["pred"], wrong["confidence"])) == [
         (A, B, 0.9), (C, B, 0.8), (B, A, 0.7), (A, B, 0.6), (C, A, 0.55)]
     assert wrong["true_prob"].iloc[0] == pytest.approx(0.05)
-    assert len(plots.failures(predictions, true_class=C)) == 2
-    assert len(plots.failures(predictions, true_class=A, pred_class=B)) == 2
+    assert len(analysis.failures(predictions, true_class=C)) == 2
+    assert len(analysis.failures(predictions, true_class=A, pred_class=B)) == 2
 
 
 def test_confused_pairs_and_confusion_counts(predictions):
-    pairs = plots.confused_pairs(predictions)
+    pairs = analysis.confused_pairs(predictions)
     assert (pairs.iloc[0]["true"], pairs.iloc[0]["pred"], pairs.iloc[0]["count"]) == (A, B, 2)
     assert pairs.iloc[0]["share"] == pytest.approx(0.5) and len(pairs) == 4
-    counts, names = plots.confusion_counts(predictions)
+    counts, names = analysis.confusion_counts(predictions)
     assert names == [A, B, C] and counts.sum() == len(CASES) and np.trace(counts) == 7
-    assert plots.accuracy(predictions) == pytest.approx(100 * 7 / 12)
+    assert analysis.accuracy(predictions) == pytest.approx(100 * 7 / 12)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -112,9 +112,11 @@ def test_every_figure_function_returns_a_figure_and_saves_a_real_png(tmp_path, p
         "samples": lambda: plots.class_samples(photos, folder=out, name="samples"),
         "augment": lambda: plots.augmentation_preview(photos[0][0], size=96, n=3, folder=out, name="augment"),
         "steps": lambda: plots.transform_steps(photos[1][0], size=96, folder=out, name="steps"),
-        "mix": lambda: plots.mix_preview(photos[:5], size=96, folder=out, name="mix"),
-        "compare": lambda: plots.compare_top1({"a": 50.0, "b": 55.5, "c": float("nan")}, folder=out, name="compare"),
-        "tta": lambda: plots.tta_gain({1: 50.0, 2: 51.0, 4: 52.0}, folder=out, name="tta"),
+        "mix": lambda: plots.mixed_batch(*_mixed(), folder=out, name="mix"),
+        "compare": lambda: plots.compare_top1({"a": {"top1": 50.0, "n": 150}, "b": 55.5, "c": float("nan")}, folder=out,
+                                              name="compare"),
+        "tta": lambda: plots.tta_gain({1: {"top1": 50.0, "n": 150}, 2: {"top1": 51.0, "n": 150}}, folder=out,
+                                      name="tta"),
         "views": lambda: plots.tta_views(photos[2][0], views=4, size=96, folder=out, name="views"),
         "ensemble": lambda: plots.ensemble_vs_members(
             {"top1": 60.0, "members": [{"backbone": "x", "image_size": 96, "top1": 55.0},
@@ -159,20 +161,63 @@ def test_confusion_matrix_of_101_classes_shows_every_name_whole(tmp_path):
 
 def test_compact_copy_is_smaller_and_keeps_the_picture(tmp_path, predictions):
     plots.failure_gallery(predictions, n=4, folder=tmp_path, name="gallery")
-    small = plots.compact_copy(tmp_path / "gallery.png", tmp_path / "small" / "gallery.png", max_width=600)
+    small = notebooks.compact_copy(tmp_path / "gallery.png", tmp_path / "small" / "gallery.png", max_width=600)
     assert small.stat().st_size < (tmp_path / "gallery.png").stat().st_size
     with Image.open(small) as image:
         assert image.width == 600
 
 
-def test_mix_preview_labels_are_soft_targets_that_sum_to_one(predictions):
-    photos = [(str(p), p.parent.name) for p in sorted(TINY.glob("images/*/*.jpg"))[::80]][:4]
-    fig = plots.mix_preview(photos, size=64)
-    labels = [ax.xaxis.label.get_text() for ax in fig.axes]
-    assert len(labels) == 12
-    for label in labels:
+def _mixed():
+    """A real batch of the tiny set through the trainer's own Mixup/CutMix."""
+    from helpers.config import TrainConfig
+
+    cfg = TrainConfig(data_dir=str(TINY), image_size=64, mixup=True, cutmix=True, label_smoothing=0.1)
+    images, labels, names = engine.sample_batch(cfg, n=6)
+    mixed, targets = engine.make_mixup(cfg, len(names))(images.float() / 255, labels)
+    return images, mixed, targets, names
+
+
+def test_mixed_batch_shows_the_trainers_soft_targets():
+    images, mixed, targets, names = _mixed()
+    assert images.dtype.is_floating_point is False and mixed.shape == images.shape
+    assert targets.sum(dim=1).tolist() == pytest.approx([1.0] * len(images))
+    fig = plots.mixed_batch(images, mixed, targets, names, n=6)
+    labels = [ax.xaxis.label.get_text() for ax in fig.axes[6:]]
+    assert len(labels) == 6
+    for label, row in zip(labels, targets):
         shares = [int(x) for x in re.findall(r"(\d+)%", label)]
-        assert 98 <= sum(shares) <= 101 or (len(shares) == 1 and shares[0] >= 99), label
+        top = sorted(row.tolist(), reverse=True)[:2]
+        assert shares == [round(100 * t) for t in top], (label, top)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Intervals and tables
+
+
+def test_wilson_interval_matches_the_formula_and_its_edges():
+    low, high = analysis.wilson(50.0, 100)
+    assert (low, high) == (pytest.approx(40.383, abs=1e-3), pytest.approx(59.617, abs=1e-3))
+    assert analysis.wilson(0.0, 10)[0] == 0.0 and analysis.wilson(0.0, 10)[1] == pytest.approx(27.75, abs=0.01)
+    assert analysis.wilson(100.0, 10)[1] == pytest.approx(100.0)
+    narrow, wide = analysis.wilson(70.0, 25_250), analysis.wilson(70.0, 150)
+    assert narrow[1] - narrow[0] < 1.2 < 14 < wide[1] - wide[0] < 16  # Food-101's test set against the demo's
+    assert all(v != v for v in analysis.wilson(float("nan"), 150)) and all(v != v for v in analysis.wilson(50, 0))
+    assert analysis.with_interval(70.0, 150) == "70.0% (62.2-76.8)"
+
+
+def test_a_gain_inside_the_noise_is_marked_as_such():
+    low, high = analysis.wilson(62.0, 150)
+    assert analysis.gain_verdict(2.0, 60.0, low, high) == "within noise"
+    low, high = analysis.wilson(80.0, 150)
+    assert analysis.gain_verdict(20.0, 60.0, low, high) == "real"
+    assert analysis.gain_verdict(float("nan"), 60.0, low, high) == ""
+
+
+def test_tables_are_formatted_without_nan_or_four_decimals():
+    table = pd.DataFrame({"phase": ["a", "b"], "measured: top-1": [71.33333, float("nan")],
+                          "measured: gain": [2.25, None], "trained": ["x @112, 4 epochs", None]})
+    shown = analysis.format_table(table)
+    assert shown.values.tolist() == [["a", "71.3", "+2.2", "x @112, 4 epochs"], ["b", "–", "–", "–"]]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -204,67 +249,64 @@ def test_ledger_written_by_an_older_version_is_upgraded(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The course's settings
+# The course layer
 
 
-def test_profiles_pick_the_plans_settings_and_small_ones():
-    full = course.run_settings("02_b3_upgrade", "b3", "full")
-    assert (full["backbone"], full["image_size"], full["batch_size"], full["epochs"], full["pretrained"]) == \
-        ("efficientnet_b3", 300, 16, 100, "hub")
-    ci = course.run_settings("02_b3_upgrade", "b3", "ci")
-    assert (ci["backbone"], ci["image_size"], ci["epochs"], ci["pretrained"]) == ("tf_efficientnet_lite2", 64, 1, "offline")
-    assert course.run_settings("07_high_resolution", "hires", "ci")["image_size"] == 80
-    stage2 = course.run_settings("05_two_stage", "stage2", "full")
-    assert stage2["start_from"] == course.Ref("05_two_stage", "stage1") and stage2["lr"] == 1e-4
-    assert course.trained_runs("08_ensemble", "demo") == [] and course.trained_runs("08_ensemble", "full") == ["b4", "resnet101"]
-    assert course.required_runs("06_tta", "ci") == [course.Ref("05_two_stage", "stage2")]
-    assert course.required_runs("09_distillation", "demo") == [course.Ref("01_baseline", "baseline"),
-                                                               course.Ref("07_high_resolution", "hires")]
-    assert course.parameter_comment("01_baseline", "baseline", "epochs") == "full: 50 · demo: 4 · ci: 1"
-    with pytest.raises(UserError, match="Unknown profile"):
-        course.run_settings("01_baseline", "baseline", "fast")
-    with pytest.raises(UserError, match="not trained in the demo profile"):
-        course.run_settings("08_ensemble", "b4", "demo")
-
-
-def test_course_config_applies_parameters_and_resumes_automatically(tmp_path):
+def test_course_config_takes_the_notebooks_settings_and_resumes_automatically(tmp_path):
     c = course.Course("01_baseline", "demo", output_dir=str(tmp_path / "course"), ledger=str(tmp_path / "l.csv"))
-    cfg = c.config("baseline", epochs=2, lr=None, batch_size=None)
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.image_size) == (2, 3e-3, 32, 112)
+    cfg = c.config("baseline", dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=112, epochs=2))
+    assert (cfg.epochs, cfg.image_size, cfg.num_workers) == (2, 112, 0)  # the demo profile's machine: no workers
     assert cfg.resume == "auto" and Path(cfg.output_dir) == tmp_path / "course" / "models" / "01_baseline" / "baseline"
     assert Path(cfg.data_dir) == TINY
     with pytest.raises(UserError, match="Did you mean epochs"):
-        c.config("baseline", epoch=3)
+        c.config("baseline", {"epoch": 3})
     with pytest.raises(UserError, match="--epochs must be a positive integer"):
-        c.config("baseline", epochs=0)
-    table = c.describe(cfg)
-    assert table.loc["epochs"].tolist() == ["2", "50"] and table.loc["backbone"].tolist()[1] == "efficientnet_b0"
+        c.config("baseline", {"epochs": 0})
+    stage = c.config("stage2", {"epochs": 2}, start_from=tmp_path / "stage1")
+    assert stage.resume == str(tmp_path / "stage1" / "best.pt")  # a new stage from another run's weights
+
+
+def test_rehearsal_settings_keep_the_chain_and_shrink_the_work(tmp_path):
+    c = course.Course("08_ensemble", "full", output_dir=str(tmp_path), rehearse=True)
+    cfg = c.config("b4", dict(backbone="efficientnet_b4", pretrained="hub", image_size=380, batch_size=12, epochs=150,
+                              warmup_epochs=5, scheduler="cosine_restart", restart_epochs=3, seed=123))
+    assert (cfg.backbone, cfg.pretrained, cfg.image_size, cfg.epochs, cfg.max_steps, cfg.seed) == \
+        ("efficientnet_b4", "none", 95, 1, 2, 123)
+    assert (cfg.batch_size, cfg.warmup_epochs, cfg.restart_epochs) == (8, 0.5, 1)
+    assert Path(cfg.data_dir) == ROOT / "data" / "food-101-thumbs"
+    assert len(c.class_names()) == 101
 
 
 def test_a_notebook_whose_input_run_is_missing_says_which_to_run(tmp_path):
     c = course.Course("06_tta", "demo", output_dir=str(tmp_path))
     with pytest.raises(UserError, match="needs the 'stage2' model of 05_two_stage.*--only 05,06"):
         c.require("05_two_stage", "stage2")
-    stage2 = course.Course("05_two_stage", "demo", output_dir=str(tmp_path))
-    with pytest.raises(UserError, match="needs the 'stage1' model"):
-        stage2.config("stage2")
 
 
-def test_results_put_measured_numbers_beside_the_plans(tmp_path):
+def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_path):
     path = tmp_path / "ledger.csv"
-    ledger.append(path, {"course": "old", "profile": "demo", "phase": "3.1", "test_top1": 61.0})
+    ledger.append(path, {"course": "old", "profile": "demo", "phase": "3.1", "test_top1": 61.0, "test_n": 150})
     ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "baseline", "test_top1": 60.0,
-                         "backbone": "tf_efficientnet_lite0", "image_size": 112})
+                         "test_n": 150, "backbone": "tf_efficientnet_lite0", "image_size": 112, "epochs": 4})
     ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "2.1", "test_top1": 66.0,
-                         "reference_top1": 60.0})
+                         "test_n": 150, "reference_top1": 60.0})
+    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "5.1", "technique": "Linear probe",
+                         "test_top1": 90.0, "test_n": 150, "reference_top1": 66.0})  # a notebook added later
     c = course.Course("10_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
     table = c.results().set_index("phase")
-    assert list(table.index) == [p.key for p in course.ROADMAP]
+    assert list(table.index) == [*course.ROADMAP, "5.1"] and table.loc["5.1", "technique"] == "Linear probe"
     assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)
-    assert table.loc["2.1", "plan: top-1"] == "82-86%" and table.loc["baseline", "model"] == "tf_efficientnet_lite0 @112"
+    assert (table.loc["2.1", "95% low"], table.loc["2.1", "95% high"]) == pytest.approx(analysis.wilson(66.0, 150))
+    assert table.loc["2.1", "gain is"] == "within noise" and table.loc["5.1", "gain is"] == "real"
+    assert table.loc["2.1", "plan: top-1"] == "82-86%"
+    assert table.loc["baseline", "trained"] == "tf_efficientnet_lite0 @112, 4 epochs"
+    assert table.loc["baseline", "technique"] == "Baseline"  # the plan's B0 recipe is its own column
     assert table.loc["3.1", "source"] == "an earlier course run" and table.loc["4.2", "source"] == "not measured"
     paths = c.save_results(c.results())
-    assert "| 2.1 | Upgrade to B3, 100 epochs |" in paths["markdown"].read_text()
+    markdown = paths["markdown"].read_text()
+    assert "| 2.1 | Upgrade to B3 | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
+    with pytest.raises(UserError, match="not in the plan's roadmap"):
+        c.record("5.2", tmp_path, {"top1": 1.0})
     fig = plots.roadmap_table(c.results(), folder=tmp_path, name="table")
     _png(tmp_path / "table.png")
     plots.roadmap_chart(c.results(), folder=tmp_path, name="chart")
@@ -311,6 +353,29 @@ def test_lr_schedule_from_a_checkpoint_saved_mid_epoch(tmp_path):
 
     cfg = TrainConfig(epochs=4, warmup_epochs=1, lr=1e-2)
     torch.save({"config": _config_dict(cfg), "epoch": 2, "step": 5, "num_updates": 25}, tmp_path / "last.pt")
-    x, lr = plots.lr_schedule(tmp_path)
+    x, lr = engine.lr_schedule(tmp_path)
     assert len(x) == 31 and x[-1] == 3.0 and x[10] == 1.0
     assert int(np.argmax(lr)) == 9  # the warmup rises for exactly one epoch, steps 0-9
+
+
+def test_averaged_shows_each_members_probabilities_and_their_mean(predictions):
+    table = analysis.averaged({"view 1": predictions, "view 2": predictions}, predictions, photo=2, top=2)
+    assert list(table.index) == ["view 1", "view 2", "mean"] and table.columns.name == f"true class: {A}"
+    assert list(table.columns) == [B, A] and table.loc["mean", B] == pytest.approx(90.0)  # row 3: A -> B at 0.9
+    assert (table.loc["view 1"] == table.loc["mean"]).all()
+
+
+def test_stage_one_freezes_the_backbone_and_stage_two_splits_the_learning_rates():
+    import torch
+
+    from helpers.config import TrainConfig
+
+    cfg = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", freeze_backbone=True, lr=1e-2)
+    model, _ = engine.build_model(cfg, 10, None, torch.device("cpu"))
+    params = analysis.parameter_table(model)
+    assert params.loc["backbone", "trainable"] == 0 and params.loc["head", "trainable"] == 1280 * 10 + 10
+    stage2 = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", lr=1e-3, backbone_lr_ratio=0.1)
+    model, _ = engine.build_model(stage2, 10, None, torch.device("cpu"))
+    groups = analysis.optimizer_groups(engine.make_optimizer(model, stage2, torch.device("cpu")))
+    assert groups.loc["head", "lr"] == pytest.approx(1e-3) and groups.loc["backbone", "lr"] == pytest.approx(1e-4)
+    assert groups["parameters"].sum() == sum(p.numel() for p in model.parameters())

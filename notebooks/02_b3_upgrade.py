@@ -1,0 +1,105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+
+# %% [markdown]
+# # 02 · A larger backbone: EfficientNet-B3 at 300 px (and ResNet-50)
+#
+# **Technique.** EfficientNet scales depth, width and input resolution together: B3 has about 12M parameters
+# (B0: 4.8M) and is meant for 300 px inputs, so the model sees finer texture, which is what separates many
+# dishes. The plan's alternative is a ResNet-50 at 224 px.
+#
+# **What the plan expects.** B3 for 100 epochs at batch 16: +5-7% over the baseline (82-87%), the largest single
+# gain of the roadmap. ResNet-50 for 100 epochs at batch 20: +4-6% (80-85%).
+#
+# **Demo profile.** `tf_efficientnet_lite2` (the largest offline model) at 128 px stands in for B3 and
+# `tf_efficientnet_lite1` at 112 px for ResNet-50.
+
+# %% tags=["parameters"]
+profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
+data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
+ledger = None  # None: runs/ledger.csv, the results ledger of every run
+rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
+# The run's settings in each profile (any TrainConfig field): full is the plan's, demo a CPU-sized stand-in.
+SETTINGS = {
+    "full": {"b3": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=100),
+             "resnet50": dict(backbone="resnet50", pretrained="hub", image_size=224, batch_size=20, epochs=100)},
+    "demo": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=4,
+                        warmup_epochs=0.5),
+             "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=112, batch_size=32,
+                              epochs=4, warmup_epochs=0.5)},
+    "ci": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32, epochs=1,
+                      warmup_epochs=0.5),
+           "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=64, batch_size=32,
+                            epochs=1, warmup_epochs=0.5)},
+}
+TECHNIQUE = dict(augment="basic", lr=3e-3)  # the baseline's recipe: only the backbone changes
+train_alternative = True  # False: skip the ResNet-50 alternative (2.2)
+overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+
+# %%
+import helpers
+from helpers import course, plots, widgets
+
+c = course.Course("02_b3_upgrade", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+                  rehearse=rehearse)
+b3 = c.config("b3", {**SETTINGS[profile]["b3"], **TECHNIQUE, **overrides})
+b3
+
+# %% [markdown]
+# ## Train the larger backbone
+# A re-run after a crash continues from the last checkpoint.
+
+# %%
+helpers.train(b3)
+runs = {f"B3 ({b3.backbone} @{b3.image_size})": b3.output_dir}  # the model this profile uses for it
+if train_alternative:
+    alternative = c.config("resnet50", {**SETTINGS[profile]["resnet50"], **TECHNIQUE, **overrides})
+    helpers.train(alternative)
+    runs[f"ResNet-50 alternative ({alternative.backbone} @{alternative.image_size})"] = alternative.output_dir
+plots.training_curves(runs, title="02 · B3 and the alternative", folder=c.figures, name="02_training_curves")
+
+# %% [markdown]
+# ## Did it help?
+# Test top-1 of each model, against the baseline of `01` when it ran in this output folder. The bars are 95% intervals over the test photos: a gain inside them is noise.
+
+# %%
+tests = {label: c.evaluate(run) for label, run in runs.items()}
+baseline = c.test_result("01_baseline", "baseline")
+plots.compare_top1({"baseline (01)": baseline, **tests}, highlight=next(iter(runs)),
+                   title="02 · Test top-1 against the baseline", folder=c.figures, name="02_compare")
+
+# %%
+test = tests[next(iter(runs))]  # B3
+plots.confusion_matrix(test["predictions"], title="02 · B3", folder=c.figures, name="02_confusion_matrix")
+
+# %%
+plots.top_confusions(test["predictions"], folder=c.figures, name="02_top_confusions")
+
+# %%
+plots.failure_gallery(test["predictions"], n=12, title="02 · B3", folder=c.figures, name="02_failures")
+
+# %%
+c.record("2.1", b3.output_dir, test, reference_top1=baseline["top1"])
+if train_alternative:
+    c.record("2.2", alternative.output_dir, tests[list(runs)[1]], reference_top1=baseline["top1"])
+
+# %% [markdown]
+# Pick a class or a confused pair and page through the B3 model's failures (after the training cells: a widget
+# cannot respond while a cell below it trains):
+
+# %%
+widgets.failure_explorer(test["predictions"])

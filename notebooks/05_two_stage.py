@@ -1,0 +1,118 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+
+# %% [markdown]
+# # 05 · Two-stage training with discriminative learning rates
+#
+# **Technique.** A new head on a pretrained backbone starts random, and its large early gradients flow into the
+# backbone and damage the features it came with. So:
+# - **stage 1** freezes the backbone and trains only the head (the plan: 10 epochs at lr 1e-3);
+# - **stage 2** starts from stage 1's weights and trains everything at a lower rate (the plan: 100 epochs at lr
+#   1e-4, with mixup and CutMix), the backbone at a tenth of the head's rate (**3.6 discriminative learning
+#   rates**: early layers hold generic features that need little change).
+#
+# The plan's stage 2 uses `--resume checkpoint.pt`, and so does this one: `resume=<stage 1>/best.pt` with other
+# settings starts a new run from stage 1's weights (head included), with its own optimizer and schedule. Once stage
+# 2 has its own checkpoint, a re-run continues stage 2 instead.
+#
+# **What the plan expects.** +2-3% for two-stage training and +1-2% for discriminative rates (the table: +2%).
+#
+# **Demo profile.** lite2 at 128 px: 2 frozen epochs at lr 1e-2, then 4 epochs at lr 1e-3.
+
+# %% tags=["parameters"]
+profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
+data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
+ledger = None  # None: runs/ledger.csv, the results ledger of every run
+rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
+# The run's settings in each profile (any TrainConfig field): full is the plan's, demo a CPU-sized stand-in.
+SETTINGS = {
+    "full": {"stage1": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=10,
+                            lr=1e-3),
+             "stage2": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=100,
+                            lr=1e-4)},
+    "demo": {"stage1": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32,
+                            epochs=2, lr=1e-2, warmup_epochs=0.5),
+             "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32,
+                            epochs=4, lr=1e-3, warmup_epochs=0.5)},
+    "ci": {"stage1": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32,
+                          epochs=1, lr=1e-2, warmup_epochs=0.5),
+           "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32,
+                          epochs=1, lr=1e-3, warmup_epochs=0.5)},
+}
+STAGE1 = dict(freeze_backbone=True, augment="advanced")  # only the new head learns
+STAGE2 = dict(augment="advanced", mixup=True, cutmix=True, backbone_lr_ratio=0.1,  # 3.6: backbone at lr / 10
+              head_warmup_epochs=0)  # its head is trained already
+overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+
+# %%
+import helpers
+from helpers import analysis, course, engine, plots
+from helpers.utils import get_device
+
+c = course.Course("05_two_stage", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+                  rehearse=rehearse)
+stage1 = c.config("stage1", {**SETTINGS[profile]["stage1"], **STAGE1, **overrides})
+stage1
+
+# %% [markdown]
+# ## Stage 1: only the head learns
+# The model as the trainer builds it for stage 1 (`engine.build_model`): which parameters are frozen.
+
+# %%
+model, _ = engine.build_model(stage1, len(c.class_names()), state=None, device=get_device("cpu"))
+analysis.parameter_table(model)
+
+# %% [markdown]
+# A re-run after a crash continues from the last checkpoint.
+
+# %%
+helpers.train(stage1)
+
+# %% [markdown]
+# ## Stage 2: everything learns, the backbone ten times slower
+# Stage 2 starts from stage 1's best weights (`start_from`) with its own optimizer. Its optimizer groups, as the
+# trainer builds them (`engine.make_optimizer`): the backbone at a tenth of the head's rate, no weight decay on
+# biases and norm weights.
+
+# %%
+stage2 = c.config("stage2", {**SETTINGS[profile]["stage2"], **STAGE2, **overrides}, start_from=stage1.output_dir)
+model, _ = engine.build_model(stage2, len(c.class_names()), state=None, device=get_device("cpu"))
+analysis.optimizer_groups(engine.make_optimizer(model, stage2, get_device("cpu")))
+
+# %%
+helpers.train(stage2)
+plots.training_curves({"stage 1 (frozen backbone)": stage1.output_dir, "stage 2 (fine-tuning)": stage2.output_dir},
+                      sequential=True, title="05 · Two-stage training", folder=c.figures, name="05_training_curves")
+
+# %%
+tests = {"stage 1": c.evaluate(stage1.output_dir), "stage 2": c.evaluate(stage2.output_dir)}
+one_stage = c.test_result("04_mixup_cutmix", "mixup")
+plots.compare_top1({"one stage (04)": one_stage, **tests}, highlight="stage 2",
+                   title="05 · Test top-1: one stage against two", folder=c.figures, name="05_compare")
+
+# %%
+test = tests["stage 2"]
+plots.confusion_matrix(test["predictions"], title="05 · Two-stage", folder=c.figures, name="05_confusion_matrix")
+
+# %%
+plots.top_confusions(test["predictions"], folder=c.figures, name="05_top_confusions")
+
+# %%
+plots.failure_gallery(test["predictions"], n=12, title="05 · Two-stage", folder=c.figures, name="05_failures")
+
+# %%
+c.record("3.5", stage2.output_dir, test, reference_top1=one_stage["top1"])

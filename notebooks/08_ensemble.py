@@ -1,0 +1,107 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+
+# %% [markdown]
+# # 08 · Ensemble
+#
+# **Technique.** Average the softmax outputs of several different models; each one runs with its own
+# preprocessing and input size. Models that err on different photos cancel out each other's mistakes, so the
+# diversity of the members (architecture, resolution, seed) matters more than their number.
+#
+# **What the plan expects.** B3 (seed 42), B4 at 380 px (seed 123) and ResNet-101 (seed 456), 150 epochs each:
+# +2-4% (the table: +2%, to 95.5-99.5%), about 30 more hours. The full profile trains B4 and ResNet-101 here and
+# takes the B3 of `07` as the first member.
+#
+# **Demo profile.** No new training: the members are the lite2 of `07`, the lite1 of `02` and the lite2 of `04`.
+
+# %% tags=["parameters"]
+profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
+data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
+ledger = None  # None: runs/ledger.csv, the results ledger of every run
+rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
+# The members trained here (full profile only: demo and ci reuse earlier runs).
+SETTINGS = {
+    "full": {"b4": dict(backbone="efficientnet_b4", pretrained="hub", image_size=380, batch_size=12, epochs=150,
+                        seed=123, augment="basic"),
+             "resnet101": dict(backbone="resnet101", pretrained="hub", image_size=224, batch_size=16, epochs=150,
+                               seed=456, augment="basic")},
+    "demo": {},
+    "ci": {},
+}
+# The members averaged: (notebook, run). Full: the plan's three models; demo, ci: three earlier runs.
+MEMBERS = {
+    "full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
+    "demo": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
+    "ci": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
+}
+overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+
+# %%
+import helpers
+from helpers import analysis, course, plots
+
+c = course.Course("08_ensemble", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+                  rehearse=rehearse)
+to_train = [c.config(run, {**settings, **overrides}) for run, settings in SETTINGS[profile].items()]
+[cfg.backbone for cfg in to_train]
+
+# %% [markdown]
+# ## Train the new members (full profile)
+# A re-run after a crash continues each from its last checkpoint.
+
+# %%
+for cfg in to_train:
+    helpers.train(cfg)
+member_runs = [c.require(notebook, run) for notebook, run in MEMBERS[profile]]
+member_runs
+
+# %% [markdown]
+# ## Members against the ensemble
+# Each member runs with its own preprocessing and input size; their softmax outputs are averaged.
+
+# %%
+result = c.ensemble(member_runs)
+plots.ensemble_vs_members(result, folder=c.figures, name="08_ensemble_vs_members")
+
+# %% [markdown]
+# The averaging on one test photo: each member's probabilities of the classes the mean ranks highest (percent):
+
+# %%
+member_tests = {f"member {i}: {m['backbone']}": c.evaluate(m["model"]) for i, m in enumerate(result["members"], 1)}
+analysis.averaged({label: t["predictions"] for label, t in member_tests.items()}, result["predictions"],
+                  label="ensemble (mean)")
+
+# %% [markdown]
+# ## What the ensemble changed
+# Against its best member: photos it fixed and photos it broke.
+
+# %%
+best_test = max(member_tests.values(), key=lambda t: t["top1"])  # evaluated above, each on its own
+plots.prediction_changes(best_test["predictions"], result["predictions"], labels=("best member", "ensemble"),
+                         folder=c.figures, name="08_changes")
+
+# %%
+plots.confusion_matrix(result["predictions"], title="08 · Ensemble", folder=c.figures, name="08_confusion_matrix")
+
+# %%
+plots.top_confusions(result["predictions"], folder=c.figures, name="08_top_confusions")
+
+# %%
+plots.failure_gallery(result["predictions"], n=12, title="08 · Ensemble", folder=c.figures, name="08_failures")
+
+# %%
+c.record("4.2", member_runs, result, reference_top1=best_test["top1"])

@@ -1,0 +1,68 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+
+# %% [markdown]
+# # 10 · Results: the plan's roadmap, measured
+#
+# Every notebook appended its final numbers to the results ledger (one CSV for all runs). This notebook reads
+# it and puts the measured test top-1 of each phase beside what the plan expects. The measured gain of each
+# phase is taken against the run it builds on (the "gain against" column), not against the plan's cumulative
+# sum.
+#
+# Read the demo profile's numbers with care: 10 classes and 150 test photos (one photo is 0.7 points), a few
+# epochs, stand-in models at half the resolution. They show that the pipeline works and what each picture
+# looks like, not what the techniques are worth on Food-101. Only the full profile measures that.
+
+# %% tags=["parameters"]
+profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
+data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
+ledger = None  # None: runs/ledger.csv, the results ledger of every run
+rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
+
+# %%
+from helpers import analysis, course, plots
+
+c = course.Course("10_results", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+                  rehearse=rehearse)
+table = c.results()
+print(f"ledger {c.ledger_path}, course run {c.output_dir}")
+analysis.format_table(table.drop(columns=["in plan table"]))
+
+# %% [markdown]
+# Every measured top-1 carries its 95% interval (Wilson, over the test photos): on 150 photos one photo is 0.7
+# points and the interval is about ±7 points wide. A gain whose reference lies inside the measured interval is
+# marked "within noise": it may be real, but this test set cannot tell.
+
+# %%
+plots.roadmap_table(table, title=f"The plan's roadmap with the measured numbers ({profile} profile)",
+                    folder=c.figures, name="10_roadmap_table")
+
+# %%
+plots.roadmap_chart(table, title=f"Expected (plan, Food-101) against measured ({profile} profile)",
+                    folder=c.figures, name="10_roadmap")
+
+# %%
+c.save_results(table)
+
+# %% [markdown]
+# Every ledger row of this profile, newest last (all course runs):
+
+# %%
+from helpers import ledger
+
+history = ledger.read(c.ledger_path)
+analysis.format_table(history[history["profile"].astype(str) == profile].tail(30))
