@@ -389,7 +389,9 @@ def make_loader(
     Workers stay alive between epochs (the sampler runs in the main process), and with `pin_memory` batches
     come in page-locked memory so host-to-device copies can be non-blocking.
     """
-    workers = default_num_workers() if num_workers < 0 else num_workers
+    from .utils import workers_for_open_files
+
+    workers = workers_for_open_files(default_num_workers() if num_workers < 0 else num_workers)
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,

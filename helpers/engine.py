@@ -38,7 +38,9 @@ from tqdm.auto import tqdm
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
 from .data import ImageDataset, index_seed, load_splits, make_loader
-from .inference import load_trained, predict_logits, to_model_input
+from .inference import check_classes, load_trained, predict_logits, to_model_input
+from .io import atomic_write_text
+from .lock import locked_output
 from .losses import kd_loss
 from .metrics import Sums, append_row, topk_correct, truncate_rows
 from .models import create_model, data_config, freeze_backbone, grow_head, param_groups, set_train_mode
@@ -267,9 +269,12 @@ class Teacher(nn.Module):
     to its own normalisation and input size; several members return the log of their mean softmax.
     """
 
-    def __init__(self, paths: tuple[str, ...], student_data: dict, device: torch.device):
+    def __init__(self, paths: tuple[str, ...], student_data: dict, device: torch.device,
+                 class_names: list[str] | None = None):
         super().__init__()
         members = [load_trained(p, device=device) for p in paths]
+        self.columns = [check_classes(m, class_names, "the training data", use="used as a teacher")  # each member,
+                        if class_names is not None else None for m in members]  # its outputs in the student's order
         self.models = nn.ModuleList(m.model for m in members)
         self.data = [m.data_config for m in members]
         self.student = student_data
@@ -282,9 +287,10 @@ class Teacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = []
-        for model, d in zip(self.models, self.data):
+        for model, d, columns in zip(self.models, self.data, self.columns):
             xi = _convert_batch(x, self.student, d)
             logits = model(xi).float()
+            logits = logits if columns is None else logits[:, columns.to(logits.device)]
             if len(self.models) == 1:
                 return logits
             probs.append(logits.softmax(dim=1))
@@ -340,7 +346,9 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
         if cfg.resume is not None:
             _logger.info("No checkpoint of this run in %s yet: starting it from the beginning", out)
         return dataclasses.replace(cfg, resume=None), None, False
-    state = checkpoint.load(resume, prefer=checkpoint.LAST)
+    state, state_file = checkpoint.load_resume(resume)  # a damaged last.pt goes back to last.prev.pt (warning)
+    if state_file.parent.resolve() == out.resolve():
+        checkpoint.check_best(state, out)
     saved = config_from_dict(state["config"])
     if saved.backbone != cfg.backbone:
         raise UserError(
@@ -386,6 +394,7 @@ def _batch_plan(cfg: TrainConfig, model: nn.Module, image_size: int, device: tor
     return plan.micro_batch, plan.accum_steps, plan.effective_batch
 
 
+@locked_output  # one run per output folder: a second one stops with exit 2 naming this one
 def fit(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, early-stop on validation, test the best weights once. Returns the summary
     that is also written to `output_dir/summary.json`.
@@ -413,13 +422,13 @@ def fit(cfg: TrainConfig) -> dict:
     model = create_model(cfg.backbone, n_classes, pretrained="none" if (state or cfg.init_from) else cfg.pretrained,
                          drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     if state is not None:
-        model.load_state_dict(grow_head(model, state["model"]))
+        model.load_state_dict(grow_head(model, state["model"], state["class_names"], splits.class_names, cfg.resume))
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from)
         if config_from_dict(init["config"]).backbone != cfg.backbone:
             raise UserError(f"--init-from {cfg.init_from} is a {init['config']['backbone']} checkpoint, "
                             f"not {cfg.backbone}.")
-        model.load_state_dict(grow_head(model, init["model"]))
+        model.load_state_dict(grow_head(model, init["model"], init["class_names"], splits.class_names, cfg.init_from))
     if cfg.freeze_backbone:
         freeze_backbone(model)
     dcfg = data_config(model, cfg.image_size)
@@ -453,9 +462,7 @@ def fit(cfg: TrainConfig) -> dict:
     mixing = cfg.mixup or cfg.cutmix
     mixup = make_mixup(cfg, n_classes) if mixing else None
     criterion = make_criterion(mixing, cfg.label_smoothing)
-    teacher = Teacher(cfg.teacher, dcfg, device) if cfg.teacher else None
-    if teacher is not None and teacher.class_names != splits.class_names:
-        raise UserError(f"The teacher {cfg.teacher[0]} was trained on other classes than {cfg.data_dir}.")
+    teacher = Teacher(cfg.teacher, dcfg, device, class_names=splits.class_names) if cfg.teacher else None
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True) if cfg.model_ema else None  # warmup: short runs
 
     # 4. Restore
@@ -492,7 +499,7 @@ def fit(cfg: TrainConfig) -> dict:
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "run_info.json").write_text(json.dumps({**run_info(device, cfg.seed), "world_size": world}, indent=2))
+        atomic_write_text(out / "run_info.json", json.dumps({**run_info(device, cfg.seed), "world_size": world}, indent=2))
         if continuing:
             _carry_metrics(cfg.resume, out, start_epoch)
 
@@ -585,7 +592,7 @@ def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, secon
         prefix = "test" if weights == "model" else "test_ema"
         summary.update({f"{prefix}_{k}": v for k, v in test.items()})
     summary["epochs_run"] = _count_rows(out / "metrics.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _logger.info("Test top-1 %.2f%% (top-5 %.2f%%) on %d images; outputs in %s", summary.get("test_top1", float("nan")),
                  summary.get("test_top5", float("nan")), summary.get("test_n", 0), out)
     return summary
@@ -607,7 +614,7 @@ def _carry_metrics(resume: str, out: Path, completed_epochs: int) -> None:
     source = checkpoint.resolve(resume, checkpoint.LAST).parent / "metrics.csv"
     target = out / "metrics.csv"
     if source.exists() and source.resolve() != target.resolve():
-        target.write_text(source.read_text())
+        atomic_write_text(target, source.read_text(encoding="utf-8", errors="surrogateescape"))
     truncate_rows(target, completed_epochs)
 
 
@@ -622,11 +629,11 @@ def _report_bad_files(paths: set[str], out: Path) -> None:
     """Add unreadable images to out/bad_files.txt, with one warning for those not listed there yet (so a bad
     file is announced once per run, not once per epoch or per file)."""
     log = out / "bad_files.txt"
-    known = set(log.read_text().splitlines()) if log.exists() else set()
+    known = set(log.read_text(errors="surrogateescape").splitlines()) if log.exists() else set()
     new = sorted(set(paths) - known)
     if not new:
         return
-    log.write_text("\n".join(sorted(known | set(new))) + "\n")
+    atomic_write_text(log, "\n".join(sorted(known | set(new))) + "\n")
     shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
     _logger.warning("%d unreadable image(s) skipped, each replaced by the next readable one: %s. All %d are listed "
                     "in %s; --strict-data makes them an error, `python -m helpers check-data` lists every problem.",
