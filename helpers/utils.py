@@ -97,9 +97,12 @@ def _git_commit() -> str | None:
 # Open files. Each DataLoader worker holds its own libraries and pipes, and with torch's default
 # `file_descriptor` sharing every batch in flight holds file descriptors in both processes. macOS shells start
 # with `ulimit -n 256`, where a few workers end in "Too many open files".
-FDS_BASE = 128  # the main process: libraries, the dataset's files, checkpoints
-FDS_PER_WORKER = 64  # a worker's pipes and the batches in flight (prefetch_factor 4) under file_descriptor sharing
-FDS_PER_WORKER_FILE_SYSTEM = 24  # the same under file_system sharing (shared memory by name: no descriptor per batch)
+FDS_BASE = 40  # the main process: libraries, the dataset's files, checkpoints
+FDS_PER_WORKER = 24  # per worker: its pipes and batches in flight under file_descriptor sharing, train + val loaders
+FDS_PER_WORKER_FILE_SYSTEM = 12  # the same under file_system sharing (shared memory by name)
+
+
+_WARNED: set[tuple[int, int]] = set()
 
 
 def raise_open_file_limit() -> int:
@@ -145,8 +148,8 @@ def workers_for_open_files(workers: int) -> int:
                             "4096, or the hard limit of your system) to avoid this.", limit, workers)
     per_worker = FDS_PER_WORKER if mp.get_sharing_strategy() == "file_descriptor" else FDS_PER_WORKER_FILE_SYSTEM
     allowed = max(0, (limit - FDS_BASE) // per_worker)
-    if allowed < workers:
+    if allowed < workers and (limit, workers) not in _WARNED:  # once, not for each loader
+        _WARNED.add((limit, workers))
         _logger.warning("The limit of open files is %d (ulimit -n), too low for %d loader workers: using %d. Raise "
                         "the limit (ulimit -n 4096) to use more.", limit, workers, allowed)
-        return allowed
-    return workers
+    return min(workers, allowed)
