@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .config import UserError
-from .io import WriteError, atomic_path, temp_name
+from .io import WriteError, atomic_open, temp_name
 
 _logger = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ def save_atomic(state: dict[str, Any], path: str | Path, *, keep_previous: bool 
     path = Path(path)
     keep_previous = path.name == LAST if keep_previous is None else keep_previous
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save({**state, "version": VERSION}, f)
+        with atomic_open(path) as f:
+            torch.save({**state, "version": VERSION}, f)
             if keep_previous and path.is_file():
                 _keep_previous(path)
     except WriteError as exc:
-        raise CheckpointWriteError(str(exc)) from exc.__cause__
+        raise CheckpointWriteError(str(exc).replace("previous version of the file", "previous checkpoint")) \
+            from exc.__cause__
 
 
 def _keep_previous(path: Path) -> None:
@@ -131,6 +131,12 @@ def _check_state(state: Any, file: Path) -> dict[str, Any]:
     return state
 
 
+def describe_position(state: dict[str, Any]) -> str:
+    """Where a training checkpoint stands, in the log's words: "epoch 2, step 8" or "the end of epoch 1"."""
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+
+
 def load_resume(path: str | Path) -> tuple[dict[str, Any], Path]:
     """Load the checkpoint to continue a run from: `last.pt`, or, when it is damaged, `last.pt`'s previous
     version `last.prev.pt`, with a warning naming the epoch and step it goes back to.
@@ -154,8 +160,8 @@ def load_resume(path: str | Path) -> tuple[dict[str, Any], Path]:
             except DamagedCheckpointError:
                 pass
             else:
-                _logger.warning("%s Going back to the previous checkpoint %s: epoch %d, step %d (the steps after "
-                                "it are trained again).", damaged, prev, state.get("epoch", 0), state.get("step", 0))
+                _logger.warning("%s Going back to the previous checkpoint %s, at %s (the steps after it are "
+                                "trained again).", damaged, prev, describe_position(state))
                 return state, prev
         best = file.with_name(BEST)
         hint = ""

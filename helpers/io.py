@@ -1,6 +1,6 @@
 """Atomic file writes: a file is either its previous complete version or its new complete version.
 
-Every file the package writes into a run folder or a prepared dataset goes through `atomic_path` (or the
+Every file the package writes into a run folder or a prepared dataset goes through `atomic_open` or `atomic_path` (or the
 `atomic_write_bytes` / `atomic_write_text` shortcuts): the content goes to a hidden temporary file next to the
 target (`.NAME.tmp`), is flushed to disk, then renamed over the target in one step. Whatever goes wrong in
 between (a full disk, a read-only file system, missing permissions, Ctrl-C, an exception) removes the temporary
@@ -15,6 +15,7 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .config import UserError
 
@@ -64,7 +65,7 @@ def temp_name(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path` in one step.
+    """Yield a temporary path to write (for writers that take a path); on success it replaces `path` in one step.
 
     Args:
         path: the file to write (its folder must exist).
@@ -73,12 +74,33 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     Raises:
         WriteError: a disk or permission failure (the previous `path` is kept, the temporary file removed).
     """
+    with _replacing(path, durable=durable) as tmp:
+        yield tmp
+        if durable:
+            _fsync_file(tmp)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file to write; on success it is flushed to disk and replaces `path` in one step.
+
+    Raises:
+        WriteError: as `atomic_path`.
+    """
+    with _replacing(path, durable=durable) as tmp:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(path: str | Path, *, durable: bool) -> Iterator[Path]:
     path = Path(path)
     tmp = temp_name(path)
     try:
         yield tmp
-        if durable:
-            _fsync_file(tmp)
         os.replace(tmp, path)
         if durable:
             fsync_folder(path.parent)
@@ -92,10 +114,9 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` atomically (see `atomic_path`)."""
-    with atomic_path(path, durable=durable) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    """Write `data` to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path, durable=durable) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str, *, durable: bool = True) -> None:
@@ -146,5 +167,5 @@ def check_writable_folder(folder: str | Path, what: str) -> Path:
     return folder
 
 
-__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "as_write_error",
+__all__ = ["WriteError", "atomic_path", "atomic_open", "atomic_write_bytes", "atomic_write_text", "as_write_error",
            "describe_os_error", "fsync_folder", "check_writable_folder", "temp_name"]
