@@ -196,7 +196,8 @@ def check_args(args: argparse.Namespace) -> None:
                     raise UserError(f"{flag} must be >= 0 (or -1 for automatic), got {v}.")
     size = getattr(args, "image_size", None)
     if isinstance(size, int) and not 32 <= size <= config_module.MAX_IMAGE_SIZE:
-        raise UserError(f"--image-size must be from 32 to {config_module.MAX_IMAGE_SIZE} pixels, got {size}.")
+        raise UserError(f"--image-size must be an integer of at least 32 pixels (and at most "
+                        f"{config_module.MAX_IMAGE_SIZE}), got {size}.")
 
 
 def _interrupt_on_sigterm() -> None:

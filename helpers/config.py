@@ -169,7 +169,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(bs == "auto" or (isinstance(bs, int) and bs > 0),
            f"--batch-size must be a positive integer or 'auto', got {bs!r}.")
     _check(cfg.image_size is None or 32 <= cfg.image_size <= MAX_IMAGE_SIZE,
-           f"--image-size must be an integer from 32 to {MAX_IMAGE_SIZE} pixels, got {cfg.image_size!r}.")
+           f"--image-size must be an integer of at least 32 pixels (and at most {MAX_IMAGE_SIZE}), "
+           f"got {cfg.image_size!r}.")
     _check(0 < cfg.val_fraction < 0.5, f"--val-fraction must be between 0 and 0.5, got {cfg.val_fraction}.")
     _check(0 < cfg.test_fraction < 0.9, f"--test-fraction must be between 0 and 0.9, got {cfg.test_fraction}.")
     _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}.")

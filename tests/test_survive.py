@@ -127,19 +127,39 @@ def test_the_lock_is_released_when_the_holder_returns_or_raises_in_the_same_proc
 # A real full disk
 
 
-@pytest.fixture()
-def tmpfs(tmp_path):
-    """A real tmpfs of 100 MB (mounting needs root: CI runs as root and must not skip)."""
-    mount = tmp_path / "fs"
+def _mount_tmpfs(mount: Path, options: str) -> None:
+    """Mount a real tmpfs (needs root: CI runs as root and must not skip; elsewhere the test is skipped)."""
     mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mount)], capture_output=True,
-                         text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True)
     if res.returncode != 0:
         if os.environ.get("CI") == "true":
             pytest.fail(f"mounting a tmpfs failed in CI: {res.stderr}")
         pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """A real tmpfs of 100 MB."""
+    mount = tmp_path / "fs"
+    _mount_tmpfs(mount, "size=100m")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@linux_only
+def test_a_read_only_disk_is_exit_2_before_any_work(micro, baseline, tmp_path, capsys):
+    mount = tmp_path / "ro"
+    _mount_tmpfs(mount, "ro,size=1m")
+    try:
+        assert main(["train", *_args(micro, mount / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "Read-only file system" in err and "read-only" in err, err
+        assert main(["evaluate", "--checkpoint", str(baseline.result()), "--data-dir", str(micro), "--num-workers",
+                     "0", "--predictions", str(mount / "p.csv")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "Read-only file system" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(folder: Path) -> Path:
