@@ -6,6 +6,7 @@ The test split is evaluated once at the end and never chooses anything.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -35,6 +36,19 @@ class Splits:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
+
+    def fingerprint(self) -> str:
+        """A hash of every split's images (class folder and file name, not the root, so a moved dataset keeps it)
+        and labels: a resumed run checks that it continues on the data it started on."""
+        if "_fingerprint" in self.__dict__:  # computed once: the lists do not change during a run
+            return self.__dict__["_fingerprint"]
+        digest = hashlib.sha1("\n".join(self.class_names).encode("utf-8", "surrogateescape"))
+        for split in (self.train, self.val, self.test):
+            for path, label in split:
+                digest.update(f"{'/'.join(Path(path).parts[-2:])}\t{label}\n".encode("utf-8", "surrogateescape"))
+            digest.update(b"--\n")
+        self.__dict__["_fingerprint"] = digest.hexdigest()
+        return self.__dict__["_fingerprint"]
 
     def get(self, split: str) -> list[Sample]:
         if split not in ("train", "val", "test"):

@@ -42,7 +42,7 @@ from .inference import check_classes, load_trained, predict_logits, to_model_inp
 from .io import atomic_write_text
 from .lock import locked_output
 from .losses import kd_loss
-from .metrics import Sums, append_row, topk_correct, truncate_rows
+from .metrics import Sums, append_row, read_rows, topk_correct, truncate_rows
 from .models import create_model, data_config, freeze_backbone, grow_head, param_groups, set_train_mode
 from .utils import amp_dtype, autocast, get_device, peak_memory_mb, reset_peak_memory, run_info, seed_everything
 
@@ -362,6 +362,8 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
             "the run folder or its last.pt, or start a new run from these weights with --init-from."
         )
     source_dir = checkpoint.resolve(resume, checkpoint.LAST).parent.resolve()
+    if continuing and (source_dir / "metrics.csv").is_file():
+        read_rows(source_dir / "metrics.csv")  # a damaged log stops here, before any file is written
     if not continuing and source_dir == out.resolve():
         changed = [k for k, v in dataclasses.asdict(cfg).items()
                    if k not in RUNTIME_FIELDS and dataclasses.asdict(saved)[k] != v]
@@ -412,6 +414,10 @@ def fit(cfg: TrainConfig) -> dict:
             f"--resume {cfg.resume} was trained on {len(state['class_names'])} classes, {cfg.data_dir} has "
             f"{n_classes}. Resume on the same dataset, or start a new run with --init-from."
         )
+    if state is not None and continuing and state.get("data_fingerprint", splits.fingerprint()) != splits.fingerprint():
+        raise UserError(f"The images of {cfg.data_dir} (or its train/val/test split) changed since {cfg.resume} was "
+                        "saved: continuing would not be the same run. Resume on the data it started on, or start a new "
+                        "stage from its weights with --init-from and another --output-dir.")
     world = dist_info.world_size
     if cfg.batch_size != "auto" and cfg.batch_size % (cfg.grad_accum_steps * world):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum-steps x processes "
@@ -514,7 +520,7 @@ def fit(cfg: TrainConfig) -> dict:
             "epoch": epoch, "step": step, "num_updates": run.num_updates, "best": best, "finished": finished,
             "train_sums": all_sums, "config": _config_dict(cfg),
             "batch_plan": {"micro_batch": micro_batch, "accum_steps": accum_steps, "effective_batch": batch_size},
-            "class_names": splits.class_names, "data_config": dcfg,
+            "class_names": splits.class_names, "data_config": dcfg, "data_fingerprint": splits.fingerprint(),
         }, out / checkpoint.LAST)
 
     _logger.info("Training %s on %d images (%d val, %d test), %d classes, %s, batch %d, %d steps/epoch",

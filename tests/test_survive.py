@@ -308,3 +308,42 @@ def test_a_low_open_file_limit_with_workers(micro, tmp_path, soft, hard, workers
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, preexec_fn=_limited(soft, hard))
     assert res.returncode == 0, res.stderr[-3000:]
     assert expect in res.stderr and "Too many open files" not in res.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resumes whose files or inputs changed since the crash
+
+
+def test_a_damaged_metrics_log_on_resume_is_one_paragraph_and_changes_nothing(micro, baseline, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(baseline.result(), out)
+    (out / "metrics.csv").write_bytes(b"\0\0\0garbage,\xff\n1,2\n")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["train", *_args(micro, out), "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "metrics.csv is damaged" in err and "move metrics.csv away" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_resume_on_changed_images_is_refused(micro, baseline, tmp_path, capsys):
+    out, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(baseline.result(), out)
+    shutil.copytree(micro, data)
+    (out / checkpoint.LAST).unlink()  # back to the mid-epoch checkpoint (last.prev.pt), so the run continues
+    train = (data / "meta" / "train.txt").read_text().split()
+    (data / "meta" / "train.txt").write_text("\n".join(train[1:]) + "\n")  # one training photo fewer
+    assert main(["train", *_args(data, out), "--resume", str(out / checkpoint.PREVIOUS)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "changed since" in err, err
+
+
+def test_a_run_whose_best_checkpoint_disappeared_writes_a_new_one(micro, baseline, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(baseline.result(), out)
+    (out / checkpoint.BEST).unlink()
+    (out / checkpoint.LAST).write_bytes(b"")  # back to epoch 2, step 8
+    caplog.set_level("WARNING")
+    assert main(["train", *_args(micro, out), "--resume", "auto"]) == 0
+    assert "best.pt of epoch" in caplog.text and "is missing" in caplog.text
+    assert checkpoint.load(out / checkpoint.BEST)["epoch"] == 2  # the final test names the weights it used
+    assert json.loads((out / "summary.json").read_text())["best_epoch"] == 2
