@@ -109,8 +109,14 @@ def _torch_load(file: Path) -> Any:
 
 def _damaged(file: Path, exc: BaseException) -> str:
     size = file.stat().st_size if file.exists() else 0
-    return (f"{file} is not a readable checkpoint ({size} bytes; {type(exc).__name__}: {str(exc)[:120]}). It is "
-            "damaged (truncated or overwritten) or not a checkpoint.")
+    with open(file, "rb") as f:
+        head = f.read(1 << 16)
+    if size == 0 or not head.strip(b"\0"):
+        what = f"{size} bytes, all zero" if size else "an empty file"
+    else:
+        what = f"{size} bytes; {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    return (f"{file} is not a readable checkpoint ({what}). It is damaged (truncated or overwritten) or not a "
+            "checkpoint.")
 
 
 def load(path: str | Path, prefer: str = BEST) -> dict[str, Any]:

@@ -38,10 +38,12 @@ class WriteError(UserError):
     """A file could not be written (disk full, read-only, permissions); the previous file is kept."""
 
 
-def describe_os_error(exc: OSError, path: str | Path) -> str:
-    """One paragraph for a failed write of `path`: what happened and what to do."""
+def describe_os_error(exc: OSError, path: str | Path, *, folder: bool = False) -> str:
+    """One paragraph for a failed write of `path` (or creation of the folder `path`): what happened, what to do."""
     reason = exc.strerror or str(exc)
-    advice = _ADVICE.get(exc.errno or 0, "fix the cause")
+    advice = _ADVICE.get(exc.errno or 0, "check that the path is right and on a disk you can write to")
+    if folder:
+        return f"Could not create the folder {path} ({reason}): {advice}. Nothing was written."
     return (f"Could not write {path} ({reason}): {advice}. The previous version of the file is kept and no "
             "temporary file is left behind; after the fix, run the same command again (training: with --resume "
             "auto, which continues from the last checkpoint).")
@@ -146,26 +148,5 @@ def fsync_folder(folder: str | Path) -> None:
         os.close(fd)
 
 
-def check_writable_folder(folder: str | Path, what: str) -> Path:
-    """Create `folder` if needed and check that files can be created in it, before any work starts.
-
-    Raises:
-        WriteError: it cannot be created or written (read-only disk, permissions, a file in the way).
-    """
-    folder = Path(folder)
-    if str(folder).strip() == "":
-        raise UserError(f"{what} is empty. Give a folder path.")
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} {folder} is a file. Give a folder (it is created when missing).")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise WriteError(describe_os_error(exc, folder)) from exc
-    return folder
-
-
 __all__ = ["WriteError", "atomic_path", "atomic_open", "atomic_write_bytes", "atomic_write_text", "as_write_error",
-           "describe_os_error", "fsync_folder", "check_writable_folder", "temp_name"]
+           "describe_os_error", "fsync_folder", "temp_name"]

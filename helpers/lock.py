@@ -58,7 +58,7 @@ def _is_main_rank() -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | Path, what: str = "this folder") -> Iterator[Path | None]:
+def run_lock(folder: str | Path, what: str | None = None) -> Iterator[Path | None]:
     """Hold the lock of `folder` (created when missing) for the `with` block.
 
     Args:
@@ -69,18 +69,19 @@ def run_lock(folder: str | Path, what: str = "this folder") -> Iterator[Path | N
         FolderBusyError: another live process holds it (one paragraph naming that process; exit code 2).
     """
     folder = Path(folder)
+    what = what or str(folder)
     if fcntl is None or not _is_main_rank():
         yield None
         return
     from .io import WriteError, describe_os_error
 
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} {folder} is a file. Give a folder (it is created when missing).")
+        raise UserError(f"{what} is a file. Give a folder (it is created when missing).")
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WriteError(describe_os_error(exc, folder)) from exc
+        raise WriteError(describe_os_error(exc, folder, folder=True)) from exc
     lock_file = folder / LOCK_NAME
     fd = _acquire(lock_file, what)
     try:
