@@ -336,7 +336,18 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
         resume = str(out) if (out / checkpoint.LAST).is_file() else None
     if resume is None:
         if (out / checkpoint.LAST).exists() or (out / "config.yaml").exists():
-            if cfg.resume is None or not _same_run_started(out, cfg):
+            no_weights = not any((out / n).exists() for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST))
+            if cfg.resume is not None and _same_run_started(out, cfg):
+                pass
+            elif no_weights and cfg.resume == "auto":  # e.g. a NaN at step 2: nothing to keep, start over as asked
+                _logger.warning("%s holds a run that stopped before its first checkpoint, with other settings: "
+                                "starting over with these settings", out)
+            elif no_weights:
+                raise UserError(
+                    f"{out} holds a run that stopped before its first checkpoint. Add --resume auto to start it over "
+                    "(with these settings), or choose another --output-dir."
+                )
+            else:
                 raise UserError(
                     f"{out} already holds another run. Continue it with --resume {out} and its settings, or choose "
                     "another --output-dir."

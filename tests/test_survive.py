@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import checkpoint
 from helpers.cli import main
@@ -121,6 +122,14 @@ def test_the_lock_is_released_when_the_holder_returns_or_raises_in_the_same_proc
         with pytest.raises(RuntimeError, match="boom"):
             failing(cfg)
     assert sorted(p.name for p in folder.iterdir()) == ["partial.txt"]
+
+    from helpers.inference import write_predictions
+
+    with run_lock(folder):  # a run trains into the folder: evaluate --predictions there is refused
+        with pytest.raises(FolderBusyError, match="the folder of --predictions"):
+            write_predictions(folder / "p.csv", [("a.jpg", 0)], torch.tensor([[0.7, 0.3]]), ["x", "y"])
+    write_predictions(folder / "p.csv", [("a.jpg", 0)], torch.tensor([[0.7, 0.3]]), ["x", "y"])
+    assert (folder / "p.csv").read_text().splitlines()[1] == "a.jpg,x,x,0.70000,0.70000,0.30000"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,3 +356,13 @@ def test_a_run_whose_best_checkpoint_disappeared_writes_a_new_one(micro, baselin
     assert "best.pt of epoch" in caplog.text and "is missing" in caplog.text
     assert checkpoint.load(out / checkpoint.BEST)["epoch"] == 2  # the final test names the weights it used
     assert json.loads((out / "summary.json").read_text())["best_epoch"] == 2
+
+
+def test_a_folder_left_by_a_nan_before_the_first_checkpoint_can_be_rerun_with_resume_auto(micro, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *_args(micro, out), "--epochs", "1", "--lr", "1e30", "--checkpoint-every", "0"]) == 2
+    assert "The loss became" in capsys.readouterr().err and not (out / checkpoint.LAST).exists()
+    assert main(["train", *_args(micro, out), "--epochs", "1", "--checkpoint-every", "0"]) == 2
+    assert "stopped before its first checkpoint. Add --resume auto" in capsys.readouterr().err
+    assert main(["train", *_args(micro, out), "--epochs", "1", "--checkpoint-every", "0", "--resume", "auto"]) == 0
+    assert "lr: 0.003" in (out / "config.yaml").read_text()
