@@ -26,6 +26,7 @@ _logger = logging.getLogger(__name__)
 VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint before `last.pt`: the way back if `last.pt` is ever damaged
+DAMAGED = "last.damaged.pt"  # a damaged `last.pt`, set aside (not deleted) when a resume goes back to PREVIOUS
 
 
 class CheckpointWriteError(WriteError):
@@ -153,7 +154,11 @@ def load_resume(path: str | Path) -> tuple[dict[str, Any], Path]:
     Raises:
         UserError: no readable training checkpoint (the message names `best.pt`'s epoch, if there is one).
     """
-    file = resolve(path, LAST)
+    path = Path(path)
+    if path.is_dir() and not (path / LAST).is_file() and (path / PREVIOUS).is_file():
+        file = path / PREVIOUS  # a damaged last.pt was set aside by an earlier resume
+    else:
+        file = resolve(path, LAST)
     if file.name not in (LAST, PREVIOUS):
         return load(file), file
     try:
@@ -166,8 +171,12 @@ def load_resume(path: str | Path) -> tuple[dict[str, Any], Path]:
             except DamagedCheckpointError:
                 pass
             else:
+                kept = file.with_name(DAMAGED)
+                if os.environ.get("RANK", "0") == "0":  # set aside, so the next save cannot rotate it over prev
+                    os.replace(file, kept)
                 _logger.warning("%s Going back to the previous checkpoint %s, at %s (the steps after it are "
-                                "trained again).", damaged, prev, describe_position(state))
+                                "trained again; the damaged file is kept as %s).", damaged, prev,
+                                describe_position(state), kept.name)
                 return state, prev
         best = file.with_name(BEST)
         hint = ""

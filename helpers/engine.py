@@ -333,7 +333,7 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
         raise UserError(f"--output-dir {out} is a file. Give a folder (it is created when missing).")
     resume = cfg.resume
     if resume == "auto" or (resume is not None and Path(resume).is_dir() and Path(resume).resolve() == out.resolve()):
-        resume = str(out) if (out / checkpoint.LAST).is_file() else None
+        resume = str(out) if any((out / n).is_file() for n in (checkpoint.LAST, checkpoint.PREVIOUS)) else None
     if resume is None:
         if (out / checkpoint.LAST).exists() or (out / "config.yaml").exists():
             no_weights = not any((out / n).exists() for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST))

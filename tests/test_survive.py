@@ -278,6 +278,7 @@ def test_a_damaged_last_pt_goes_back_to_the_previous_checkpoint(micro, baseline,
     assert main(["train", *_args(micro, out), "--resume", "auto"]) == 0
     warning = [r.getMessage() for r in caplog.records if "Going back to the previous checkpoint" in r.getMessage()]
     assert warning and "at epoch 2, step 8" in warning[0] and "not a readable checkpoint" in warning[0], caplog.text
+    assert (out / checkpoint.DAMAGED).read_bytes()[:16] == (data[:16] if damage == "truncated" else b"\0" * 16)
     assert_same_run(baseline.result(), out)  # step 9 of epoch 2 trained again: nothing lost
 
 
