@@ -174,7 +174,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0 < cfg.val_fraction < 0.5, f"--val-fraction must be between 0 and 0.5, got {cfg.val_fraction}.")
     _check(0 < cfg.test_fraction < 0.9, f"--test-fraction must be between 0 and 0.9, got {cfg.test_fraction}.")
     _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}.")
-    _check(0 <= cfg.min_lr <= cfg.lr, f"--min-lr must be >= 0 and at most --lr ({cfg.lr}), got {cfg.min_lr}.")
+    _check(cfg.min_lr >= 0, f"--min-lr must be >= 0, got {cfg.min_lr}.")
     _check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}.")
     _check(cfg.clip_grad >= 0, f"--clip-grad must be >= 0 (0: off), got {cfg.clip_grad}.")
     _check(0 <= cfg.seed < 2**32, f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}.")
