@@ -97,7 +97,9 @@ def _run(args: argparse.Namespace) -> dict:
     table = format_table(result)
     print(table)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        from .io import atomic_write_text
+
+        atomic_write_text(args.markdown, table + "\n")
     return result
 
 

@@ -10,7 +10,13 @@ this command calls unreadable is exactly what training would skip (or stop on wi
 - unknown_class_lines: list lines whose class is not in meta/classes.txt (training refuses to start);
 - unreadable: empty, truncated or non-image files, with the decoder's reason;
 - empty_classes: classes without a single readable image in train or in test;
-- train_test_duplicates: byte-identical images in both train (which holds val) and test, which leak the test set.
+- train_test_duplicates: byte-identical images in both train (which holds val) and test, which leak the test set;
+- list_overlaps: (food-101) image ids listed in both meta/train.txt and meta/test.txt (training refuses to start).
+
+The lists are read by the trainer's own parser (`helpers.data.read_food101_lists`): a UTF-8 BOM, CRLF line
+ends, blank lines, trailing spaces and `.jpg` suffixes are accepted; a line listed twice in one file is a note
+(the trainer uses the image once); hidden files and folders, `__MACOSX/`, `.DS_Store`, `Thumbs.db` and
+`.ipynb_checkpoints/` are not data. A class without train lines or a dataset of one class stops training too.
 
 Notes (not problems, the reader converts them): grayscale, CMYK, alpha, EXIF-rotated and very large images,
 duplicates inside one split, and (food-101) image files that no list mentions. The result is one JSON line on
@@ -31,6 +37,7 @@ from .config import UserError
 
 _logger = logging.getLogger(__name__)
 
+PROBLEMS = ("missing", "unknown_class_lines", "unreadable", "empty_classes", "train_test_duplicates", "list_overlaps")
 LARGE_PIXELS = 20_000_000  # noted as "large": decodes slowly (a 6000 x 4000 photo is 24 Mpx)
 
 
@@ -71,12 +78,13 @@ def check_dataset(dataset: str, data_dir: str | Path, *, workers: int = -1) -> d
     """
     root = Path(data_dir).expanduser()
     if dataset == "food-101":
-        class_names, listed, unknown, unlisted = _food101_lists(root)
+        class_names, listed, unknown, unlisted, found = _food101_lists(root)
     elif dataset == "imagefolder":
         from .data import load_splits
 
         splits = load_splits("imagefolder", root, val_fraction=0.1, test_fraction=0.2)
         class_names, unknown, unlisted = splits.class_names, [], []
+        found = {"overlaps": [], "duplicates": []}
         listed = {"train": splits.train + splits.val, "test": splits.test}
     else:
         raise UserError(f"Unknown dataset {dataset!r}: use food-101 or imagefolder.")
@@ -120,42 +128,37 @@ def check_dataset(dataset: str, data_dir: str | Path, *, workers: int = -1) -> d
         "unreadable": unreadable,
         "empty_classes": empty,
         "train_test_duplicates": leaks,
+        "list_overlaps": found["overlaps"],
         "notes": {
+            "duplicate_lines": len(found["duplicates"]),
+            "duplicate_line_examples": found["duplicates"][:5],
             **{k: notes[k] for k in ("grayscale", "cmyk", "alpha", "exif_rotated", "large")},
             "duplicates_within_a_split": within,
             "unlisted_files": len(unlisted),
             "unlisted_examples": unlisted[:5],
         },
     }
-    report["problems"] = len(missing) + len(unknown) + len(unreadable) + len(empty) + len(leaks)
+    report["problems"] = len(missing) + len(unknown) + len(unreadable) + len(empty) + len(leaks) + len(found["overlaps"])
     report["ok"] = report["problems"] == 0
     _log_report(report)
     return report
 
 
-def _food101_lists(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]], list[str], list[str]]:
-    """Class names, the listed (path, label) pairs of train and test, list lines with an unknown class, and
-    image files that no list mentions."""
-    from .data import IMAGE_EXTENSIONS, _food101_root, _read_lines
+def _food101_lists(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]], list[str], list[str], dict]:
+    """Class names, the listed (path, label) pairs of train and test, list lines with an unknown class, image
+    files that no list mentions, and the lists' other findings (overlaps, duplicate lines), parsed by the
+    trainer's own parser (`helpers.data.read_food101_lists`)."""
+    from .data import IMAGE_EXTENSIONS, _food101_root, is_junk, read_food101_lists
 
     root = _food101_root(root, download=False)  # UserError when the folder is not a Food-101 folder
-    class_names = _read_lines(root / "meta" / "classes.txt")
-    index = {name: i for i, name in enumerate(class_names)}
-    listed: dict[str, list[tuple[str, int]]] = {}
-    unknown = []
-    for split in ("train", "test"):
-        listed[split] = []
-        for line_no, image_id in enumerate(_read_lines(root / "meta" / f"{split}.txt"), start=1):
-            label = index.get(image_id.split("/")[0])
-            if label is None:
-                unknown.append(f"meta/{split}.txt line {line_no}: {image_id}")
-            else:
-                listed[split].append((str(root / "images" / f"{image_id}.jpg"), label))
-    known = {p for samples in listed.values() for p, _ in samples}
+    lists = read_food101_lists(root)
+    known = {p for samples in lists.listed.values() for p, _ in samples}
     images = root / "images"
-    on_disk = (str(f) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) if images.is_dir() else ()
+    on_disk = (str(f) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+               and not any(is_junk(part) for part in f.relative_to(images).parts)) if images.is_dir() else ()
     unlisted = sorted(p for p in on_disk if p not in known)
-    return class_names, listed, unknown, unlisted
+    return lists.class_names, lists.listed, lists.unknown, unlisted, {"overlaps": lists.overlaps,
+                                                                       "duplicates": lists.duplicates}
 
 
 def _inspect(path: str) -> dict:
@@ -209,7 +212,7 @@ def _map(fn, items: list[str], workers: int) -> list:
 def _counts(report: dict) -> str:
     parts = [
         f"{len(report[k])} {k.replace('_', ' ')}"
-        for k in ("missing", "unknown_class_lines", "unreadable", "empty_classes", "train_test_duplicates")
+        for k in PROBLEMS
         if report[k]
     ]
     return ", ".join(parts) or "none"
@@ -226,13 +229,13 @@ def _log_report(report: dict) -> None:
         )
     else:
         _logger.warning("check-data: %d problem(s) in %s: %s", report["problems"], report["data_dir"], _counts(report))
-    for key in ("missing", "unknown_class_lines", "unreadable", "empty_classes", "train_test_duplicates"):
+    for key in PROBLEMS:
         for item in report[key][:20]:
             _logger.warning("  %s: %s", key.replace("_", " "), item)
         if len(report[key]) > 20:
             _logger.warning(
                 "  %s: ... and %d more (all in the JSON line)", key.replace("_", " "), len(report[key]) - 20
             )
-    notes = {k: v for k, v in report["notes"].items() if v and k != "unlisted_examples"}
+    notes = {k: v for k, v in report["notes"].items() if v and not k.endswith("_examples")}
     if notes:
         _logger.info("check-data notes (converted or harmless): %s", notes)

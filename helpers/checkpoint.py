@@ -1,8 +1,11 @@
-"""Checkpoints: atomic writes of plain data, safe loads.
+"""Checkpoints: atomic writes of plain data, safe loads, and the way back from a damaged `last.pt`.
 
 A checkpoint is a dict of state dicts, numbers, strings and tensors only: it loads with
-`torch.load(weights_only=True)`, which refuses pickled code. Writes go to a temporary file in the same folder,
-are flushed to disk, then `os.replace`d over the old file, so `last.pt` is always a complete checkpoint.
+`torch.load(weights_only=True)`, which refuses pickled code. Writes go through `helpers.io.atomic_path` (a
+temporary file in the same folder, flushed, then renamed over the old file), so `last.pt` is always a complete
+checkpoint; a full disk or Ctrl-C during the write removes the temporary file and keeps the old one. The
+`last.pt` being replaced is kept as `last.prev.pt` (a hard link, no copy): if `last.pt` is damaged later (a
+truncated copy, a disk fault), `load_resume` goes back to it with a warning naming its epoch and step.
 """
 
 from __future__ import annotations
@@ -16,61 +19,105 @@ from typing import Any
 import torch
 
 from .config import UserError
+from .io import WriteError, atomic_open, temp_name
 
 _logger = logging.getLogger(__name__)
 
 VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
+PREVIOUS = "last.prev.pt"  # the checkpoint before `last.pt`: the way back if `last.pt` is ever damaged
+DAMAGED = "last.damaged.pt"  # a damaged `last.pt`, set aside (not deleted) when a resume goes back to PREVIOUS
 
 
-class CheckpointWriteError(UserError):
+class CheckpointWriteError(WriteError):
     """Writing a checkpoint failed (disk full, permissions); the previous checkpoint is untouched."""
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` so that `path` is either the old complete file or the new complete file."""
+class DamagedCheckpointError(UserError):
+    """A checkpoint file that cannot be read (truncated, zeroed, not a checkpoint)."""
+
+
+def save_atomic(state: dict[str, Any], path: str | Path, *, keep_previous: bool | None = None) -> None:
+    """Write `state` to `path` so that `path` is either the old complete file or the new complete file.
+
+    Args:
+        keep_previous: keep the file being replaced as `last.prev.pt` (default: for `last.pt` only). The old
+            file is hard-linked, not copied, and only once the new one is completely on disk.
+
+    Raises:
+        CheckpointWriteError: disk full, read-only, permissions (also torch's RuntimeError for ENOSPC); no
+            temporary file is left and the previous checkpoint is kept.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    keep_previous = path.name == LAST if keep_previous is None else keep_previous
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(path) as f:
             torch.save({**state, "version": VERSION}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(
-            f"Could not write checkpoint {path} ({exc.strerror or exc}). The previous checkpoint is kept; "
-            "free disk space or fix permissions, then continue with --resume."
-        ) from exc
+            if keep_previous and path.is_file():
+                _keep_previous(path)
+    except WriteError as exc:
+        raise CheckpointWriteError(str(exc).replace("previous version of the file", "previous checkpoint")) \
+            from exc.__cause__
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Flush the folder entry too, so the rename survives a power cut, not only a killed process."""
+def _keep_previous(path: Path) -> None:
+    """Hard-link the current `path` as `last.prev.pt` (atomically, through a temporary link)."""
+    prev = path.with_name(PREVIOUS)
+    link = temp_name(prev)
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder; its os.replace is durable enough
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, prev)
+    except OSError as exc:  # file systems without hard links: no way back, but the write itself is fine
+        link.unlink(missing_ok=True)
+        _logger.debug("Could not keep %s as %s: %s", path, prev, exc)
 
 
 def resolve(path: str | Path, prefer: str = BEST) -> Path:
     """A checkpoint file from a file or run-folder path (a folder gives `prefer`, else the other one)."""
-    path = Path(path)
+    if not str(path).strip():
+        raise UserError("The checkpoint path is empty. Give a run folder of `helpers train` or a .pt file.")
+    path = Path(path).expanduser()
     if path.is_dir():
-        for name in (prefer, LAST, BEST):
+        for name in (prefer, LAST, BEST, PREVIOUS):
             if (path / name).is_file():
                 return path / name
         raise UserError(f"{path} holds no checkpoint ({BEST} or {LAST}). Give a run folder of `helpers train`.")
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist.")
     return path
+
+
+def _torch_load(file: Path) -> Any:
+    """torch.load(weights_only=True), with its failures sorted into refused code and damaged files."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise UserError(
+                f"Refused to load {file}: it holds pickled Python objects other than weights, which could run "
+                "code when loaded. Only load checkpoints you trust; this project's own checkpoints never contain "
+                "code."
+            ) from exc
+        raise DamagedCheckpointError(_damaged(file, exc)) from exc
+    except IsADirectoryError as exc:
+        raise UserError(f"{file} is a folder, not a checkpoint file.") from exc
+    except PermissionError as exc:
+        raise UserError(f"Cannot read {file}: permission denied. Fix its permissions.") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, ValueError... for damaged files
+        raise DamagedCheckpointError(_damaged(file, exc)) from exc
+
+
+def _damaged(file: Path, exc: BaseException) -> str:
+    size = file.stat().st_size if file.exists() else 0
+    with open(file, "rb") as f:
+        head = f.read(1 << 16)
+    if size == 0 or not head.strip(b"\0"):
+        what = f"{size} bytes, all zero" if size else "an empty file"
+    else:
+        what = f"{size} bytes; {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    return (f"{file} is not a readable checkpoint ({what}). It is damaged (truncated or overwritten) or not a "
+            "checkpoint.")
 
 
 def load(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
@@ -80,33 +127,99 @@ def load(path: str | Path, prefer: str = BEST) -> dict[str, Any]:
         UserError: the file is missing, damaged, not a checkpoint of this project, or holds pickled code.
     """
     file = resolve(path, prefer)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(
-            f"Refused to load {file}: it holds pickled Python objects other than weights, which could run code "
-            "when loaded. Only load checkpoints you trust; this project's own checkpoints never contain code."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{file} is not a readable checkpoint ({type(exc).__name__}: {exc}). Is it damaged?") from exc
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{file} is not a checkpoint of this project (no model/config entries).")
+    return _check_state(_torch_load(file), file)
+
+
+def _check_state(state: Any, file: Path) -> dict[str, Any]:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "config" not in state:
+        raise DamagedCheckpointError(f"{file} is not a checkpoint of this project (no model/config entries).")
+    if not isinstance(state["config"], dict) or not isinstance(state.get("class_names", []), (list, tuple)):
+        raise DamagedCheckpointError(f"{file} is not a checkpoint of this project (malformed config).")
     return state
+
+
+def describe_position(state: dict[str, Any]) -> str:
+    """Where a training checkpoint stands, in the log's words: "epoch 2, step 8" or "the end of epoch 1"."""
+    epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+
+
+def load_resume(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Load the checkpoint to continue a run from: `last.pt`, or, when it is damaged, `last.pt`'s previous
+    version `last.prev.pt`, with a warning naming the epoch and step it goes back to.
+
+    Returns:
+        (state, the file it came from)
+
+    Raises:
+        UserError: no readable training checkpoint (the message names `best.pt`'s epoch, if there is one).
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / LAST).is_file() and (path / PREVIOUS).is_file():
+        file = path / PREVIOUS  # a damaged last.pt was set aside by an earlier resume
+    else:
+        file = resolve(path, LAST)
+    if file.name not in (LAST, PREVIOUS):
+        return load(file), file
+    try:
+        return load(file), file
+    except DamagedCheckpointError as damaged:
+        prev = file.with_name(PREVIOUS)
+        if file.name == LAST and prev.is_file():
+            try:
+                state = load(prev)
+            except DamagedCheckpointError:
+                pass
+            else:
+                kept = file.with_name(DAMAGED)
+                if os.environ.get("RANK", "0") == "0":  # set aside, so the next save cannot rotate it over prev
+                    os.replace(file, kept)
+                _logger.warning("%s Going back to the previous checkpoint %s, at %s (the steps after it are "
+                                "trained again; the damaged file is kept as %s).", damaged, prev,
+                                describe_position(state), kept.name)
+                return state, prev
+        best = file.with_name(BEST)
+        hint = ""
+        if best.is_file():
+            try:
+                hint = (f" The best weights ({BEST}, epoch {load(best).get('epoch')}) are readable: start a new run "
+                        f"from them with --init-from {best} and another --output-dir.")
+            except UserError:
+                hint = f" {BEST} is damaged too."
+        raise UserError(f"{damaged} There is no readable earlier training checkpoint ({PREVIOUS}) to go back "
+                        f"to.{hint} Or move {file.parent} away to start the run again.") from damaged
+
+
+def check_best(state: dict[str, Any], folder: Path) -> None:
+    """Before continuing a run in `folder`: if the `best.pt` that `state` counts on is missing or damaged, warn
+    and forget the recorded best (in `state`), so that the next epoch writes a new `best.pt` and the final test
+    never silently uses other weights than the ones it names."""
+    best = state.get("best") or {}
+    if not best.get("epoch"):
+        return
+    file = folder / BEST
+    try:
+        load(file)
+        return
+    except UserError as exc:
+        reason = "is missing" if not file.exists() else f"is damaged ({str(exc)[:80]})"
+    _logger.warning("%s of epoch %d %s: the next epoch's weights become the new best (val top-1 %.2f of epoch %d "
+                    "is forgotten).", file, best["epoch"], reason, best.get("top1", float("nan")), best["epoch"])
+    state["best"] = {"top1": -1.0, "epoch": 0, "since": 0}
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from this project's checkpoint, a plain state dict (.pt/.pth) or a .safetensors file."""
     file = resolve(path)
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"Refused to load {file}: it holds pickled objects that could run code.") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{file} is not a readable weights file ({type(exc).__name__}: {exc}).") from exc
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{file} is not a readable .safetensors file ({exc}).") from exc
+    state = _torch_load(file)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -12,14 +12,19 @@ Problems with the input end with one paragraph on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable
 
 from . import config as config_module
@@ -163,20 +168,90 @@ def _ensemble(args: argparse.Namespace) -> dict:
                     num_workers=args.num_workers)
 
 
+# Range rules for the arguments of every sub-command but train (whose TrainConfig has its own `validate`).
+_POSITIVE = ("batch_size", "steps", "images", "repeats", "short_side")
+_WORKERS = ("num_workers", "workers", "trainer_workers")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check the parsed arguments of a sub-command before it runs: numbers finite and in range, paths not empty.
+
+    Raises:
+        UserError: one paragraph naming the flag.
+    """
+    for name, value in vars(args).items():
+        if name in ("func", "command", "verbose"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"{flag} must be a finite number, got {v}.")
+            if isinstance(v, str) and not v.strip():
+                raise UserError(f"{flag} is empty. Give a value (a path or a name), or leave the flag out.")
+            if isinstance(v, int) and not isinstance(v, bool):
+                if name in _POSITIVE and v <= 0:
+                    raise UserError(f"{flag} must be a positive integer, got {v}.")
+                if name in _WORKERS and v < -1:
+                    raise UserError(f"{flag} must be >= 0 (or -1 for automatic), got {v}.")
+    size = getattr(args, "image_size", None)
+    if isinstance(size, int) and not 32 <= size <= config_module.MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be an integer of at least 32 pixels (and at most "
+                        f"{config_module.MAX_IMAGE_SIZE}), got {size}.")
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler's or `kill`'s polite stop) ends the run like Ctrl-C: temporary files removed, the
+    last checkpoint kept, exit code 130."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None, run: Callable | None = None) -> int:
-    """Entry point. Returns the exit code: 0, 1 for a bug (with traceback), 2 for bad input (one paragraph)."""
+    """Entry point. Returns the exit code, a contract for scripts and retry loops:
+
+    - 0: done;
+    - 2: the user's input or environment (bad flags or data, a full or read-only disk, a busy output folder, a
+      NaN loss): one paragraph on stderr; retrying unchanged fails the same way;
+    - 130: interrupted (Ctrl-C, SIGTERM): the last checkpoint is kept; continue with --resume auto;
+    - 1: a bug: the traceback is printed.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
+    _interrupt_on_sigterm()
     try:
+        if args.command != "train":
+            check_args(args)
+        if args.command != "notebooks":  # commands that load data in workers (it imports torch)
+            from .utils import raise_open_file_limit
+
+            raise_open_file_limit()
         result = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is kept; continue with --resume <output dir>", file=sys.stderr)
+        print("interrupted: no temporary file is left and the last checkpoint is kept; continue with the same "
+              "command and --resume auto", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the exit-code contract: environment failures are 2, bugs 1
+        from .io import as_write_error
+
+        error = as_write_error(exc, getattr(exc, "filename", None) or "a file")
+        if error is None:
+            traceback.print_exc()
+            print("error: this is a bug (exit code 1): please report the traceback above.", file=sys.stderr)
+            return 1
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if result is not None and os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
         print(json.dumps(result), flush=True)
     return 0

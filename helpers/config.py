@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,17 +97,69 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+MAX_IMAGE_SIZE = 2048  # larger inputs are a typo (an extra zero), not a training resolution
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
 
 
+_NUMERIC_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _type_problem(kind: str, value: Any) -> str | None:
+    """What is wrong with `value` for a field annotated `kind` (the annotation's text), or None."""
+    if kind == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if kind == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if kind == "str":
+        return None if isinstance(value, str) and value.strip() else "a non-empty text"
+    if kind == "str | None":
+        return None if value is None or (isinstance(value, str) and value.strip()) else "a non-empty text (or null)"
+    if kind == "int | None":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+        return None if ok else "a whole number (or null)"
+    if kind == "int | str":
+        ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool))
+        return None if ok else "a whole number or 'auto'"
+    if kind.startswith("tuple"):
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, str) and v.strip() for v in value)
+        return None if ok else "a list of non-empty paths"
+    return None
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Check every field's value against its annotation (booleans are true/false only, numbers finite).
+
+    Raises:
+        UserError: one paragraph naming every setting of the wrong type.
+    """
+    problems = []
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        expected = _type_problem(str(f.type), value)
+        if expected:
+            problems.append(f"{f.name} (--{_flag(f.name)}) must be {expected}, got {value!r} "
+                            f"({type(value).__name__})")
+    if problems:
+        raise UserError("Settings of the wrong type: " + "; ".join(problems) + ". In a YAML file write true/false "
+                        "for switches (not yes/no or quoted text), numbers without quotes, and lists as [a, b].")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check every setting before any work starts.
+    """Check every setting before any work starts: its type (`check_types`), then its range.
 
     Raises:
         UserError: naming the setting, what is wrong and how to fix it.
     """
+    check_types(cfg)
+    if isinstance(cfg.teacher, list):
+        cfg = dataclasses.replace(cfg, teacher=tuple(cfg.teacher))
     for name, allowed in CHOICES.items():
         value = getattr(cfg, name)
         _check(value in allowed, f"--{_flag(name)} {value!r} is not one of {', '.join(allowed)}.")
@@ -115,11 +169,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     bs = cfg.batch_size
     _check(bs == "auto" or (isinstance(bs, int) and bs > 0),
            f"--batch-size must be a positive integer or 'auto', got {bs!r}.")
-    _check(cfg.image_size is None or (isinstance(cfg.image_size, int) and cfg.image_size >= 32),
-           f"--image-size must be an integer of at least 32 pixels, got {cfg.image_size!r}.")
+    _check(cfg.image_size is None or 32 <= cfg.image_size <= MAX_IMAGE_SIZE,
+           f"--image-size must be an integer of at least 32 pixels (and at most {MAX_IMAGE_SIZE}), "
+           f"got {cfg.image_size!r}.")
     _check(0 < cfg.val_fraction < 0.5, f"--val-fraction must be between 0 and 0.5, got {cfg.val_fraction}.")
     _check(0 < cfg.test_fraction < 0.9, f"--test-fraction must be between 0 and 0.9, got {cfg.test_fraction}.")
     _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}.")
+    _check(cfg.min_lr >= 0, f"--min-lr must be >= 0, got {cfg.min_lr}.")
+    _check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}.")
+    _check(cfg.clip_grad >= 0, f"--clip-grad must be >= 0 (0: off), got {cfg.clip_grad}.")
+    _check(0 <= cfg.seed < 2**32, f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}.")
     _check(0 < cfg.backbone_lr_ratio <= 10, f"--backbone-lr-ratio must be in (0, 10], got {cfg.backbone_lr_ratio}.")
     _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}.")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
@@ -167,9 +226,12 @@ def make_config(overrides: dict[str, Any] | None = None, yaml_path: str | Path |
     values: dict[str, Any] = {}
     if yaml_path is not None:
         path = Path(yaml_path)
-        if not path.is_file():
+        if not str(yaml_path).strip() or not path.is_file():
             raise UserError(f"Config file {path} does not exist. Give the path of a YAML file of settings.")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"Config file {path} is not valid YAML ({exc}). Write one `setting: value` per line.") from exc
         if not isinstance(loaded, dict):
             raise UserError(f"Config file {path} must hold a mapping of setting: value, not {type(loaded).__name__}.")
         values.update(loaded)
@@ -177,19 +239,37 @@ def make_config(overrides: dict[str, Any] | None = None, yaml_path: str | Path |
     known = set(field_names())
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
+            close = difflib.get_close_matches(str(key), known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UserError(f"Unknown setting {key!r}.{hint}")
-    if "teacher" in values and values["teacher"] is not None:
-        teacher = values["teacher"]
-        values["teacher"] = (teacher,) if isinstance(teacher, str) else tuple(teacher)
-    return validate(TrainConfig(**values))
+    return validate(TrainConfig(**_coerce(values)))
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    """The only conversions of loaded values: a teacher path or list becomes a tuple, and numbers written as
+    text in float fields (YAML 1.1 reads `1e-3` as text: it wants `1.0e-3`) become numbers. Everything else
+    is checked as it is by `check_types`."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    out = dict(values)
+    teacher = out.get("teacher")
+    if isinstance(teacher, str):
+        out["teacher"] = (teacher,)
+    elif isinstance(teacher, list):
+        out["teacher"] = tuple(teacher)
+    elif teacher is None and "teacher" in out:
+        out["teacher"] = ()
+    for name, value in out.items():
+        if types.get(name) == "float" and isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
+            out[name] = float(value)
+    return out
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     data = dataclasses.asdict(cfg)
     data["teacher"] = list(cfg.teacher)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    from .io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

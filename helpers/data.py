@@ -6,6 +6,7 @@ The test split is evaluated once at the end and never chooses anything.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -35,6 +36,19 @@ class Splits:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
+
+    def fingerprint(self) -> str:
+        """A hash of every split's images (class folder and file name, not the root, so a moved dataset keeps it)
+        and labels: a resumed run checks that it continues on the data it started on."""
+        if "_fingerprint" in self.__dict__:  # computed once: the lists do not change during a run
+            return self.__dict__["_fingerprint"]
+        digest = hashlib.sha1("\n".join(self.class_names).encode("utf-8", "surrogateescape"))
+        for split in (self.train, self.val, self.test):
+            for path, label in split:
+                digest.update(f"{'/'.join(Path(path).parts[-2:])}\t{label}\n".encode("utf-8", "surrogateescape"))
+            digest.update(b"--\n")
+        self.__dict__["_fingerprint"] = digest.hexdigest()
+        return self.__dict__["_fingerprint"]
 
     def get(self, split: str) -> list[Sample]:
         if split not in ("train", "val", "test"):
@@ -68,6 +82,11 @@ def load_splits(
         class_names, train, test = _read_imagefolder(root, test_fraction, seed)
     else:
         raise UserError(f"Unknown dataset {dataset!r}: use food-101 or imagefolder.")
+    if len(class_names) < 2:
+        raise UserError(
+            f"{root} has {len(class_names)} class ({', '.join(class_names) or 'none'}): a classifier needs at "
+            "least two. Check --data-dir (for class folders: one folder per class) and --dataset."
+        )
     train, val = stratified_split(train, val_fraction, seed)
     return Splits(class_names, train, val, test)
 
@@ -95,39 +114,122 @@ def _food101_root(root: Path, download: bool) -> Path:
     )
 
 
+# Files and folders that archive tools, operating systems and editors leave next to the data: never classes.
+JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", "@eaDir"})
+
+
+def is_junk(name: str) -> bool:
+    """A file or folder name that is not data: hidden (`.x`, macOS `._x` copies), `__MACOSX`, `Thumbs.db`..."""
+    return name in JUNK_NAMES or name.startswith(".")
+
+
 def _read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a list file, as editors leave them: a UTF-8 BOM, CRLF line ends, trailing spaces."""
     if not path.is_file():
         raise UserError(
             f"{path} is missing. A Food-101 folder needs meta/classes.txt, meta/train.txt and meta/test.txt "
             "(ids like apple_pie/1005649, one per line)."
         )
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc}). Save it as UTF-8 (plain text).") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _image_id(line: str) -> str:
+    """A list line as an image id: Windows separators and a `.jpg` suffix that some tools add are removed."""
+    image_id = line.replace("\\", "/").strip("/")
+    return image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
+
+
+@dataclass
+class Food101Lists:
+    """What meta/ lists, with every oddity found, for `train` and `check-data` alike."""
+
+    root: Path
+    class_names: list[str]
+    listed: dict[str, list[Sample]]  # "train", "test": (path, label), each image once per split
+    unknown: list[str]  # "meta/test.txt line 3: ghost/1" (a class that classes.txt lacks)
+    duplicates: list[str]  # "meta/train.txt line 9: apple_pie/1 (also line 2)": dropped
+    overlaps: list[str]  # image ids in both train.txt and test.txt: the test set would be trained on
+    no_train: list[str]  # classes without a train line
+    no_test: list[str]  # classes without a test line
+
+
+def read_food101_lists(root: Path) -> Food101Lists:
+    """Parse meta/classes.txt, meta/train.txt and meta/test.txt of a Food-101 folder (the one parser)."""
+    class_names = _read_lines(root / "meta" / "classes.txt")
+    repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+    if repeated:
+        raise UserError(f"{root / 'meta' / 'classes.txt'} lists {', '.join(repeated[:5])} more than once. List "
+                        "each class once.")
+    index = {name: i for i, name in enumerate(class_names)}
+    lists = Food101Lists(root, class_names, {}, [], [], [], [], [])
+    ids: dict[str, set[str]] = {}
+    for split in ("train", "test"):
+        samples, first_line = [], {}
+        for line_no, line in enumerate(_read_lines(root / "meta" / f"{split}.txt"), start=1):
+            image_id = _image_id(line)
+            label = index.get(image_id.split("/")[0])
+            if label is None or "/" not in image_id:
+                lists.unknown.append(f"meta/{split}.txt line {line_no}: {line}")
+            elif image_id in first_line:
+                lists.duplicates.append(f"meta/{split}.txt line {line_no}: {image_id} (also line {first_line[image_id]})")
+            else:
+                first_line[image_id] = line_no
+                samples.append((str(root / "images" / f"{image_id}.jpg"), label))
+        lists.listed[split] = samples
+        ids[split] = set(first_line)
+    lists.overlaps = sorted(ids["train"] & ids["test"])
+    for split, missing in (("train", lists.no_train), ("test", lists.no_test)):
+        have = {label for _, label in lists.listed[split]}
+        missing += [c for i, c in enumerate(class_names) if i not in have]
+    return lists
 
 
 def _read_food101(root: Path) -> tuple[list[str], list[Sample], list[Sample]]:
-    class_names = _read_lines(root / "meta" / "classes.txt")
-    index = {name: i for i, name in enumerate(class_names)}
-    splits = []
-    for split in ("train", "test"):
-        list_file = root / "meta" / f"{split}.txt"
-        samples = []
-        for line_no, image_id in enumerate(_read_lines(list_file), start=1):
-            label = index.get(image_id.split("/")[0])
-            if label is None:
-                raise UserError(
-                    f"{list_file} line {line_no}: {image_id!r} names a class that is not in meta/classes.txt. "
-                    "Fix the line or add the class."
-                )
-            samples.append((str(root / "images" / f"{image_id}.jpg"), label))
-        splits.append(samples)
-    return class_names, splits[0], splits[1]
+    lists = read_food101_lists(root)
+    meta = root / "meta"
+    if lists.unknown:
+        raise UserError(
+            f"{meta} has {len(lists.unknown)} list line(s) naming a class that is not in meta/classes.txt, the first: "
+            f"{lists.unknown[0]}. Fix the lines or add the classes (`python -m helpers check-data` lists them all)."
+        )
+    if lists.overlaps:
+        raise UserError(
+            f"{len(lists.overlaps)} image(s) are listed in both meta/train.txt and meta/test.txt (e.g. "
+            f"{', '.join(lists.overlaps[:3])}): the test would score photos the model trained on. Remove them from "
+            "one of the lists."
+        )
+    if lists.no_train:
+        raise UserError(
+            f"{len(lists.no_train)} class(es) of meta/classes.txt have no line in meta/train.txt "
+            f"({', '.join(lists.no_train[:5])}): the model could never learn them. Add their images or remove the "
+            "classes from classes.txt."
+        )
+    if lists.duplicates:
+        _logger.warning("%d duplicate line(s) in %s, each image is used once: %s", len(lists.duplicates), meta,
+                        "; ".join(lists.duplicates[:3]))
+    if lists.no_test:
+        _logger.warning("%d class(es) have no test image: %s", len(lists.no_test), ", ".join(lists.no_test[:5]))
+    return lists.class_names, lists.listed["train"], lists.listed["test"]
 
 
 def _list_class_folders(root: Path) -> dict[str, list[str]]:
+    """{class: image paths} of the class folders of `root`. Hidden files and folders and what archive tools
+    and operating systems leave (`__MACOSX`, `.DS_Store`, `Thumbs.db`, `.ipynb_checkpoints`) are skipped; a
+    folder without images is no class (with a warning naming it)."""
     found = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(str(f) for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-        found[folder.name] = files
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not is_junk(p.name)):
+        files = sorted(str(f) for f in folder.rglob("*")
+                       if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+                       and not any(is_junk(part) for part in f.relative_to(folder).parts))
+        if files:
+            found[folder.name] = files
+        else:
+            _logger.warning("Folder %s has no images (%s): it is not made a class", folder,
+                            ", ".join(IMAGE_EXTENSIONS))
     return found
 
 
@@ -389,7 +491,9 @@ def make_loader(
     Workers stay alive between epochs (the sampler runs in the main process), and with `pin_memory` batches
     come in page-locked memory so host-to-device copies can be non-blocking.
     """
-    workers = default_num_workers() if num_workers < 0 else num_workers
+    from .utils import workers_for_open_files
+
+    workers = workers_for_open_files(default_num_workers() if num_workers < 0 else num_workers)
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,

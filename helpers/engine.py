@@ -37,9 +37,11 @@ from torch import nn
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
 from .data import ImageDataset, Splits, index_seed, load_splits, make_loader
-from .inference import load_trained, predict_logits, to_model_input
+from .inference import check_classes, load_trained, predict_logits, to_model_input
+from .io import atomic_write_text
+from .lock import locked_output
 from .losses import kd_loss
-from .metrics import Sums, append_row, topk_correct, truncate_rows
+from .metrics import Sums, append_row, read_rows, topk_correct, truncate_rows
 from .models import create_model, data_config, freeze_backbone, grow_head, param_groups, set_train_mode
 from .progress import progress_bar
 from .utils import amp_dtype, autocast, get_device, peak_memory_mb, reset_peak_memory, run_info, seed_everything
@@ -323,9 +325,12 @@ class Teacher(nn.Module):
     to its own normalisation and input size; several members return the log of their mean softmax.
     """
 
-    def __init__(self, paths: tuple[str, ...], student_data: dict, device: torch.device):
+    def __init__(self, paths: tuple[str, ...], student_data: dict, device: torch.device,
+                 class_names: list[str] | None = None):
         super().__init__()
         members = [load_trained(p, device=device) for p in paths]
+        self.columns = [check_classes(m, class_names, "the training data", use="used as a teacher")  # each member,
+                        if class_names is not None else None for m in members]  # its outputs in the student's order
         self.models = nn.ModuleList(m.model for m in members)
         self.data = [m.data_config for m in members]
         self.student = student_data
@@ -338,9 +343,10 @@ class Teacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = []
-        for model, d in zip(self.models, self.data):
+        for model, d, columns in zip(self.models, self.data, self.columns):
             xi = _convert_batch(x, self.student, d)
             logits = model(xi).float()
+            logits = logits if columns is None else logits[:, columns.to(logits.device)]
             if len(self.models) == 1:
                 return logits
             probs.append(logits.softmax(dim=1))
@@ -425,10 +431,21 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
         raise UserError(f"--output-dir {out} is a file. Give a folder (it is created when missing).")
     resume = cfg.resume
     if resume == "auto" or (resume is not None and Path(resume).is_dir() and Path(resume).resolve() == out.resolve()):
-        resume = str(out) if (out / checkpoint.LAST).is_file() else None
+        resume = str(out) if any((out / n).is_file() for n in (checkpoint.LAST, checkpoint.PREVIOUS)) else None
     if resume is None:
         if (out / checkpoint.LAST).exists() or (out / "config.yaml").exists():
-            if cfg.resume is None or not _same_run_started(out, cfg):
+            no_weights = not any((out / n).exists() for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST))
+            if cfg.resume is not None and _same_run_started(out, cfg):
+                pass
+            elif no_weights and cfg.resume == "auto":  # e.g. a NaN at step 2: nothing to keep, start over as asked
+                _logger.warning("%s holds a run that stopped before its first checkpoint, with other settings: "
+                                "starting over with these settings", out)
+            elif no_weights:
+                raise UserError(
+                    f"{out} holds a run that stopped before its first checkpoint. Add --resume auto to start it over "
+                    "(with these settings), or choose another --output-dir."
+                )
+            else:
                 raise UserError(
                     f"{out} already holds another run. Continue it with --resume {out} and its settings, or choose "
                     "another --output-dir."
@@ -438,7 +455,9 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
         if cfg.resume is not None:
             _logger.info("No checkpoint of this run in %s yet: starting it from the beginning", out)
         return dataclasses.replace(cfg, resume=None), None, False
-    state = checkpoint.load(resume, prefer=checkpoint.LAST)
+    state, state_file = checkpoint.load_resume(resume)  # a damaged last.pt goes back to last.prev.pt (warning)
+    if state_file.parent.resolve() == out.resolve():
+        checkpoint.check_best(state, out)
     saved = config_from_dict(state["config"])
     if saved.backbone != cfg.backbone:
         raise UserError(
@@ -452,6 +471,8 @@ def _prepare_output(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, bool]:
             "the run folder or its last.pt, or start a new run from these weights with --init-from."
         )
     source_dir = checkpoint.resolve(resume, checkpoint.LAST).parent.resolve()
+    if continuing and (source_dir / "metrics.csv").is_file():
+        read_rows(source_dir / "metrics.csv")  # a damaged log stops here, before any file is written
     if not continuing and source_dir == out.resolve():
         changed = [k for k, v in dataclasses.asdict(cfg).items()
                    if k not in RUNTIME_FIELDS and dataclasses.asdict(saved)[k] != v]
@@ -510,6 +531,7 @@ class Progress:
     finished: bool = False
 
 
+@locked_output  # one run per output folder: a second one stops with exit 2 naming this one
 def fit(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, early-stop on validation, test the best weights once. Returns the summary
     that is also written to `output_dir/summary.json`.
@@ -521,7 +543,7 @@ def fit(cfg: TrainConfig) -> dict:
     distributed.barrier()  # every rank has checked the output folder before rank 0 writes into it
     splits = _load_splits(cfg, state if continuing else None, dist_info)
     seed_everything(cfg.seed)
-    model, dtype = build_model(cfg, len(splits.class_names), state, device)
+    model, dtype = build_model(cfg, splits.class_names, state, device)
     data = build_data(cfg, splits, model, device, dtype, dist_info, state if continuing else None)
     run = build_run(cfg, model, data, device, dtype, dist_info)
     progress = restore(run, state, continuing, cfg.resume)
@@ -549,6 +571,10 @@ def _load_splits(cfg: TrainConfig, state: dict | None, dist_info) -> Splits:
             f"--resume {cfg.resume} was trained on {len(state['class_names'])} classes, {cfg.data_dir} has "
             f"{n_classes}. Resume on the same dataset, or start a new run with --init-from."
         )
+    if state is not None and state.get("data_fingerprint", splits.fingerprint()) != splits.fingerprint():
+        raise UserError(f"The images of {cfg.data_dir} (or its train/val/test split) changed since {cfg.resume} was "
+                        "saved: continuing would not be the same run. Resume on the data it started on, or start a new "
+                        "stage from its weights with --init-from and another --output-dir.")
     world = dist_info.world_size
     if cfg.batch_size != "auto" and cfg.batch_size % (cfg.grad_accum_steps * world):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by --grad-accum-steps x processes "
@@ -556,19 +582,19 @@ def _load_splits(cfg: TrainConfig, state: dict | None, dist_info) -> Splits:
     return splits
 
 
-def build_model(cfg: TrainConfig, n_classes: int, state: dict | None, device: torch.device):
+def build_model(cfg: TrainConfig, class_names: list[str], state: dict | None, device: torch.device):
     """The timm model with its starting weights (pretrained, a resumed run's, or `--init-from`'s), frozen
     backbone when asked, on the device in its memory format. Returns (model, autocast dtype or None)."""
-    model = create_model(cfg.backbone, n_classes, pretrained="none" if (state or cfg.init_from) else cfg.pretrained,
+    model = create_model(cfg.backbone, len(class_names), pretrained="none" if (state or cfg.init_from) else cfg.pretrained,
                          drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     if state is not None:
-        model.load_state_dict(grow_head(model, state["model"]))
+        model.load_state_dict(grow_head(model, state["model"], state["class_names"], class_names, cfg.resume))
     elif cfg.init_from:
         init = checkpoint.load(cfg.init_from)
         if config_from_dict(init["config"]).backbone != cfg.backbone:
             raise UserError(f"--init-from {cfg.init_from} is a {init['config']['backbone']} checkpoint, "
                             f"not {cfg.backbone}.")
-        model.load_state_dict(grow_head(model, init["model"]))
+        model.load_state_dict(grow_head(model, init["model"], init["class_names"], class_names, cfg.init_from))
     if cfg.freeze_backbone:
         freeze_backbone(model)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -605,9 +631,8 @@ def build_run(cfg: TrainConfig, model: nn.Module, data: Data, device: torch.devi
                                warmup_epochs=cfg.warmup_epochs, lr=cfg.lr, min_lr=cfg.min_lr,
                                restart_epochs=cfg.restart_epochs)
     mixing = cfg.mixup or cfg.cutmix
-    teacher = Teacher(cfg.teacher, data.data_config, device) if cfg.teacher else None
-    if teacher is not None and teacher.class_names != data.splits.class_names:
-        raise UserError(f"The teacher {cfg.teacher[0]} was trained on other classes than {cfg.data_dir}.")
+    teacher = (Teacher(cfg.teacher, data.data_config, device, class_names=data.splits.class_names) if cfg.teacher
+               else None)
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True) if cfg.model_ema else None  # warmup: short runs
     wrapped = model
     if dist_info.enabled:
@@ -651,7 +676,7 @@ def _start_output(cfg: TrainConfig, device: torch.device, dist_info, completed_e
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         info = {**run_info(device, cfg.seed), "world_size": dist_info.world_size}
-        (out / "run_info.json").write_text(json.dumps(info, indent=2))
+        atomic_write_text(out / "run_info.json", json.dumps(info, indent=2))
         if completed_epochs is not None:
             _carry_metrics(cfg.resume, out, completed_epochs)
     return out
@@ -737,6 +762,7 @@ def _save_last(cfg: TrainConfig, run: Run, data: Data, progress: Progress, out: 
         "batch_plan": {"micro_batch": data.micro_batch, "accum_steps": data.accum_steps,
                        "effective_batch": data.batch_size},
         "class_names": data.splits.class_names, "data_config": data.data_config,
+        "data_fingerprint": data.splits.fingerprint(),
     }, out / checkpoint.LAST)
 
 
@@ -759,7 +785,7 @@ def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, secon
         prefix = "test" if weights == "model" else "test_ema"
         summary.update({f"{prefix}_{k}": v for k, v in test.items()})
     summary["epochs_run"] = _count_rows(out / "metrics.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     _logger.info("Test top-1 %.2f%% (top-5 %.2f%%) on %d images; outputs in %s", summary.get("test_top1", float("nan")),
                  summary.get("test_top5", float("nan")), summary.get("test_n", 0), out)
     return summary
@@ -781,7 +807,7 @@ def _carry_metrics(resume: str, out: Path, completed_epochs: int) -> None:
     source = checkpoint.resolve(resume, checkpoint.LAST).parent / "metrics.csv"
     target = out / "metrics.csv"
     if source.exists() and source.resolve() != target.resolve():
-        target.write_text(source.read_text())
+        atomic_write_text(target, source.read_text(encoding="utf-8", errors="surrogateescape"))
     truncate_rows(target, completed_epochs)
 
 
@@ -796,11 +822,11 @@ def _report_bad_files(paths: set[str], out: Path) -> None:
     """Add unreadable images to out/bad_files.txt, with one warning for those not listed there yet (so a bad
     file is announced once per run, not once per epoch or per file)."""
     log = out / "bad_files.txt"
-    known = set(log.read_text().splitlines()) if log.exists() else set()
+    known = set(log.read_text(errors="surrogateescape").splitlines()) if log.exists() else set()
     new = sorted(set(paths) - known)
     if not new:
         return
-    log.write_text("\n".join(sorted(known | set(new))) + "\n")
+    atomic_write_text(log, "\n".join(sorted(known | set(new))) + "\n")
     shown = ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
     _logger.warning("%d unreadable image(s) skipped, each replaced by the next readable one: %s. All %d are listed "
                     "in %s; --strict-data makes them an error, `python -m helpers check-data` lists every problem.",

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from torch import nn
 from . import augment, checkpoint
 from .config import UserError, config_from_dict
 from .data import ImageDataset, Sample, load_splits, make_loader, read_test_folder
+from .io import atomic_write_text
+from .lock import run_lock
 from .metrics import topk_correct
 from .models import create_model
 from .utils import amp_dtype, autocast, get_device
@@ -130,12 +133,34 @@ def _samples(dataset: str, data_dir: str, split: str, config: dict) -> tuple[lis
     return splits.get(split), splits.class_names
 
 
-def _check_classes(trained: Trained, class_names: list[str], data_dir: str) -> None:
-    if trained.class_names != class_names:
+def check_classes(trained: Trained, class_names: list[str], data_dir: str, use: str = "evaluated"
+                  ) -> torch.Tensor | None:
+    """Match a model's classes to a dataset's by name.
+
+    Returns:
+        None when they are the same list; else the model's output column of each dataset class (the same classes
+        in another order), to reorder its outputs with `logits[:, columns]`.
+
+    Raises:
+        UserError: naming the classes one side has and the other lacks.
+    """
+    if list(trained.class_names) == list(class_names):
+        return None
+    own, other = set(trained.class_names), set(class_names)
+    if own != other or len(own) != len(trained.class_names):
+        only_model = sorted(own - other)
+        only_data = sorted(other - own)
+        parts = [f"only the model has {', '.join(only_model[:5])}" if only_model else "",
+                 f"only the data has {', '.join(only_data[:5])}" if only_data else ""]
         raise UserError(
-            f"{trained.source} was trained on {len(trained.class_names)} classes ({', '.join(trained.class_names[:3])}, ...), "
-            f"but {data_dir} has {len(class_names)} ({', '.join(class_names[:3])}, ...). Evaluate on the same classes."
+            f"{trained.source} was trained on {len(trained.class_names)} classes, but {data_dir} has "
+            f"{len(class_names)}, and they differ by name ({'; '.join(p for p in parts if p)}). A model "
+            f"{use} must have exactly the data's classes: use a model trained on these classes."
         )
+    index = {c: i for i, c in enumerate(trained.class_names)}
+    _logger.info("%s lists the classes of %s in another order: its outputs are matched by class name",
+                 trained.source, data_dir)
+    return torch.tensor([index[c] for c in class_names])
 
 
 def evaluate(checkpoint_path: str | Path, *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
@@ -151,9 +176,11 @@ def evaluate(checkpoint_path: str | Path, *, dataset: str, data_dir: str, split:
     dev = get_device(device)
     trained = load_trained(checkpoint_path, use_ema=use_ema, device=dev)
     samples, class_names = _samples(dataset, data_dir, split, trained.config)
-    _check_classes(trained, class_names, data_dir)
+    columns = check_classes(trained, class_names, data_dir)
     probs, labels = tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size, device=dev,
                               num_workers=num_workers)
+    if columns is not None:
+        probs = probs[:, columns]
     if predictions:
         write_predictions(predictions, samples, probs, class_names)
     return metrics_from_probs(probs, labels)
@@ -175,8 +202,10 @@ def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: st
         trained = load_trained(path, device=dev)
         if samples is None:
             samples, class_names = _samples(dataset, data_dir, split, trained.config)
-        _check_classes(trained, class_names, data_dir)
+        columns = check_classes(trained, class_names, data_dir, use="in an ensemble")
         probs, labels = tta_probs(trained, samples, tta=tta, batch_size=batch_size, device=dev, num_workers=num_workers)
+        if columns is not None:
+            probs = probs[:, columns]
         member = metrics_from_probs(probs, labels)
         members.append({"model": str(path), "backbone": trained.config["backbone"],
                         "image_size": trained.data_config["image_size"], "top1": member["top1"], "top5": member["top5"]})
@@ -189,14 +218,20 @@ def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: st
 
 
 def write_predictions(path: str | Path, samples: list[Sample], probs: torch.Tensor, class_names: list[str]) -> None:
-    """One CSV row per image: path, true and predicted class, confidence, and every class probability."""
+    """One CSV row per image: path, true and predicted class, confidence, and every class probability.
+
+    The file is written atomically under the lock of its folder (a run folder being trained into refuses it).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not str(path).strip() or path.is_dir():
+        raise UserError(f"--predictions {path!s} must be a file path (a .csv file), not a folder or empty.")
     pred = probs.argmax(dim=1).numpy()
     probs_np = probs.numpy()
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "pred", "confidence"] + [f"p_{c}" for c in class_names])
-        for (image_path, label), p, row in zip(samples, pred, probs_np):
-            writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
-                            + [f"{v:.5f}" for v in row])
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "true", "pred", "confidence"] + [f"p_{c}" for c in class_names])
+    for (image_path, label), p, row in zip(samples, pred, probs_np):
+        writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
+                        + [f"{v:.5f}" for v in row])
+    with run_lock(path.parent, f"the folder of --predictions {path}"):
+        atomic_write_text(path, buffer.getvalue())

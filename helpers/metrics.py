@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 
 import torch
+
+from .config import UserError
+from .io import atomic_write_bytes
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -41,14 +44,47 @@ class Sums:
 
 
 def append_row(path: str | Path, row: dict) -> None:
-    """Append `row` to a CSV file, writing the header when the file is new."""
+    """Append `row` to a CSV file, writing the header when the file is new.
+
+    The whole file is rewritten atomically (`helpers.io.atomic_path`): a full disk or an interrupt leaves the
+    previous rows exactly as they were, never a half row or an empty file. Logs are small (a row per epoch).
+    """
     path = Path(path)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    old = path.read_bytes() if path.exists() else b""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(row))
+    if not old.strip():
+        writer.writeheader()
+        old = b""
+    elif not old.endswith(b"\n"):
+        old += b"\n"
+    writer.writerow(row)
+    atomic_write_bytes(path, old + text.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a metrics CSV written by `append_row`.
+
+    Raises:
+        UserError: the file is not such a log (no `epoch` column, a row with a non-integer epoch), naming it.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+        if rows and "epoch" not in fields:
+            raise ValueError("no 'epoch' column in its header")
+        for r in rows:
+            int(r["epoch"])
+    except (ValueError, TypeError, csv.Error) as exc:
+        raise UserError(
+            f"{path} is damaged ({exc}); it is the run's log of one row per epoch. The checkpoints are not "
+            f"affected: move {path.name} away (its rows are lost, later epochs are logged again) and run the "
+            "same command again."
+        ) from exc
+    return rows
 
 
 def truncate_rows(path: str | Path, max_epoch: int) -> None:
@@ -60,17 +96,18 @@ def truncate_rows(path: str | Path, max_epoch: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    if not path.read_bytes().strip():  # an empty log (a crash of an older version): start it again
+        path.unlink()
+        return
+    rows = read_rows(path)
     keep = [r for r in rows if int(r["epoch"]) <= max_epoch]
     if len(keep) == len(rows):
         return
     if not keep:  # append_row starts the file again, header included
         path.unlink()
         return
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(keep[0]))
-        writer.writeheader()
-        writer.writerows(keep)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(keep[0]))
+    writer.writeheader()
+    writer.writerows(keep)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8", errors="surrogateescape"))

@@ -126,26 +126,39 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
         _logger.info("Initialised from %s; %d tensors did not fit and were left as they were", path, len(skipped))
 
 
-def grow_head(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fit a trained state dict to `model`, whose head may have more classes.
+def grow_head(model: nn.Module, state: dict[str, torch.Tensor], old_classes: list[str] | None = None,
+              new_classes: list[str] | None = None, source: str = "the checkpoint") -> dict[str, torch.Tensor]:
+    """Fit a trained state dict to `model`, whose head may have more classes, matching classes by name.
 
-    The old classes keep their rows of the classifier weight and bias; the new rows keep the model's fresh
-    initialisation. Returns the state dict to load.
+    With both class lists, each class of `new_classes` that `old_classes` has gets that class's row of the
+    classifier weight and bias (wherever it was), the other classes keep the model's fresh initialisation, and
+    the mapping is logged. A class of the checkpoint that the new dataset lacks is refused: its knowledge would
+    be dropped silently, or (by position) given to another class. Without class lists the old rows are copied
+    by position (a plain state dict from elsewhere). Returns the state dict to load.
+
+    Raises:
+        UserError: classes removed, or tensors of another backbone.
     """
     own = model.state_dict()
     classifier = model.default_cfg.get("classifier", "classifier")
+    rows = _class_rows(old_classes, new_classes, source)
     out = {}
     for key, tensor in state.items():
         if key not in own:
             continue
-        if key.startswith(classifier) and tensor.shape != own[key].shape:
-            if tensor.shape[0] > own[key].shape[0] or tensor.shape[1:] != own[key].shape[1:]:
+        if key.startswith(classifier) and tensor.ndim >= 1 and tensor.shape[1:] == own[key].shape[1:] and (
+                rows is not None or tensor.shape != own[key].shape):
+            if rows is None and tensor.shape[0] > own[key].shape[0]:
                 raise UserError(
                     f"The checkpoint's head has {tensor.shape[0]} classes, this dataset {own[key].shape[0]}: "
                     "--init-from can add classes, not remove them."
                 )
+            if rows is not None and (len(old_classes) != tensor.shape[0] or len(new_classes) != own[key].shape[0]):
+                raise UserError(f"{source}: its head has {tensor.shape[0]} rows for {len(old_classes)} class names; "
+                                "the file is inconsistent.")
             grown = own[key].clone()
-            grown[: tensor.shape[0]] = tensor
+            for new_row, old_row in (rows or {i: i for i in range(tensor.shape[0])}).items():
+                grown[new_row] = tensor[old_row]
             out[key] = grown
         elif tensor.shape == own[key].shape:
             out[key] = tensor
@@ -153,6 +166,28 @@ def grow_head(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tor
             raise UserError(f"Checkpoint tensor {key} has shape {tuple(tensor.shape)}, the model {tuple(own[key].shape)}: "
                             "it comes from another backbone.")
     return out
+
+
+def _class_rows(old: list[str] | None, new: list[str] | None, source: str) -> dict[int, int] | None:
+    """{row in the new head: row in the old head} for the classes both have, or None without names."""
+    if old is None or new is None:
+        return None
+    old, new = list(old), list(new)
+    removed = [c for c in old if c not in new]
+    if removed:
+        shown = ", ".join(removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
+        raise UserError(
+            f"{source} was trained on {len(old)} classes, {len(removed)} of which this dataset lacks ({shown}). "
+            "--init-from can add classes (they start fresh), not drop them. Train on a dataset that has every "
+            "class of the checkpoint, or start from --pretrained weights instead."
+        )
+    index = {c: i for i, c in enumerate(old)}
+    rows = {i: index[c] for i, c in enumerate(new) if c in index}
+    moved = sum(1 for n, o in rows.items() if n != o)
+    added = [c for c in new if c not in index]
+    _logger.info("Head rows matched by class name from %s: %d kept (%d at another position), %d new (%s)", source,
+                 len(rows), moved, len(added), ", ".join(added[:5]) + ("..." if len(added) > 5 else ""))
+    return rows
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:

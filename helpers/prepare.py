@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .config import UserError
+from .io import atomic_write_bytes, atomic_write_text
 from .progress import progress_bar
 
 _logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
                "unreadable": counts["unreadable"], "already_done": counts["kept"], "other_files": len(others),
                "bytes_before": bytes_before, "bytes_after": bytes_after,
                "seconds": round(time.perf_counter() - started, 2)}
-    (dst / MANIFEST).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(dst / MANIFEST, json.dumps(summary, indent=2) + "\n")
     if counts["unreadable"]:
         _logger.warning("%d unreadable image(s) were copied unchanged", counts["unreadable"])
     _logger.info("Prepared %d images (%d resized) in %.1f s: %.0f MB -> %.0f MB", len(jobs), counts["resized"],
@@ -186,13 +187,10 @@ def _prepare_one(job: tuple[str, str, int, int, bool]) -> tuple[str, int, int]:
 
 
 def _copy_atomic(src: str, dst: str) -> None:
-    tmp = f"{dst}.tmp{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    _write_atomic(dst, Path(src).read_bytes())
 
 
 def _write_atomic(dst: str, data: bytes) -> None:
-    tmp = f"{dst}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dst)
+    """One image of the copy, atomically (a killed or failed run leaves no half image that a rerun would keep);
+    not fsynced one by one (the manifest, written last, is)."""
+    atomic_write_bytes(dst, data, durable=False)

@@ -92,3 +92,64 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# Open files. Each DataLoader worker holds its own libraries and pipes, and with torch's default
+# `file_descriptor` sharing every batch in flight holds file descriptors in both processes. macOS shells start
+# with `ulimit -n 256`, where a few workers end in "Too many open files".
+FDS_BASE = 40  # the main process: libraries, the dataset's files, checkpoints
+FDS_PER_WORKER = 24  # per worker: its pipes and batches in flight under file_descriptor sharing, train + val loaders
+FDS_PER_WORKER_FILE_SYSTEM = 12  # the same under file_system sharing (shared memory by name)
+
+
+_WARNED: set[tuple[int, int]] = set()
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit where the OS allows it (logged once).
+
+    Returns:
+        The soft limit now in force (a large number where the platform has no such limit).
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        for limit in (target, 10240):  # macOS refuses more than OPEN_MAX (10240) even with an unlimited hard limit
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, target), hard))
+            except (ValueError, OSError):
+                continue
+            _logger.info("Raised the limit of open files from %d to %d (the hard limit)", soft, min(limit, target))
+            soft = min(limit, target)
+            break
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def workers_for_open_files(workers: int) -> int:
+    """The number of DataLoader workers the open-file limit allows, after raising it (`raise_open_file_limit`).
+
+    Where the limit is too low for `workers` under torch's `file_descriptor` sharing, switch to `file_system`
+    sharing (which needs far fewer descriptors); where it is too low even for that, lower the workers. Both
+    with a warning that names the limit and how to raise it.
+    """
+    if workers <= 0:
+        return workers
+    limit = raise_open_file_limit()
+    mp = torch.multiprocessing
+    if mp.get_sharing_strategy() == "file_descriptor" and limit < FDS_BASE + workers * FDS_PER_WORKER:
+        if "file_system" in mp.get_all_sharing_strategies():
+            mp.set_sharing_strategy("file_system")
+            _logger.warning("The limit of open files is %d (ulimit -n), too low for %d loader workers sharing batches "
+                            "by file descriptor: switched to torch's file_system sharing. Raise the limit (ulimit -n "
+                            "4096, or the hard limit of your system) to avoid this.", limit, workers)
+    per_worker = FDS_PER_WORKER if mp.get_sharing_strategy() == "file_descriptor" else FDS_PER_WORKER_FILE_SYSTEM
+    allowed = max(0, (limit - FDS_BASE) // per_worker)
+    if allowed < workers and (limit, workers) not in _WARNED:  # once, not for each loader
+        _WARNED.add((limit, workers))
+        _logger.warning("The limit of open files is %d (ulimit -n), too low for %d loader workers: using %d. Raise "
+                        "the limit (ulimit -n 4096) to use more.", limit, workers, allowed)
+    return min(workers, allowed)

@@ -73,7 +73,7 @@ stage1
 # The model as the trainer builds it for stage 1 (`engine.build_model`): which parameters are frozen.
 
 # %%
-model, _ = engine.build_model(stage1, len(c.class_names()), state=None, device=get_device("cpu"))
+model, _ = engine.build_model(stage1, c.class_names(), state=None, device=get_device("cpu"))
 analysis.parameter_table(model)
 
 # %% [markdown]
@@ -90,7 +90,7 @@ helpers.train(stage1)
 
 # %%
 stage2 = c.config("stage2", {**SETTINGS[profile]["stage2"], **STAGE2, **overrides}, start_from=stage1.output_dir)
-model, _ = engine.build_model(stage2, len(c.class_names()), state=None, device=get_device("cpu"))
+model, _ = engine.build_model(stage2, c.class_names(), state=None, device=get_device("cpu"))
 analysis.optimizer_groups(engine.make_optimizer(model, stage2, get_device("cpu")))
 
 # %%

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import augment
+from helpers.check_data import check_dataset
 from helpers.config import UserError
 from helpers.data import EpochSampler, ImageDataset, load_splits, read_image, stratified_split
 
@@ -119,3 +121,97 @@ def test_truncate_rows_keeps_earlier_epochs_and_restarts_an_emptied_log(tmp_path
     truncate_rows(log, 0)
     append_row(log, {"epoch": 1, "val_top1": 5.0})
     assert log.read_text().splitlines() == ["epoch,val_top1", "1,5.0"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets as users have them: train and check-data read the lists with one parser
+
+
+def _rewrite_lists(root: Path, edit) -> None:
+    for name in ("classes.txt", "train.txt", "test.txt"):
+        path = root / "meta" / name
+        path.write_bytes(edit(name, path.read_text().split()))
+
+
+def test_lists_as_editors_leave_them_give_the_same_splits(tiny_copy):
+    reference = load_splits("food-101", TINY)
+
+    def windows(name, lines):  # a BOM, CRLF, blank lines, trailing spaces, a .jpg suffix, Windows separators
+        rows = [f"{x}.jpg" if i % 3 == 0 and name != "classes.txt" else x for i, x in enumerate(lines)]
+        rows = [x.replace("/", "\\") if i % 5 == 1 else x for i, x in enumerate(rows)]
+        return b"\xef\xbb\xbf" + "\r\n".join(f"{x}  " for x in rows[:5] + [""] + rows[5:] + ["", "   "]).encode()
+
+    _rewrite_lists(tiny_copy, windows)
+    got = load_splits("food-101", tiny_copy)
+    strip = lambda samples: [(Path(p).relative_to(p.rsplit("/images/", 1)[0]).as_posix(), y) for p, y in samples]  # noqa: E731
+    assert got.class_names == reference.class_names
+    for split in ("train", "val", "test"):
+        assert strip(got.get(split)) == strip(reference.get(split))
+    report = check_dataset("food-101", tiny_copy, workers=0)
+    assert report["ok"] and report["checked"] == 550 and report["notes"]["unlisted_files"] == 0
+
+
+def test_duplicate_lines_are_used_once_and_named(tiny_copy, caplog):
+    train = (tiny_copy / "meta" / "train.txt").read_text().split()
+    (tiny_copy / "meta" / "train.txt").write_text("\n".join(train + train[:3]) + "\n")
+    caplog.set_level("WARNING")
+    splits = load_splits("food-101", tiny_copy)
+    assert len(splits.train) + len(splits.val) == len(train)
+    assert "3 duplicate line(s)" in caplog.text and f"{train[0]} (also line 1)" in caplog.text
+    report = check_dataset("food-101", tiny_copy, workers=0)
+    assert report["notes"]["duplicate_lines"] == 3 and report["ok"]
+
+
+@pytest.mark.parametrize("fault, needle, problem", [
+    ("overlap", "listed in both meta/train.txt and meta/test.txt", "list_overlaps"),
+    ("class_without_train", "have no line in meta/train.txt (apple_pie)", "empty_classes"),
+    ("unknown_class", "naming a class that is not in meta/classes.txt", "unknown_class_lines"),
+])
+def test_list_faults_stop_training_and_are_problems_for_check_data(tiny_copy, fault, needle, problem):
+    meta = tiny_copy / "meta"
+    train, test = meta.joinpath("train.txt").read_text().split(), meta.joinpath("test.txt").read_text().split()
+    if fault == "overlap":
+        meta.joinpath("test.txt").write_text("\n".join(test + train[:2]) + "\n")
+    elif fault == "class_without_train":
+        meta.joinpath("train.txt").write_text("\n".join(x for x in train if not x.startswith("apple_pie/")) + "\n")
+    else:
+        meta.joinpath("train.txt").write_text("\n".join(train + ["ghost/1"]) + "\n")
+    with pytest.raises(UserError, match=re.escape(needle)):
+        load_splits("food-101", tiny_copy)
+    report = check_dataset("food-101", tiny_copy, workers=0)
+    assert report[problem] and not report["ok"]
+
+
+def test_one_class_and_empty_datasets_are_named(tmp_path):
+    one = _imagefolder(tmp_path / "one", False)
+    for folder in sorted(one.iterdir())[1:]:
+        shutil.rmtree(folder)
+    with pytest.raises(UserError, match="has 1 class .*a classifier needs at least two"):
+        load_splits("imagefolder", one)
+    lines = tmp_path / "food" / "meta"
+    lines.mkdir(parents=True)
+    for name in ("classes.txt", "train.txt", "test.txt"):
+        (lines / name).write_text("apple_pie\n" if name == "classes.txt" else "apple_pie/1\n")
+    with pytest.raises(UserError, match="listed in both"):
+        load_splits("food-101", tmp_path / "food")
+
+
+def test_junk_from_archives_and_operating_systems_is_never_a_class(tmp_path, caplog):
+    root = _imagefolder(tmp_path / "photos", False)
+    reference = load_splits("imagefolder", root)
+    photo = next((root / "apple_pie").iterdir())
+    for junk in ("__MACOSX/apple_pie", ".ipynb_checkpoints", ".hidden_class", "apple_pie/.ipynb_checkpoints",
+                 "apple_pie/__MACOSX", "notes"):
+        (root / junk).mkdir(parents=True, exist_ok=True)
+    shutil.copy(photo, root / "__MACOSX" / "apple_pie" / "._0.jpg")  # AppleDouble copies of a zip made on a Mac
+    shutil.copy(photo, root / "apple_pie" / "._x.jpg")
+    shutil.copy(photo, root / "apple_pie" / ".ipynb_checkpoints" / "x-checkpoint.jpg")
+    shutil.copy(photo, root / ".hidden_class" / "x.jpg")
+    for name in (".DS_Store", "Thumbs.db", "apple_pie/.DS_Store", "apple_pie/Thumbs.db", "notes/readme.txt"):
+        (root / name).write_bytes(b"\0\1junk")
+    caplog.set_level("WARNING")
+    got = load_splits("imagefolder", root)
+    assert got.class_names == reference.class_names
+    assert got.train == reference.train and got.test == reference.test
+    assert "notes has no images" in caplog.text  # an image-less folder is named, not made a class
+    assert check_dataset("imagefolder", root, workers=0)["ok"]

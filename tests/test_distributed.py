@@ -124,6 +124,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
         "bad_files.txt",
         "best.pt",
         "config.yaml",
+        "last.prev.pt",  # the checkpoint before last.pt, the way back from a damaged last.pt
         "last.pt",
         "metrics.csv",
         "run_info.json",
