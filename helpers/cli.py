@@ -74,6 +74,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=_int_or_auto, metavar="N|auto", **kwargs)
         elif f.type == "int | None":
             group.add_argument(flag, type=_positive_or_none, metavar="N", **kwargs)
+        elif f.type == "float | None":
+            group.add_argument(flag, type=float, metavar="X", **kwargs)
         elif f.type.startswith("tuple"):
             group.add_argument(flag, nargs="+", metavar="RUN", **kwargs)
         else:

@@ -252,10 +252,10 @@ def layer_decay_param_groups(model: nn.Module, *, lr: float, layer_decay: float,
         raise UserError(f"--layer-decay must be in (0, 1] (0.65 to 0.85 is usual for ViTs), got {layer_decay}.")
     layers = _layer_map(model)
     if len(set(layers.values())) < 2:
-        raise UserError(f"--layer-decay: timm cannot split {type(model).__name__} into layers (it has no "
-                        "group_matcher and no classifier to count back from), so every parameter would get the "
-                        "same rate. Drop --layer-decay and use --backbone-lr-ratio, or pick a ViT, ConvNeXt, "
-                        "EVA or EfficientNet backbone.")
+        raise UserError(f"--layer-decay: timm cannot group {type(model).__name__} into layers (it has no "
+                        "group_matcher; timm would only cut its parameter list into chunks of 12 tensors, which are "
+                        "not the network's blocks). Drop --layer-decay and use --backbone-lr-ratio, or pick a "
+                        "backbone timm groups: ViT, EVA, ConvNeXt, EfficientNet, ResNet, ...")
     named = {id(p): n for n, p in model.named_parameters()}
     head = {id(p) for p in head_parameters(model)}
     out = []
@@ -271,18 +271,16 @@ def layer_decay_param_groups(model: nn.Module, *, lr: float, layer_decay: float,
 
 
 def _layer_map(model: nn.Module) -> dict[str, int]:
-    """Parameter name -> layer index, as timm's `param_groups_layer_decay` computes it."""
+    """Parameter name -> layer index from the model's `group_matcher` (stem, each block, ...), as timm's
+    `param_groups_layer_decay` computes it; empty for a model without one."""
     from timm.models import group_parameters
-    from timm.optim._param_groups import auto_group_layers
 
-    try:
-        if hasattr(model, "group_matcher"):
-            return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
-        return auto_group_layers(model)
-    except (NotImplementedError, AttributeError, KeyError):
+    if not hasattr(model, "group_matcher"):
         return {}
-
-
+    try:
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    except NotImplementedError:
+        return {}
 
 
 def data_config(model: nn.Module, image_size: int | None = None) -> dict:
