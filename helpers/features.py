@@ -160,8 +160,8 @@ def _extract_split(model, samples, split: str, out: Path, manifest: dict, device
     bar = tqdm(total=len(samples), initial=len(samples) - n_todo, desc=f"features {split}", unit="img",
                file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     for start, path in todo:
-        feats = _embed_samples(model, samples[start:start + size], manifest, device, dtype, batch_size, num_workers,
-                               bar)
+        feats = embed_samples(model, samples[start:start + size], manifest["data_config"], views=manifest["views"],
+                              device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers, bar=bar)
         path.parent.mkdir(exist_ok=True)
         _write_atomic(path, save({"features": feats}))
     bar.close()
@@ -177,14 +177,18 @@ def _extract_split(model, samples, split: str, out: Path, manifest: dict, device
     return n_todo
 
 
-def _embed_samples(model, samples, manifest: dict, device, dtype, batch_size: int, num_workers: int,
-                   bar) -> torch.Tensor:
+def embed_samples(model: torch.nn.Module, samples: list, data_config: dict, *, views: int = 1,
+                  device: torch.device | None = None, dtype: torch.dtype | None = None, batch_size: int = 64,
+                  num_workers: int = -1, bar=None) -> torch.Tensor:
+    """Features (N, D) float16 of (path, label) samples, in their order, with the evaluation preprocessing of
+    `data_config` (image_size, mean, std, crop_pct, interpolation)."""
     from .augment import DeviceNormalize, eval_transform
     from .data import ImageDataset, make_loader
     from .inference import to_model_input
     from .utils import autocast
 
-    d = manifest["data_config"]
+    device = device or next(model.parameters()).device
+    d = data_config
     transform = eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"], d["interpolation"], uint8=True)
     normalize = DeviceNormalize(d["mean"], d["std"])
     loader = make_loader(ImageDataset(samples, transform, strict=True), batch_size=batch_size, shuffle=False, seed=0,
@@ -193,8 +197,9 @@ def _embed_samples(model, samples, manifest: dict, device, dtype, batch_size: in
     for images, _, _, _ in loader:
         images = to_model_input(images, device, normalize)
         with autocast(device, dtype):
-            out.append(embed(model, images, manifest["views"]).cpu())
-        bar.update(len(images))
+            out.append(embed(model, images, views).cpu())
+        if bar is not None:
+            bar.update(len(images))
     return torch.cat(out).to(torch.float16)
 
 
