@@ -41,8 +41,15 @@ from .data import ImageDataset, index_seed, load_splits, make_loader
 from .inference import init_state, load_trained, predict_logits, to_model_input
 from .losses import kd_loss
 from .metrics import Sums, append_row, topk_correct, truncate_rows
-from .models import (create_model, data_config, freeze_backbone, grow_head, layer_decay_param_groups, param_groups,
-                     set_train_mode)
+from .models import (
+    create_model,
+    data_config,
+    freeze_backbone,
+    grow_head,
+    layer_decay_param_groups,
+    param_groups,
+    set_train_mode,
+)
 from .utils import amp_dtype, autocast, get_device, peak_memory_mb, reset_peak_memory, run_info, seed_everything
 
 _logger = logging.getLogger(__name__)
