@@ -118,6 +118,11 @@ def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_si
     Returns:
         probs (N, C) and labels (N,), in the order of `samples`.
     """
+    if getattr(trained.model, "is_probe", False):  # a linear probe: each backbone on its own preprocessing
+        from .probe import probe_tta_probs
+
+        return probe_tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size,
+                               device=device, num_workers=num_workers, amp=amp)
     device = device or next(trained.model.parameters()).device
     d = trained.data_config
     size = image_size or d["image_size"]

@@ -269,11 +269,14 @@ def canvas_config(configs: list[dict]) -> dict:
 class ProbeModel(nn.Module):
     """Frozen backbones, each feature L2-normalised, concatenated, and the probe's linear head.
 
-    The input is a batch prepared with `canvas_config` (one member's preprocessing); each other member gets it
-    converted to its own: un-normalised, centre-cropped to its crop fraction, resized (bicubic, antialiased)
-    and normalised with its mean and std. A single-member probe sees exactly the preprocessing of its cached
-    features; several members see a close approximation of theirs.
+    `evaluate` and `ensemble` run each backbone on its own preprocessing, exactly that of the cached features
+    (`probe_tta_probs`). Called as a plain model (a distillation teacher), the input is a batch prepared with
+    `canvas_config` (one member's preprocessing) and each other member gets it converted to its own:
+    un-normalised, centre-cropped to its crop fraction, resized (bicubic, antialiased) and normalised with its
+    mean and std, a close approximation of its own preprocessing.
     """
+
+    is_probe = True  # `helpers.inference.tta_probs` hands probes to `probe_tta_probs`
 
     def __init__(self, backbones: list[nn.Module], members: list[dict], canvas: dict, head: nn.Linear):
         super().__init__()
@@ -307,6 +310,51 @@ class ProbeModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).to(self.head.weight.dtype))
+
+
+class _Embedder(nn.Module):
+    def __init__(self, backbone: nn.Module, views: int):
+        super().__init__()
+        self.backbone, self.views = backbone, views
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return embed(self.backbone, x, self.views)
+
+
+def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | None = None, batch_size: int = 32,
+                    device: torch.device | None = None, num_workers: int = -1,
+                    amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`helpers.inference.tta_probs` for a probe: every backbone reads the photos through its own evaluation
+    preprocessing (the recipe of its cached features; `image_size` overrides every member's size), its
+    features are L2-normalised and concatenated, and the head's softmax is averaged over `tta` views.
+
+    Returns:
+        probs (N, C) and labels (N,), in the order of `samples`.
+    """
+    from .augment import DeviceNormalize, tta_transforms
+    from .data import ImageDataset, make_loader
+    from .inference import predict_logits
+    from .utils import amp_dtype
+
+    model = trained.model
+    device = device or next(model.parameters()).device
+    total = None
+    for view in range(tta):
+        parts = []
+        for backbone, member in zip(model.backbones, model.members):
+            d = member["data_config"]
+            transform = tta_transforms(view + 1, image_size or d["image_size"], d["mean"], d["std"], d["crop_pct"],
+                                       d["interpolation"], uint8=True)[view]
+            loader = make_loader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False, seed=0,
+                                 num_workers=num_workers)
+            feats, _, index = predict_logits(_Embedder(backbone, member["views"]), loader, device,
+                                             amp_dtype(device, amp), normalize=DeviceNormalize(d["mean"], d["std"]))
+            parts.append(F.normalize(feats[torch.argsort(index)], dim=1))
+        with torch.no_grad():
+            logits = model.head(torch.cat(parts, dim=1).to(model.head.weight.device)).float().cpu()
+        probs = torch.softmax(logits, dim=1)
+        total = probs if total is None else total + probs
+    return total / tta, torch.tensor([label for _, label in samples])
 
 
 def load_probe(state: dict, source: str, device: torch.device | str = "cpu"):

@@ -112,3 +112,17 @@ def test_bad_features_are_one_paragraph_and_write_nothing(features, tmp_path, da
     done = run_cli("probe", "--features", str(features), str(other), "--output-dir", str(out), "--device", "cpu")
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_a_probe_over_backbones_of_other_input_sizes_evaluates_exactly(features, tmp_path):
+    """lite0 at 64 px and lite1 at 80 px: `evaluate` runs each backbone on its own preprocessing, so the photos
+    give the number the probe had on cached features."""
+    lite1 = tmp_path / "lite1"
+    extract_features(dataset="food-101", data_dir=str(TINY), backbone="tf_efficientnet_lite1", pretrained="offline",
+                     image_size=80, output_dir=lite1, num_workers=0, device="cpu")
+    out = tmp_path / "both"
+    done = run_cli("probe", "--features", str(features), str(lite1), "--output-dir", str(out), "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    on_photos = helpers.evaluate(str(out), dataset="food-101", data_dir=str(TINY), num_workers=0, device="cpu")
+    assert abs(on_photos["top1"] - printed["top1"]) < 100 / 150, (on_photos, printed)
