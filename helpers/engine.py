@@ -257,7 +257,8 @@ def hold_backbone(optimizer: torch.optim.Optimizer, held: bool) -> None:
     scale of their layer). The next `scheduler.step_update` applies it."""
     for group in optimizer.param_groups:
         if group.get("name", "").startswith("backbone"):
-            group["lr_scale"] = 0.0 if held else group["train_scale"]
+            # checkpoints from before train_scale existed carry their last lr_scale only
+            group["lr_scale"] = 0.0 if held else group.get("train_scale", group["lr_scale"])
 
 
 def make_ema(model: nn.Module, decay: float) -> ModelEmaV3:
