@@ -5,8 +5,10 @@
 Each features folder (`helpers.features`) is one frozen backbone's view of the same photos; each is
 L2-normalised on its own (so every backbone weighs the same) and they are concatenated. The L2 strength of the
 weights is chosen on the val split by a sweep on a log grid refined around the best value (CLIP sweeps 96 values;
-a coarse grid of 8 and 4 refinements do here), then the classifier is refitted on train + val with that strength
-(as CLIP does: val has chosen the strength and is no longer held out) and tested once. Every fit is full-batch
+a coarse grid of 8 and 4 refinements do here), and the probe fitted on train with that strength is tested once.
+CLIP refits on train + val; this probe does not, to keep val honest: a fine-tune started from the probe's head
+(`--init-from`) picks its best epoch on val, and a head fitted on val made that choice meaningless (val 100% after
+the head-only epoch on food-101-mini). Every fit is full-batch
 L-BFGS with a strong-Wolfe line search in torch, on the device.
 
 The run folder is a model like any other: `best.pt` holds the linear head, the class list and, per backbone,
@@ -190,7 +192,7 @@ def _best(results) -> dict:
 
 def train_probe(features: list[str | Path], output_dir: str | Path, *, device: str = "auto",
                 max_iter: int = 1000) -> dict:
-    """Sweep the L2 strength on val, refit on train + val, test once, and write the probe's run folder.
+    """Sweep the L2 strength on val, fit on train at the best one, test once, and write the probe's run folder.
 
     Returns:
         {"top1", "top5", "n"} on the test split (what `evaluate` prints).
@@ -208,8 +210,7 @@ def train_probe(features: list[str | Path], output_dir: str | Path, *, device: s
     on = {split: (x.to(dev), y.to(dev)) for split, (x, y) in data.items()}
     sweep = sweep_l2(on["train"], on["val"], n_classes, max_iter=max_iter)
     best = _best(sweep)
-    both = (torch.cat([on["train"][0], on["val"][0]]), torch.cat([on["train"][1], on["val"][1]]))
-    w, b = fit_logreg(*both, n_classes, best["l2"], max_iter=max_iter)
+    w, b = fit_logreg(*on["train"], n_classes, best["l2"], max_iter=max_iter)
     probs = torch.softmax(on["test"][0] @ w.T + b, dim=1).cpu()
     test = metrics_from_probs(probs, data["test"][1])
     _logger.info("Probe on %s: l2 %.2e (val top-1 %.2f), test top-1 %.2f%%", " + ".join(m["backbone"] for m in manifests),
@@ -234,7 +235,7 @@ def _write_run(out: Path, manifests: list[dict], class_names: list[str], w: torc
               "test_fraction": first["test_fraction"], "seed": first["seed"]}
     state = {"model": {"weight": w, "bias": b}, "config": config, "class_names": class_names,
              "data_config": canvas_config([m["data_config"] for m in members]),
-             "probe": {"members": members, "l2": best["l2"], "val_top1": best["top1"], "fit_on": "train+val"},
+             "probe": {"members": members, "l2": best["l2"], "val_top1": best["top1"], "fit_on": "train"},
              "version": checkpoint.VERSION}
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -36,8 +36,7 @@ def l2_sweep(runs: dict[str, str | Path], *, folder: str | Path | None = None, n
         ax.set_xlabel("L2 strength of the weights (mean-loss scale; larger = simpler classifier)")
         ax.set_ylabel("val top-1 (%)")
         ax.legend(loc="lower left", fontsize=9)
-        ax.set_title(title or "Linear probes: val top-1 against the L2 strength (star: chosen, then refit on "
-                     "train + val)", fontsize=10)
+        ax.set_title(title or "Linear probes: val top-1 against the L2 strength (star: chosen)", fontsize=10)
     plots.save_figure(fig, name, folder)
     return fig
 

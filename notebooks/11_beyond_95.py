@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Food-101 workbook (.venv)
 #     language: python
@@ -100,8 +102,8 @@ seconds
 
 # %% [markdown]
 # ## 2. A linear probe per backbone, and one over the concatenated features
-# Logistic regression on the L2-normalised features; the L2 strength is swept on val, then the probe is
-# refitted on train + val and tested once.
+# Logistic regression on the L2-normalised features; the L2 strength is swept on val, and the probe fitted on
+# train at that strength is tested once (val stays held out for the fine-tune that starts from it).
 
 # %%
 probes = {}
