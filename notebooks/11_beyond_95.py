@@ -98,7 +98,7 @@ for label, (name, weights, size) in chosen.items():
                          image_size=size, views=views[profile], output_dir=folder[label], device=device,
                          num_workers=c.num_workers)
     seconds[f"features {label}"] = time.perf_counter() - started
-seconds
+pd.Series(seconds, name="seconds")
 
 # %% [markdown]
 # ## 2. A linear probe per backbone, and one over the concatenated features
