@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -415,9 +414,3 @@ def _classifier_name(model: nn.Module) -> str:
         raise UserError(f"{type(model).__name__} has no plain linear classifier to start from a probe's head.")
     return name
 
-
-def l2_strengths_text(sweep: list[dict]) -> str:
-    """A one-line summary of a sweep: its range and the chosen strength."""
-    best = _best(sweep)
-    return (f"{len(sweep)} strengths from {min(r['l2'] for r in sweep):.0e} to {max(r['l2'] for r in sweep):.0e}; "
-            f"best {best['l2']:.1e} (val top-1 {best['top1']:.1f}%, log10 {math.log10(best['l2']):.2f})")

@@ -3,7 +3,6 @@ ensembles, and one batch through a probe (its features and the weights that read
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +84,3 @@ def probe_batch(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tens
     plots.save_figure(fig, name, folder)
     return fig
 
-
-def runtime_table(seconds: dict[str, float], images: int) -> dict[str, str]:
-    """Seconds per step as minutes, and images/s where the step embedded `images` photos (features)."""
-    return {k: f"{v / 60:.1f} min" + (f" ({images / v:.0f} img/s)" if k.startswith("features") and v > 0 else "")
-            for k, v in seconds.items() if not math.isnan(v)}

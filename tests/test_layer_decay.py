@@ -11,7 +11,7 @@ import torch
 from timm.utils import ModelEmaV3
 
 from helpers import engine
-from helpers.config import TrainConfig
+from helpers.config import TrainConfig, UserError
 
 from .conftest import TINY, run_cli
 
@@ -79,3 +79,20 @@ def test_ema_decay_warmup_follows_a_short_run():
         fixed.update(model, step=step)
     assert float(ema.module.weight.mean()) > 0.7
     assert float(fixed.module.weight.mean()) < 0.1  # the first update copies (decay 0), then 0.998
+
+
+def test_pretrained_file_of_a_timm_model_goes_through_timms_loader_and_adapts_the_head(tmp_path):
+    """--pretrained PATH with a plain weights file of the named model (1000 ImageNet classes) for 10 classes: the
+    body loads, the classifier is a fresh 10-class one."""
+    from safetensors.torch import save_file
+
+    from helpers.models import create_model
+
+    source = create_model("tf_efficientnet_lite0", 1000, pretrained="offline")
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = create_model("tf_efficientnet_lite0", 10, pretrained=str(path))
+    assert model.get_classifier().out_features == 10
+    torch.testing.assert_close(model.conv_stem.weight, source.conv_stem.weight)
+    with pytest.raises(UserError, match="not a weights file of resnet18"):
+        create_model("resnet18", 10, pretrained=str(path))
