@@ -34,7 +34,7 @@ _logger = logging.getLogger("helpers")
 
 # Modules with an `add_command(subparsers)` function; their command's handler is set with set_defaults(func=...)
 # and takes the parsed argparse.Namespace. Keep their imports light: heavy imports go inside the handler.
-EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks")
+EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks", "features", "probe")
 
 
 def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
@@ -79,6 +79,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=_int_or_auto, metavar="N|auto", **kwargs)
         elif f.type == "int | None":
             group.add_argument(flag, type=_positive_or_none, metavar="N", **kwargs)
+        elif f.type == "float | None":
+            group.add_argument(flag, type=float, metavar="X", **kwargs)
         elif f.type.startswith("tuple"):
             group.add_argument(flag, nargs="+", metavar="RUN", **kwargs)
         else:

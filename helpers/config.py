@@ -56,6 +56,7 @@ class TrainConfig:
     lr: float = 3e-3  # the head's learning rate (and the backbone's, times backbone_lr_ratio)
     backbone_lr_ratio: float = 0.1  # discriminative LR: backbone lr = lr * ratio
     head_warmup_epochs: int = 1  # first epochs train the head only (backbone lr 0), then every layer (LP-FT)
+    layer_decay: float | None = None  # e.g. 0.75: block k of depth D learns at lr x R^(D-k) (replaces backbone_lr_ratio)
     weight_decay: float = 0.02
     momentum: float = 0.9  # sgd only
     label_smoothing: float = 0.1

@@ -37,12 +37,20 @@ from torch import nn
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
 from .data import ImageDataset, Splits, index_seed, load_splits, make_loader
-from .inference import check_classes, load_trained, predict_logits, to_model_input
+from .inference import check_classes, init_state, load_trained, predict_logits, to_model_input
 from .io import atomic_write_text
 from .lock import locked_output
 from .losses import kd_loss
 from .metrics import Sums, append_row, read_rows, topk_correct, truncate_rows
-from .models import create_model, data_config, freeze_backbone, grow_head, param_groups, set_train_mode
+from .models import (
+    create_model,
+    data_config,
+    freeze_backbone,
+    grow_head,
+    layer_decay_param_groups,
+    param_groups,
+    set_train_mode,
+)
 from .progress import progress_bar
 from .utils import amp_dtype, autocast, get_device, peak_memory_mb, reset_peak_memory, run_info, seed_everything
 
@@ -258,18 +266,33 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, kind: str, epochs: int, 
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, lr=cfg.lr, backbone_lr_ratio=cfg.backbone_lr_ratio, weight_decay=cfg.weight_decay)
+    """AdamW or SGD over the head and backbone groups: the backbone at `lr x backbone_lr_ratio`, or with
+    `layer_decay` R each backbone layer at `lr x R^(layers above it)`. Each group's `lr_scale` reaches the
+    optimizer through the timm scheduler's `step_update`, which sets lr = schedule(initial_lr) x lr_scale."""
+    if cfg.layer_decay is not None:
+        groups = layer_decay_param_groups(model, lr=cfg.lr, layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay)
+    else:
+        groups = param_groups(model, lr=cfg.lr, backbone_lr_ratio=cfg.backbone_lr_ratio, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cuda", "mps"))
 
 
-def set_backbone_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
-    """Set the backbone groups' share of the scheduled rate (0 holds the backbone still: AdamW's decoupled weight
-    decay is scaled by the rate too). The next `scheduler.step_update` applies it."""
+def hold_backbone(optimizer: torch.optim.Optimizer, held: bool) -> None:
+    """Hold the backbone groups still (lr_scale 0: AdamW's decoupled weight decay is scaled by the rate too) or
+    give them back their own share of the scheduled rate (`train_scale`: the backbone ratio, or the layer-decay
+    scale of their layer). The next `scheduler.step_update` applies it."""
     for group in optimizer.param_groups:
         if group.get("name", "").startswith("backbone"):
-            group["lr_scale"] = scale
+            # checkpoints from before train_scale existed carry their last lr_scale only
+            group["lr_scale"] = 0.0 if held else group.get("train_scale", group["lr_scale"])
+
+
+def make_ema(model: nn.Module, decay: float) -> ModelEmaV3:
+    """timm's ModelEmaV3 with its decay warmup: at update t the decay is min(decay, 1 - (1 + t)^(-2/3)), so a
+    short run's EMA follows the trained weights (0.8 after 10 updates, 0.95 after 100) instead of staying near
+    the initial ones, as a fixed 0.998 would for the first ~500 updates."""
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
 
 
 def make_mixup(cfg: TrainConfig, num_classes: int) -> Mixup:
@@ -590,11 +613,8 @@ def build_model(cfg: TrainConfig, class_names: list[str], state: dict | None, de
     if state is not None:
         model.load_state_dict(grow_head(model, state["model"], state["class_names"], class_names, cfg.resume))
     elif cfg.init_from:
-        init = checkpoint.load(cfg.init_from)
-        if config_from_dict(init["config"]).backbone != cfg.backbone:
-            raise UserError(f"--init-from {cfg.init_from} is a {init['config']['backbone']} checkpoint, "
-                            f"not {cfg.backbone}.")
-        model.load_state_dict(grow_head(model, init["model"], init["class_names"], class_names, cfg.init_from))
+        weights, init_classes = init_state(cfg.init_from, model, cfg.backbone)
+        model.load_state_dict(grow_head(model, weights, init_classes, class_names, cfg.init_from))
     if cfg.freeze_backbone:
         freeze_backbone(model)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -633,7 +653,7 @@ def build_run(cfg: TrainConfig, model: nn.Module, data: Data, device: torch.devi
     mixing = cfg.mixup or cfg.cutmix
     teacher = (Teacher(cfg.teacher, data.data_config, device, class_names=data.splits.class_names) if cfg.teacher
                else None)
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True) if cfg.model_ema else None  # warmup: short runs
+    ema = make_ema(model, cfg.model_ema_decay) if cfg.model_ema else None
     wrapped = model
     if dist_info.enabled:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -692,7 +712,7 @@ def train_epochs(cfg: TrainConfig, run: Run, data: Data, progress: Progress, out
     while not progress.finished and progress.epoch < cfg.epochs:
         epoch = progress.epoch
         data.train_loader.sampler.set_epoch(epoch, start=progress.step * data.accum_steps * data.micro_batch * world)
-        set_backbone_lr_scale(run.optimizer, 0.0 if epoch < cfg.head_warmup_epochs else cfg.backbone_lr_ratio)
+        hold_backbone(run.optimizer, epoch < cfg.head_warmup_epochs)
         run.scheduler.step_update(run.num_updates)
         sums = Sums()
         if progress.sums_state is not None and progress.step > 0 and is_main:  # the saved sums are all ranks'

@@ -41,8 +41,15 @@ class Trained:
 
 
 def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.device | str = "cpu") -> Trained:
-    """Rebuild a model from a run folder (its best checkpoint) or a checkpoint file, in eval mode."""
+    """Rebuild a model from a run folder (its best checkpoint) or a checkpoint file, in eval mode. A probe run
+    (`helpers.probe`) gives its frozen backbones with the linear head."""
     state = checkpoint.load(path, prefer=checkpoint.BEST)
+    if "probe" in state:
+        from .probe import load_probe
+
+        if use_ema:
+            raise UserError(f"{path} is a linear probe: it has no EMA weights. Drop --use-ema.")
+        return load_probe(state, str(path), device)
     cfg = config_from_dict(state["config"])
     model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none")
     weights = state["model"]
@@ -53,6 +60,19 @@ def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.devic
     model.load_state_dict(weights)
     model.to(device).eval()
     return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(path))
+
+
+def init_state(path: str | Path, model: nn.Module, backbone: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights `--init-from` starts `model` (a `backbone`) from: a trained run's, or a probe run's backbone
+    weights with its head (`helpers.probe.init_state`), and the class names of the head's rows."""
+    state = checkpoint.load(path)
+    if "probe" in state:
+        from .probe import init_state as probe_init_state
+
+        return probe_init_state(state, model, backbone, str(path)), list(state["class_names"])
+    if config_from_dict(state["config"]).backbone != backbone:
+        raise UserError(f"--init-from {path} is a {state['config']['backbone']} checkpoint, not {backbone}.")
+    return state["model"], list(state["class_names"])
 
 
 def to_model_input(images: torch.Tensor, device: torch.device,
@@ -101,6 +121,11 @@ def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_si
     Returns:
         probs (N, C) and labels (N,), in the order of `samples`.
     """
+    if getattr(trained.model, "is_probe", False):  # a linear probe: each backbone on its own preprocessing
+        from .probe import probe_tta_probs
+
+        return probe_tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size,
+                               device=device, num_workers=num_workers, amp=amp)
     device = device or next(trained.model.parameters()).device
     d = trained.data_config
     size = image_size or d["image_size"]

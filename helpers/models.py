@@ -54,12 +54,43 @@ def create_model(backbone: str, num_classes: int, *, pretrained: str = "none", d
                 f"Could not download the pretrained weights of {backbone} ({type(exc).__name__}: {exc}). "
                 "Check the network, or use --pretrained offline (tf_efficientnet_lite0/1/2), none, or a file."
             ) from exc
+    if pretrained not in ("none", "", None, "offline") and not _is_project_checkpoint(pretrained):
+        return init_head(_create_from_weights_file(backbone, pretrained, kwargs))
     model = timm.create_model(backbone, pretrained=False, **kwargs)
     if pretrained == "offline":
         load_offline_weights(model, backbone)
     elif pretrained not in ("none", "", None):
         load_backbone_weights(model, pretrained)
     return init_head(model)
+
+
+def _is_project_checkpoint(path: str | Path) -> bool:
+    """A run folder or a checkpoint of this project (a dict with model and config), not a hub weights file."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors" or not path.is_file():
+        return path.is_dir()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file: let timm's loader report it
+        return False
+    return isinstance(state, dict) and "model" in state and "config" in state
+
+
+def _create_from_weights_file(backbone: str, path: str | Path, kwargs: dict) -> nn.Module:
+    """A timm model initialised from a weights file of that model (e.g. a hub download copied by hand).
+
+    timm's own loader runs: `pretrained_cfg_overlay=dict(file=...)` applies the model's checkpoint filter
+    (which converts e.g. OpenAI CLIP or original EVA-02 weights to timm's layout) and drops or adapts the
+    classifier when `num_classes` differs from the file's.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"--pretrained {path}: no such file. Give hub, offline, none, or a weights file "
+                        f"(.safetensors, .pth, .bin) of {backbone}.")
+    try:
+        return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except Exception as exc:  # timm raises RuntimeError/KeyError/ValueError for a file of another model
+        raise UserError(f"--pretrained {path} is not a weights file of {backbone} ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}). Give the weights of this timm model, or another --backbone.") from exc
 
 
 def init_head(model: nn.Module) -> nn.Module:
@@ -228,10 +259,63 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr_ratio: float, weigh
     out = []
     for (part, decay), params in sorted(groups.items()):
         scale = 1.0 if part == "head" else backbone_lr_ratio
-        # timm's schedulers set each group's lr to (scheduled rate of initial_lr) x lr_scale
-        out.append({"params": params, "name": f"{part}{'' if decay else '_no_decay'}", "lr": lr * scale,
-                    "initial_lr": lr, "lr_scale": scale, "weight_decay": weight_decay if decay else 0.0})
+        out.append(_group(params, f"{part}{'' if decay else '_no_decay'}", lr, scale, weight_decay if decay else 0.0))
     return out
+
+
+def _group(params: list[nn.Parameter], name: str, lr: float, scale: float, weight_decay: float) -> dict:
+    """One optimizer group. timm's schedulers set each group's lr to (scheduled rate of `initial_lr`) x
+    `lr_scale`; `train_scale` is the group's `lr_scale` while it trains (`lr_scale` 0 holds it still)."""
+    return {"params": params, "name": name, "lr": lr * scale, "initial_lr": lr, "lr_scale": scale,
+            "train_scale": scale, "weight_decay": weight_decay}
+
+
+def layer_decay_param_groups(model: nn.Module, *, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups with layer-wise learning-rate decay (BEiT, timm's `param_groups_layer_decay`).
+
+    timm numbers the model's layers from the stem (0) through each block to the last layer (D + 1, the final
+    norm and head for a ViT of depth D); layer k learns at `lr x layer_decay^(D + 1 - k)`, so block b (0-based,
+    layer b + 1) learns at `lr x layer_decay^(D - b)` and the head at `lr`. The classifier's parameters get
+    their own "head" groups (scale 1) so that the head warmup can hold every other group still.
+
+    Raises:
+        UserError: `layer_decay` outside (0, 1], or a model whose parameters timm cannot split into layers.
+    """
+    from timm.optim import param_groups_layer_decay
+
+    if not 0 < layer_decay <= 1:
+        raise UserError(f"--layer-decay must be in (0, 1] (0.65 to 0.85 is usual for ViTs), got {layer_decay}.")
+    layers = _layer_map(model)
+    if len(set(layers.values())) < 2:
+        raise UserError(f"--layer-decay: timm cannot group {type(model).__name__} into layers (it has no "
+                        "group_matcher; timm would only cut its parameter list into chunks of 12 tensors, which are "
+                        "not the network's blocks). Drop --layer-decay and use --backbone-lr-ratio, or pick a "
+                        "backbone timm groups: ViT, EVA, ConvNeXt, EfficientNet, ResNet, ...")
+    named = {id(p): n for n, p in model.named_parameters()}
+    head = {id(p) for p in head_parameters(model)}
+    out = []
+    for g in param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay):
+        decay = "" if g["weight_decay"] else "_no_decay"
+        layer = layers.get(named[id(g["params"][0])], max(layers.values()))
+        for part in ("head", "backbone"):
+            params = [p for p in g["params"] if (id(p) in head) == (part == "head")]
+            if params:
+                name = f"head{decay}" if part == "head" else f"backbone_layer{layer}{decay}"
+                out.append(_group(params, name, lr, 1.0 if part == "head" else g["lr_scale"], g["weight_decay"]))
+    return out
+
+
+def _layer_map(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer index from the model's `group_matcher` (stem, each block, ...), as timm's
+    `param_groups_layer_decay` computes it; empty for a model without one."""
+    from timm.models import group_parameters
+
+    if not hasattr(model, "group_matcher"):
+        return {}
+    try:
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    except NotImplementedError:
+        return {}
 
 
 def data_config(model: nn.Module, image_size: int | None = None) -> dict:

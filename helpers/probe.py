@@ -1,0 +1,416 @@
+"""Linear probes: multinomial logistic regression on cached, L2-normalised features (the CLIP protocol).
+
+    python -m helpers probe --features features/siglip features/clip-l --output-dir runs/probe-siglip-clip
+
+Each features folder (`helpers.features`) is one frozen backbone's view of the same photos; each is
+L2-normalised on its own (so every backbone weighs the same) and they are concatenated. The L2 strength of the
+weights is chosen on the val split by a sweep on a log grid refined around the best value (CLIP sweeps 96 values;
+a coarse grid of 8 and 4 refinements do here), and the probe fitted on train with that strength is tested once.
+CLIP refits on train + val; this probe does not, to keep val honest: a fine-tune started from the probe's head
+(`--init-from`) picks its best epoch on val, and a head fitted on val made that choice meaningless (val 100% after
+the head-only epoch on food-101-mini). Every fit is full-batch
+L-BFGS with a strong-Wolfe line search in torch, on the device.
+
+The run folder is a model like any other: `best.pt` holds the linear head, the class list and, per backbone,
+its name, pretrained source, data config, views and mean feature norm (plain data, `weights_only` loading), so
+`evaluate`, `ensemble`, `--teacher` and `--init-from` rebuild the backbones and run the probe on images.
+It also holds `sweep.csv` (val top-1 and loss per strength), `summary.json` and the test predictions CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CHOICES, UserError
+from .features import SPLITS, _write_atomic, embed, read_manifest, read_split
+
+_logger = logging.getLogger(__name__)
+
+COARSE_GRID = tuple(10.0 ** k for k in range(-7, 1))  # L2 strengths first tried (mean-loss scale)
+PREDICTIONS = "test_predictions.csv"
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `probe` sub-command."""
+    p = subparsers.add_parser("probe", help="fit a linear probe on cached features; prints a JSON line last")
+    p.add_argument("--features", nargs="+", required=True, help="features folders of the same photos")
+    p.add_argument("--output-dir", required=True, help="the probe's run folder (a model for evaluate/ensemble)")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    p.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations per fit")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    return train_probe(args.features, args.output_dir, device=args.device, max_iter=args.max_iter)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Features
+
+
+def load_probe_data(folders: list[str | Path]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[dict], dict]:
+    """The concatenated, per-backbone L2-normalised features of every split, checked to be of the same photos.
+
+    Returns:
+        ({split: (x (N, sum D) float32, labels (N,))}, one manifest per folder with its "mean_norm" (the mean
+        L2 norm of its train features) added, the test split's metadata (class_names, paths)).
+
+    Raises:
+        UserError: a folder without a finished split, or folders of other classes or other photos.
+    """
+    if not folders:
+        raise UserError("Give at least one features folder (written by `python -m helpers features`).")
+    manifests = [read_manifest(f) for f in folders]
+    data, first_meta = {}, {}
+    for split in SPLITS:
+        parts, labels = [], None
+        for folder, manifest in zip(folders, manifests):
+            x, y, meta = read_split(folder, split)
+            if split == "train":
+                manifest["mean_norm"] = float(x.norm(dim=1).mean())
+            if split not in first_meta:
+                first_meta[split] = {**meta, "folder": str(folder)}
+            _check_same_photos(first_meta[split], {**meta, "folder": str(folder)}, split)
+            parts.append(F.normalize(x, dim=1))
+            labels = y
+        data[split] = (torch.cat(parts, dim=1), labels)
+    return data, manifests, first_meta["test"]
+
+
+def _check_same_photos(ref: dict, meta: dict, split: str) -> None:
+    if meta["class_names"] != ref["class_names"]:
+        raise UserError(
+            f"{meta['folder']} holds features of other classes than {ref['folder']} ({len(meta['class_names'])} "
+            f"classes: {', '.join(meta['class_names'][:3])}, ... against {len(ref['class_names'])}: "
+            f"{', '.join(ref['class_names'][:3])}, ...). Probe features of the same dataset.")
+    if meta["paths"] != ref["paths"]:
+        differ = next((a, b) for a, b in zip(meta["paths"] + [None], ref["paths"] + [None]) if a != b)
+        raise UserError(
+            f"The {split} split of {meta['folder']} holds other photos than that of {ref['folder']} "
+            f"({len(meta['paths'])} against {len(ref['paths'])} photos; first difference {differ[0]} / {differ[1]}). "
+            "Compute every features folder from the same dataset with the same --val-fraction and --seed.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fitting
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, *, max_iter: int = 1000,
+               init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression: minimise mean cross-entropy + l2 / 2 * ||W||^2 (bias not penalised),
+    full batch, with L-BFGS and a strong-Wolfe line search. scikit-learn's `LogisticRegression(C=...)` solves
+    the same problem with C = 1 / (l2 * N).
+
+    Args:
+        x: (N, D) float32 features on the device; y: (N,) class indices.
+        init: a warm start (W, b), e.g. the fit at the next stronger penalty of a sweep.
+    Returns:
+        W (C, D) and b (C,), detached.
+    """
+    w = torch.zeros(num_classes, x.shape[1], device=x.device) if init is None else init[0].clone()
+    b = torch.zeros(num_classes, device=x.device) if init is None else init[1].clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-7,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    y = y.to(x.device)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.T + b, y) + 0.5 * l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with _threads_for(x):
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
+@contextlib.contextmanager
+def _threads_for(x: torch.Tensor):
+    """One CPU thread for small problems (the tiny and mini sets): each L-BFGS step is a few small matmuls, and
+    on a busy 2-core machine syncing two threads made a fit 20x slower (27 s against 1.3 s measured)."""
+    if x.device.type != "cpu" or x.numel() > 2**24:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _score(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:
+    logits = x @ w.T + b
+    y = y.to(x.device)
+    return {"top1": 100.0 * float((logits.argmax(1) == y).float().mean()),
+            "loss": float(F.cross_entropy(logits, y))}
+
+
+def sweep_l2(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], num_classes: int, *,
+             max_iter: int = 1000) -> list[dict]:
+    """Val top-1 and loss of probes fitted on train for L2 strengths on a log grid, then at the geometric
+    midpoints (and quarter points) around the best: [{"l2", "top1", "loss"}, ...] sorted by strength.
+
+    The grid is walked from the strongest penalty down, each fit warm-started from the previous one.
+    """
+    results: dict[float, dict] = {}
+
+    def run(strengths) -> None:
+        init = None
+        for l2 in sorted(strengths, reverse=True):
+            if l2 in results:
+                continue
+            w, b = fit_logreg(*train, num_classes, l2, max_iter=max_iter, init=init)
+            init = (w, b)
+            results[l2] = {"l2": l2, **_score(w, b, *val)}
+            _logger.info("probe l2 %.2e: val top-1 %.2f, loss %.3f", l2, results[l2]["top1"], results[l2]["loss"])
+
+    run(COARSE_GRID)
+    for step in (0.5, 0.25):
+        best = _best(results.values())["l2"]
+        run([best * 10 ** step, best * 10 ** -step])
+    return sorted(results.values(), key=lambda r: r["l2"])
+
+
+def _best(results) -> dict:
+    """The highest val top-1; ties go to the lower val loss."""
+    return max(results, key=lambda r: (round(r["top1"], 6), -r["loss"]))
+
+
+def train_probe(features: list[str | Path], output_dir: str | Path, *, device: str = "auto",
+                max_iter: int = 1000) -> dict:
+    """Sweep the L2 strength on val, fit on train at the best one, test once, and write the probe's run folder.
+
+    Returns:
+        {"top1", "top5", "n"} on the test split (what `evaluate` prints).
+    """
+    from .inference import metrics_from_probs, write_predictions
+    from .utils import get_device
+
+    out = Path(output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--output-dir {out} already exists and is not an empty folder: give a new folder.")
+    data, manifests, test_meta = load_probe_data(features)
+    dev = get_device(device)
+    class_names = test_meta["class_names"]
+    n_classes = len(class_names)
+    on = {split: (x.to(dev), y.to(dev)) for split, (x, y) in data.items()}
+    sweep = sweep_l2(on["train"], on["val"], n_classes, max_iter=max_iter)
+    best = _best(sweep)
+    w, b = fit_logreg(*on["train"], n_classes, best["l2"], max_iter=max_iter)
+    probs = torch.softmax(on["test"][0] @ w.T + b, dim=1).cpu()
+    test = metrics_from_probs(probs, data["test"][1])
+    _logger.info("Probe on %s: l2 %.2e (val top-1 %.2f), test top-1 %.2f%%", " + ".join(m["backbone"] for m in manifests),
+                 best["l2"], best["top1"], test["top1"])
+    root = Path(manifests[0]["data_dir"])
+    samples = [(str(root / p), int(label)) for p, label in zip(test_meta["paths"], data["test"][1])]
+    out.mkdir(parents=True, exist_ok=True)
+    _write_run(out, manifests, class_names, w.cpu(), b.cpu(), best, sweep, test)
+    _write_atomic(out / PREDICTIONS, lambda tmp: write_predictions(tmp, samples, probs, class_names))
+    return test
+
+
+def _write_run(out: Path, manifests: list[dict], class_names: list[str], w: torch.Tensor, b: torch.Tensor, best: dict,
+               sweep: list[dict], test: dict) -> None:
+    from . import checkpoint
+
+    first = manifests[0]
+    members = [{"backbone": m["backbone"], "pretrained": m["pretrained"], "data_config": m["data_config"],
+                "views": m["views"], "num_features": m["num_features"], "mean_norm": m["mean_norm"]} for m in manifests]
+    config = {"backbone": "+".join(m["backbone"] for m in manifests), "dataset": first["dataset"],
+              "data_dir": first["data_dir"], "val_fraction": first["val_fraction"],
+              "test_fraction": first["test_fraction"], "seed": first["seed"]}
+    state = {"model": {"weight": w, "bias": b}, "config": config, "class_names": class_names,
+             "data_config": canvas_config([m["data_config"] for m in members]),
+             "probe": {"members": members, "l2": best["l2"], "val_top1": best["top1"], "fit_on": "train"},
+             "version": checkpoint.VERSION}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _write_atomic(out / checkpoint.BEST, buffer.getvalue())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["l2", "top1", "loss"])
+    writer.writeheader()
+    writer.writerows(sweep)
+    _write_atomic(out / "sweep.csv", text.getvalue().encode())
+    summary = {"test_top1": test["top1"], "test_top5": test["top5"], "test_n": test["n"], "l2": best["l2"],
+               "val_top1": best["top1"], "features": [m["backbone"] for m in manifests]}
+    _write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def read_sweep(run: str | Path) -> list[dict]:
+    """The L2 sweep of a probe run: [{"l2", "top1", "loss"}, ...]."""
+    with open(Path(run) / "sweep.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The probe as a model
+
+
+def canvas_config(configs: list[dict]) -> dict:
+    """The preprocessing `evaluate` gives a probe's input: that of its member with the largest input size.
+    The other members crop and resize it to their own (`ProbeModel`)."""
+    best = max(configs, key=lambda d: (d["image_size"], -d["crop_pct"]))
+    return {**best, "mean": tuple(best["mean"]), "std": tuple(best["std"])}
+
+
+class ProbeModel(nn.Module):
+    """Frozen backbones, each feature L2-normalised, concatenated, and the probe's linear head.
+
+    `evaluate` and `ensemble` run each backbone on its own preprocessing, exactly that of the cached features
+    (`probe_tta_probs`). Called as a plain model (a distillation teacher), the input is a batch prepared with
+    `canvas_config` (one member's preprocessing) and each other member gets it converted to its own:
+    un-normalised, centre-cropped to its crop fraction, resized (bicubic, antialiased) and normalised with its
+    mean and std, a close approximation of its own preprocessing.
+    """
+
+    is_probe = True  # `helpers.inference.tta_probs` hands probes to `probe_tta_probs`
+
+    def __init__(self, backbones: list[nn.Module], members: list[dict], canvas: dict, head: nn.Linear):
+        super().__init__()
+        self.backbones = nn.ModuleList(backbones)
+        self.members = members
+        self.canvas = canvas
+        self.head = head
+
+    def _member_input(self, x: torch.Tensor, d: dict) -> torch.Tensor:
+        c = self.canvas
+        if (d["image_size"], d["crop_pct"], tuple(d["mean"]), tuple(d["std"])) == (
+                c["image_size"], c["crop_pct"], tuple(c["mean"]), tuple(c["std"])):
+            return x
+        cm, cs, dm, ds = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+                          for v in (c["mean"], c["std"], d["mean"], d["std"]))
+        x = x * cs + cm
+        keep = min(1.0, d["crop_pct"] / c["crop_pct"])
+        side = x.shape[-1]
+        crop = max(1, round(side * keep))
+        top = (side - crop) // 2
+        x = x[..., top:top + crop, top:top + crop]
+        x = F.interpolate(x, size=(d["image_size"], d["image_size"]), mode="bicubic", antialias=True,
+                          align_corners=False)
+        return (x - dm) / ds
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The concatenated, per-backbone L2-normalised features (N, sum D) that the head reads."""
+        parts = [F.normalize(embed(m, self._member_input(x, d["data_config"]), d["views"]), dim=1)
+                 for m, d in zip(self.backbones, self.members)]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).to(self.head.weight.dtype))
+
+
+class _Embedder(nn.Module):
+    def __init__(self, backbone: nn.Module, views: int):
+        super().__init__()
+        self.backbone, self.views = backbone, views
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return embed(self.backbone, x, self.views)
+
+
+def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | None = None, batch_size: int = 32,
+                    device: torch.device | None = None, num_workers: int = -1,
+                    amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`helpers.inference.tta_probs` for a probe: every backbone reads the photos through its own evaluation
+    preprocessing (the recipe of its cached features; `image_size` overrides every member's size), its
+    features are L2-normalised and concatenated, and the head's softmax is averaged over `tta` views.
+
+    Returns:
+        probs (N, C) and labels (N,), in the order of `samples`.
+    """
+    from .augment import DeviceNormalize, tta_transforms
+    from .data import ImageDataset, make_loader
+    from .inference import predict_logits
+    from .utils import amp_dtype
+
+    model = trained.model
+    device = device or next(model.parameters()).device
+    total = None
+    for view in range(tta):
+        parts = []
+        for backbone, member in zip(model.backbones, model.members):
+            d = member["data_config"]
+            transform = tta_transforms(view + 1, image_size or d["image_size"], d["mean"], d["std"], d["crop_pct"],
+                                       d["interpolation"], uint8=True)[view]
+            loader = make_loader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False, seed=0,
+                                 num_workers=num_workers)
+            feats, _, index = predict_logits(_Embedder(backbone, member["views"]), loader, device,
+                                             amp_dtype(device, amp), normalize=DeviceNormalize(d["mean"], d["std"]))
+            parts.append(F.normalize(feats[torch.argsort(index)], dim=1))
+        with torch.no_grad():
+            logits = model.head(torch.cat(parts, dim=1).to(model.head.weight.device)).float().cpu()
+        probs = torch.softmax(logits, dim=1)
+        total = probs if total is None else total + probs
+    return total / tta, torch.tensor([label for _, label in samples])
+
+
+def load_probe(state: dict, source: str, device: torch.device | str = "cpu"):
+    """A `helpers.inference.Trained` from a probe checkpoint: the backbones built from their pretrained
+    sources (hub, offline or a file, as the features were computed) and the linear head."""
+    from .features import feature_model
+    from .inference import Trained
+
+    probe = state["probe"]
+    backbones = [feature_model(m["backbone"], m["pretrained"], m["data_config"]["image_size"])[0]
+                 for m in probe["members"]]
+    weight, bias = state["model"]["weight"], state["model"]["bias"]
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight, "bias": bias})
+    model = ProbeModel(backbones, probe["members"], dict(state["data_config"]), head)
+    model.to(device).eval()
+    return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(source))
+
+
+def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dict[str, torch.Tensor]:
+    """The weights `--init-from PROBE_RUN` starts a fine-tune from (LP-FT): the backbone's pretrained weights
+    and the probe's head folded into the model's plain linear classifier.
+
+    The probe reads L2-normalised features, logits = W f / |f| + b, which a linear classifier cannot express
+    exactly. The head is folded with the mean train-feature norm m instead: logits = (W / m) f + b. For each
+    photo this is the probe's logits with W f / |f| scaled by |f| / m > 0, so every prediction (argmax) is the
+    probe's own at step 0, and only the confidence varies with the photo's feature norm (which varies little).
+    A normalising head would keep the logits exactly, but it would be a module of its own that every other
+    command (evaluate, ensemble, export) would need to know; the folded head is a plain timm model.
+
+    Raises:
+        UserError: the probe has several backbones, or another backbone than the fine-tune.
+    """
+    from .models import create_model
+
+    members = state["probe"]["members"]
+    if len(members) != 1 or members[0]["backbone"] != backbone:
+        names = " + ".join(m["backbone"] for m in members)
+        raise UserError(f"--init-from {source} is a probe on {names}; a fine-tune of {backbone} can start from the "
+                        f"probe of {backbone} alone. Fit one with `python -m helpers probe --features DIR` on "
+                        f"features of {backbone}.")
+    member = members[0]
+    n_classes = state["model"]["weight"].shape[0]
+    base = create_model(backbone, n_classes, pretrained=member["pretrained"]).state_dict()
+    classifier = _classifier_name(model)
+    base[f"{classifier}.weight"] = state["model"]["weight"] / member["mean_norm"]
+    base[f"{classifier}.bias"] = state["model"]["bias"].clone()
+    _logger.info("Starting from the probe %s: %s weights (%s) and the probe's head (folded with mean feature norm "
+                 "%.2f)", source, backbone, member["pretrained"], member["mean_norm"])
+    return base
+
+
+def _classifier_name(model: nn.Module) -> str:
+    head = model.get_classifier()
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name is None or not isinstance(head, nn.Linear):
+        raise UserError(f"{type(model).__name__} has no plain linear classifier to start from a probe's head.")
+    return name
+

@@ -1,0 +1,198 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+
+# %% [markdown]
+# # 11 · Past 95%: strong pretrained features, linear probes and layer-decay fine-tuning
+#
+# **Why.** The plan's ladder tops out below 95%: the best published EfficientNets reach 91.5% (B4) and 93.0% (B7)
+# on Food-101 (Tan & Le 2019, Table 5). The published routes past 95% all start from much stronger pretrained
+# features: CLIP ViT-L/14@336 with a linear probe 95.9% (Radford et al. 2021, Table 10), SigLIP SO400M/384
+# zero-shot 96.35% (open_clip's results), EfficientNet-L2 + SAM fine-tuned 96.18% (Foret et al. 2020).
+#
+# **Technique.** (1) Compute the frozen backbone's pooled features of every photo *once* (`helpers features`).
+# (2) Fit a multinomial logistic regression on the L2-normalised features, its L2 strength chosen on val
+# (`helpers probe`, the CLIP protocol): seconds, not hours. (3) Several backbones: concatenate their features
+# (one probe) or average the probes' softmax (an ensemble). (4) Fine-tune from the probe's head with layer-wise
+# learning-rate decay (LP-FT: the good features are not distorted by a random head's first gradients).
+#
+# **Full profile.** SigLIP SO400M/384 and CLIP ViT-L/14@336 probes, their ensemble (with notebook 08's when it
+# exists), and EVA-02-B/448 fine-tuned from its probe with layer decay: hub weights, a GPU or a Mac overnight.
+# **Demo profile.** The same steps with the offline efficientnet-lite0/1/2 weights on the tiny set, at 112 px:
+# ImageNet-1k lite features are far weaker than the large models', so the ranking of the routes differs.
+
+# %% tags=["parameters"]
+profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 with hub weights (GPU/MPS) · ci: smoke test
+data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
+ledger = None  # None: runs/ledger.csv, the results ledger of every run
+# Frozen backbones to probe, per profile: label -> (timm name with its pretrained tag, weights, image size or None)
+backbones = {
+    "full": {"SigLIP SO400M/384": ("vit_so400m_patch14_siglip_384.webli", "hub", None),
+             "CLIP ViT-L/14@336": ("vit_large_patch14_clip_quickgelu_336.openai", "hub", None),
+             "EVA-02-B/448": ("eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", "hub", None)},
+    "demo": {"lite0": ("tf_efficientnet_lite0", "offline", 112), "lite1": ("tf_efficientnet_lite1", "offline", 112),
+             "lite2": ("tf_efficientnet_lite2", "offline", 112)},
+    "ci": {"lite0": ("tf_efficientnet_lite0", "offline", 64), "lite1": ("tf_efficientnet_lite1", "offline", 64)},
+}
+views = {"full": 2, "demo": 1, "ci": 1}  # 2: each photo's features averaged with its mirror's
+ensemble_of = {"full": ["SigLIP SO400M/384", "CLIP ViT-L/14@336"], "demo": ["lite0", "lite1", "lite2"],
+               "ci": ["lite0", "lite1"]}  # the probes combined (concatenated features, and mean softmax)
+with_notebook_08 = True  # also average with notebook 08's ensemble members when they are trained
+# The fine-tune from a probe's head (LP-FT) with layer-wise lr decay: the probe it starts from and its settings
+finetune_from = {"full": "EVA-02-B/448", "demo": "lite0", "ci": "lite0"}
+finetune = {
+    "full": dict(image_size=448, batch_size=32, epochs=10, lr=5e-4, layer_decay=0.65, weight_decay=0.05,
+                 warmup_epochs=1, head_warmup_epochs=0, model_ema=True, drop_path_rate=0.1, augment="basic"),
+    "demo": dict(image_size=112, batch_size=32, epochs=1, lr=1e-3, layer_decay=0.8, head_warmup_epochs=0,
+                 warmup_epochs=0.5, num_workers=0),
+    "ci": dict(image_size=64, batch_size=32, epochs=1, lr=1e-3, layer_decay=0.8, head_warmup_epochs=0,
+               num_workers=0),
+}
+
+# %%
+import time
+
+import pandas as pd
+import torch
+
+import helpers
+from helpers import course, plots, probe_figures
+from helpers.augment import eval_transform
+from helpers.data import ImageDataset, load_splits
+from helpers.features import extract_features
+from helpers.inference import load_trained
+from helpers.probe import train_probe
+
+c = course.Course("11_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger)
+chosen = backbones[profile]
+folder = {label: c.run_dir("11_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
+probe_dir = {label: c.run_dir("11_beyond_95", "probe-" + label.split()[0].replace("/", "_")) for label in chosen}
+pd.DataFrame([{"probe": k, "timm model": v[0], "weights": v[1], "image size": v[2] or "its own"}
+              for k, v in chosen.items()])
+
+# %% [markdown]
+# ## 1. Features, once per backbone
+# The backbone with `num_classes=0` returns its pooled pre-logit features, computed on its own evaluation
+# preprocessing (timm's data config) for the train, val and test splits (the same seeded split as `train`).
+# The work is saved in chunks: a re-run after a crash continues where it stopped.
+
+# %%
+seconds = {}
+for label, (name, weights, size) in chosen.items():
+    started = time.perf_counter()
+    if not (folder[label] / "test.safetensors").exists():
+        extract_features(dataset=c.dataset, data_dir=str(c.data_dir), backbone=name, pretrained=weights,
+                         image_size=size, views=views[profile], output_dir=folder[label], device=device,
+                         num_workers=c.num_workers)
+    seconds[f"features {label}"] = time.perf_counter() - started
+pd.Series(seconds, name="seconds")
+
+# %% [markdown]
+# ## 2. A linear probe per backbone, and one over the concatenated features
+# Logistic regression on the L2-normalised features; the L2 strength is swept on val, and the probe fitted on
+# train at that strength is tested once (val stays held out for the fine-tune that starts from it).
+
+# %%
+probes = {}
+for label in chosen:
+    if not (probe_dir[label] / "summary.json").exists():
+        train_probe([folder[label]], probe_dir[label], device=device)
+    probes[label] = probe_dir[label]
+combo = " + ".join(ensemble_of[profile])
+combo_dir = c.run_dir("11_beyond_95", "probe-concat")
+if not (combo_dir / "summary.json").exists():
+    train_probe([folder[label] for label in ensemble_of[profile]], combo_dir, device=device)
+probes[f"one probe on {combo}"] = combo_dir
+summaries = {k: pd.read_json(v / "summary.json", typ="series") for k, v in probes.items()}
+pd.DataFrame(summaries).T[["test_top1", "test_top5", "val_top1", "l2"]]
+
+# %%
+probe_figures.l2_sweep(probes, folder=c.figures, name="11_probe_l2_sweep")
+
+# %% [markdown]
+# ## 3. The technique on one batch
+# Eight test photos through the probe of the first backbone: the features it reads (each row L2-normalised),
+# its fitted weights, and the logits they give. `ProbeModel` is what `evaluate`, `ensemble` and `--teacher`
+# run: the frozen backbone(s), the normalisation and the linear head.
+
+# %%
+first = next(iter(chosen))
+trained = load_trained(probe_dir[first])
+d = trained.data_config
+transform = eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"], d["interpolation"])
+test = load_splits(c.dataset, c.data_dir).test
+batch = ImageDataset(test[:: max(1, len(test) // 8)][:8], transform)
+x = torch.stack([batch[i][0] for i in range(len(batch))])
+labels = torch.tensor([batch[i][1] for i in range(len(batch))])
+with torch.no_grad():
+    feats = trained.model.features(x.to(next(trained.model.parameters()).device)).cpu()
+    logits = trained.model.head(feats.to(trained.model.head.weight.device)).cpu()
+print(f"features {tuple(feats.shape)}, norms {feats.norm(dim=1).numpy().round(3)}; "
+      f"weights {tuple(trained.model.head.weight.shape)}; predicted {logits.argmax(1).tolist()}, true {labels.tolist()}")
+probe_figures.probe_batch(feats, trained.model.head.weight.detach().cpu(), logits, labels, trained.class_names,
+                          folder=c.figures, name="11_probe_batch")
+
+# %% [markdown]
+# ## 4. Probes against their combinations
+# The concatenated-feature probe is one classifier over all backbones; the ensemble averages the probes'
+# softmax on the photos (`helpers.ensemble`, each backbone with its own preprocessing), with notebook 08's
+# members when they are trained.
+
+# %%
+members08 = []
+if with_notebook_08:
+    try:
+        members08 = c.ensemble_members()
+    except helpers.UserError:  # notebook 08 has not run in this course
+        members08 = []
+ensemble = c.ensemble([probes[label] for label in ensemble_of[profile]], tag="11_probe_ensemble")
+combinations = {f"one probe on {combo} (concatenated)": summaries[f"one probe on {combo}"]["test_top1"],
+                f"mean softmax of the {len(ensemble_of[profile])} probes": ensemble["top1"]}
+if members08:
+    with_08 = c.ensemble([probes[label] for label in ensemble_of[profile]] + members08, tag="11_with_08")
+    combinations[f"probes + notebook 08's {len(members08)} members"] = with_08["top1"]
+probe_figures.members_vs_ensembles({f"probe {k}": summaries[k]["test_top1"] for k in ensemble_of[profile]},
+                                   combinations, folder=c.figures, name="11_members_vs_ensemble")
+
+# %% [markdown]
+# ## 5. Fine-tune from the probe's head with layer-wise learning-rate decay (LP-FT)
+# `--init-from PROBE_RUN` loads the backbone's pretrained weights and the probe's head (folded with the mean
+# feature norm, so step 0 predicts what the probe predicts); `--layer-decay R` gives block k of D the rate
+# lr x R^(D - k): the stem barely moves, the last blocks and the head learn most.
+
+# %%
+name, weights, _ = chosen[finetune_from[profile]]
+ft = helpers.make_config(dict(dataset=c.dataset, data_dir=str(c.data_dir), backbone=name, pretrained=weights,
+                              device=device, init_from=str(probe_dir[finetune_from[profile]]), resume="auto",
+                              output_dir=str(c.run_dir("11_beyond_95", "lpft")), **finetune[profile]))
+summary = helpers.train(ft)
+lpft = c.evaluate(ft.output_dir, tag="11_lpft")
+results = {f"probe {finetune_from[profile]}": summaries[finetune_from[profile]]["test_top1"],
+           f"LP-FT {finetune_from[profile]} (layer decay {ft.layer_decay})": lpft["top1"], **combinations}
+plots.compare_top1(results, highlight=max(results, key=results.get), folder=c.figures, name="11_routes",
+                   title="11 · Past 95%: the routes of this notebook (test top-1)")
+
+# %%
+best_run = max([(ensemble["top1"], ensemble["predictions"]), (lpft["top1"], lpft["predictions"])])[1]
+plots.failure_gallery(best_run, n=12, title="11 · Best route", folder=c.figures, name="11_failures")
+
+# %% [markdown]
+# ## 6. Record
+# Two rows of the roadmap's "Past 95%" track: the probe ensemble and the LP-FT fine-tune.
+
+# %%
+c.record("5.1", [probes[label] for label in ensemble_of[profile]], ensemble)
+c.record("5.2", ft.output_dir, lpft, reference_top1=summaries[finetune_from[profile]]["test_top1"])
