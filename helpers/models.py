@@ -86,6 +86,10 @@ def _create_from_weights_file(backbone: str, path: str | Path, kwargs: dict) -> 
     if not Path(path).is_file():
         raise UserError(f"--pretrained {path}: no such file. Give hub, offline, none, or a weights file "
                         f"(.safetensors, .pth, .bin) of {backbone}.")
+    if Path(path).suffix != ".safetensors":
+        from .checkpoint import _torch_load
+
+        _torch_load(Path(path))  # weights_only: a file with pickled code is refused by name before timm reads it
     try:
         return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     except Exception as exc:  # timm raises RuntimeError/KeyError/ValueError for a file of another model

@@ -122,10 +122,12 @@ def parse_value(text: str) -> Any:
 
 
 def find_notebooks(folder: Path) -> list[Path]:
-    """The course's notebooks in a folder: NN_name.ipynb, in order."""
+    """The course's notebooks in a folder: NN_name.ipynb, in order, the results notebook (NN_results) last: it
+    summarises the others, including notebooks numbered after it (11_beyond_95)."""
     if not folder.is_dir():
         raise UserError(f"Notebook folder {folder} does not exist. Give --notebooks DIR.")
-    found = sorted(p for p in folder.glob("*.ipynb") if re.match(r"^\d\d_", p.name))
+    found = sorted((p for p in folder.glob("*.ipynb") if re.match(r"^\d\d_", p.name)),
+                   key=lambda p: (p.stem.endswith("_results"), p.name))
     if not found:
         raise UserError(f"{folder} holds no notebooks named NN_name.ipynb.")
     return found

@@ -40,15 +40,20 @@ def l2_sweep(runs: dict[str, str | Path], *, folder: str | Path | None = None, n
     return fig
 
 
-def members_vs_ensembles(members: dict[str, float], ensembles: dict[str, float], *,
+def members_vs_ensembles(members: dict[str, float | dict], ensembles: dict[str, float | dict], *,
                          folder: str | Path | None = None, name: str = "probe_members_vs_ensemble",
                          title: str | None = None) -> Figure:
     """Test top-1 of each probe beside that of their combinations (one probe over concatenated features, the
-    mean softmax of the probes, ...), with the deltas against the best member."""
-    best = max(members, key=members.get)
+    mean softmax of the probes, ...), with the deltas against the best member.
+
+    Args:
+        members, ensembles: label -> top-1 in percent, or a result dict {"top1", "n"} (the 95% interval needs n).
+    """
+    top1 = {k: plots._top1_and_n(v)[0] for k, v in {**members, **ensembles}.items()}
+    best = max(members, key=top1.get)
     entries = {**members, **ensembles}
-    top = max(ensembles, key=ensembles.get)
-    gain = ensembles[top] - members[best]
+    top = max(ensembles, key=top1.get)
+    gain = top1[top] - top1[best]
     return plots.compare_top1(entries, highlight=top, reference=best, folder=folder, name=name,
                               title=title or f"Probes and their combinations: {gain:+.1f} points for the best "
                               "combination against the best single probe")

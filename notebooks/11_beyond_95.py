@@ -38,6 +38,7 @@ data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full:
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
 ledger = None  # None: runs/ledger.csv, the results ledger of every run
+rehearse = False  # True: this chain with random weights, small images, 2 steps a run (run-notebooks --rehearse)
 # Frozen backbones to probe, per profile: label -> (timm name with its pretrained tag, weights, image size or None)
 backbones = {
     "full": {"SigLIP SO400M/384": ("vit_so400m_patch14_siglip_384.webli", "hub", None),
@@ -50,7 +51,9 @@ backbones = {
 views = {"full": 2, "demo": 1, "ci": 1}  # 2: each photo's features averaged with its mirror's
 ensemble_of = {"full": ["SigLIP SO400M/384", "CLIP ViT-L/14@336"], "demo": ["lite0", "lite1", "lite2"],
                "ci": ["lite0", "lite1"]}  # the probes combined (concatenated features, and mean softmax)
-with_notebook_08 = True  # also average with notebook 08's ensemble members when they are trained
+# Also averaged with the probes when they are trained in this course: (notebook, run) of notebook 08's members
+with_members = {"full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
+                "demo": [], "ci": []}
 # The fine-tune from a probe's head (LP-FT) with layer-wise lr decay: the probe it starts from and its settings
 finetune_from = {"full": "EVA-02-B/448", "demo": "lite0", "ci": "lite0"}
 finetune = {
@@ -76,8 +79,11 @@ from helpers.features import extract_features
 from helpers.inference import load_trained
 from helpers.probe import train_probe
 
-c = course.Course("11_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger)
+c = course.Course("11_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+                  rehearse=rehearse)
 chosen = backbones[profile]
+if rehearse:  # random weights at a quarter of the size: the wiring of the chain, not its numbers
+    chosen = {k: (name.split(".")[0], "none", max(32, (size or 224) // 4)) for k, (name, _, size) in chosen.items()}
 folder = {label: c.run_dir("11_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
 probe_dir = {label: c.run_dir("11_beyond_95", "probe-" + label.split()[0].replace("/", "_")) for label in chosen}
 pd.DataFrame([{"probe": k, "timm model": v[0], "weights": v[1], "image size": v[2] or "its own"}
@@ -94,7 +100,7 @@ seconds = {}
 for label, (name, weights, size) in chosen.items():
     started = time.perf_counter()
     if not (folder[label] / "test.safetensors").exists():
-        extract_features(dataset=c.dataset, data_dir=str(c.data_dir), backbone=name, pretrained=weights,
+        extract_features(dataset="food-101", data_dir=str(c.data_dir), backbone=name, pretrained=weights,
                          image_size=size, views=views[profile], output_dir=folder[label], device=device,
                          num_workers=c.num_workers)
     seconds[f"features {label}"] = time.perf_counter() - started
@@ -117,6 +123,7 @@ if not (combo_dir / "summary.json").exists():
     train_probe([folder[label] for label in ensemble_of[profile]], combo_dir, device=device)
 probes[f"one probe on {combo}"] = combo_dir
 summaries = {k: pd.read_json(v / "summary.json", typ="series") for k, v in probes.items()}
+tested = {k: {"top1": s["test_top1"], "n": s["test_n"]} for k, s in summaries.items()}  # with n for the intervals
 pd.DataFrame(summaries).T[["test_top1", "test_top5", "val_top1", "l2"]]
 
 # %%
@@ -133,7 +140,7 @@ first = next(iter(chosen))
 trained = load_trained(probe_dir[first])
 d = trained.data_config
 transform = eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"], d["interpolation"])
-test = load_splits(c.dataset, c.data_dir).test
+test = load_splits("food-101", str(c.data_dir)).test
 batch = ImageDataset(test[:: max(1, len(test) // 8)][:8], transform)
 x = torch.stack([batch[i][0] for i in range(len(batch))])
 labels = torch.tensor([batch[i][1] for i in range(len(batch))])
@@ -152,19 +159,15 @@ probe_figures.probe_batch(feats, trained.model.head.weight.detach().cpu(), logit
 # members when they are trained.
 
 # %%
-members08 = []
-if with_notebook_08:
-    try:
-        members08 = c.ensemble_members()
-    except helpers.UserError:  # notebook 08 has not run in this course
-        members08 = []
+members08 = [c.run_dir(nb, run) for nb, run in with_members[profile]]
+members08 = [m for m in members08 if (m / "best.pt").is_file()]  # trained in this course (notebook 08 has run)
 ensemble = c.ensemble([probes[label] for label in ensemble_of[profile]], tag="11_probe_ensemble")
-combinations = {f"one probe on {combo} (concatenated)": summaries[f"one probe on {combo}"]["test_top1"],
-                f"mean softmax of the {len(ensemble_of[profile])} probes": ensemble["top1"]}
+combinations = {f"one probe on {combo} (concatenated)": tested[f"one probe on {combo}"],
+                f"mean softmax of the {len(ensemble_of[profile])} probes": ensemble}
 if members08:
     with_08 = c.ensemble([probes[label] for label in ensemble_of[profile]] + members08, tag="11_with_08")
-    combinations[f"probes + notebook 08's {len(members08)} members"] = with_08["top1"]
-probe_figures.members_vs_ensembles({f"probe {k}": summaries[k]["test_top1"] for k in ensemble_of[profile]},
+    combinations[f"probes + notebook 08's {len(members08)} members"] = with_08
+probe_figures.members_vs_ensembles({f"probe {k}": tested[k] for k in ensemble_of[profile]},
                                    combinations, folder=c.figures, name="11_members_vs_ensemble")
 
 # %% [markdown]
@@ -175,14 +178,14 @@ probe_figures.members_vs_ensembles({f"probe {k}": summaries[k]["test_top1"] for 
 
 # %%
 name, weights, _ = chosen[finetune_from[profile]]
-ft = helpers.make_config(dict(dataset=c.dataset, data_dir=str(c.data_dir), backbone=name, pretrained=weights,
-                              device=device, init_from=str(probe_dir[finetune_from[profile]]), resume="auto",
-                              output_dir=str(c.run_dir("11_beyond_95", "lpft")), **finetune[profile]))
+ft = c.config("lpft", dict(backbone=name, pretrained=weights, init_from=str(probe_dir[finetune_from[profile]]),
+                           **finetune[profile]))
 summary = helpers.train(ft)
 lpft = c.evaluate(ft.output_dir, tag="11_lpft")
-results = {f"probe {finetune_from[profile]}": summaries[finetune_from[profile]]["test_top1"],
-           f"LP-FT {finetune_from[profile]} (layer decay {ft.layer_decay})": lpft["top1"], **combinations}
-plots.compare_top1(results, highlight=max(results, key=results.get), folder=c.figures, name="11_routes",
+results = {f"probe {finetune_from[profile]}": tested[finetune_from[profile]],
+           f"LP-FT {finetune_from[profile]} (layer decay {ft.layer_decay})": lpft, **combinations}
+plots.compare_top1(results, highlight=max(results, key=lambda k: results[k]["top1"]), folder=c.figures,
+                   name="11_routes",
                    title="11 · Past 95%: the routes of this notebook (test top-1)")
 
 # %%

@@ -171,6 +171,17 @@ def test_a_read_only_disk_is_exit_2_before_any_work(micro, baseline, tmp_path, c
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def _paused(proc: subprocess.Popen, action) -> subprocess.Popen:
+    """Do `action` while `proc` is stopped (SIGSTOP ... SIGCONT), so the run cannot race past the moment the
+    test chose (filling a disk takes longer than the two training steps left in the epoch)."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        action()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    return proc
+
+
 def _fill(folder: Path) -> Path:
     """Fill the file system of `folder` to the last byte, with a file the test can delete again."""
     filler = folder / "filler.bin"
@@ -219,7 +230,7 @@ def test_a_real_full_disk_stops_with_exit_2_keeps_the_last_good_files_and_the_re
     filler: list[Path] = []
     try:
         code = train_until([*args, "--resume", "auto"], log, watch, epoch2_step8,
-                           then=lambda p: (filler.append(_fill(tmpfs)), p.wait(300))[1])
+                           then=lambda p: _paused(p, lambda: filler.append(_fill(tmpfs))).wait(300))
     finally:
         watch.close()
     text = log.read_text()
