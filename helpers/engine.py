@@ -609,7 +609,7 @@ def build_model(cfg: TrainConfig, class_names: list[str], state: dict | None, de
     """The timm model with its starting weights (pretrained, a resumed run's, or `--init-from`'s), frozen
     backbone when asked, on the device in its memory format. Returns (model, autocast dtype or None)."""
     model = create_model(cfg.backbone, len(class_names), pretrained="none" if (state or cfg.init_from) else cfg.pretrained,
-                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size)
     if state is not None:
         model.load_state_dict(grow_head(model, state["model"], state["class_names"], class_names, cfg.resume))
     elif cfg.init_from:

@@ -73,7 +73,7 @@ def feature_model(backbone: str, pretrained: str, image_size: int | None = None)
     its evaluation data config (image_size, mean, std, crop_pct, interpolation)."""
     from .models import create_model, data_config
 
-    model = create_model(backbone, 0, pretrained=pretrained)
+    model = create_model(backbone, 0, pretrained=pretrained, image_size=image_size)
     return model.eval(), data_config(model, image_size)
 
 

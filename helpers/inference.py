@@ -51,7 +51,7 @@ def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.devic
             raise UserError(f"{path} is a linear probe: it has no EMA weights. Drop --use-ema.")
         return load_probe(state, str(path), device)
     cfg = config_from_dict(state["config"])
-    model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none")
+    model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none", image_size=cfg.image_size)
     weights = state["model"]
     if use_ema:
         if not state.get("model_ema"):

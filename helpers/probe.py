@@ -398,7 +398,8 @@ def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dic
                         f"features of {backbone}.")
     member = members[0]
     n_classes = state["model"]["weight"].shape[0]
-    base = create_model(backbone, n_classes, pretrained=member["pretrained"]).state_dict()
+    base = create_model(backbone, n_classes, pretrained=member["pretrained"],
+                        image_size=member["data_config"]["image_size"]).state_dict()
     classifier = _classifier_name(model)
     base[f"{classifier}.weight"] = state["model"]["weight"] / member["mean_norm"]
     base[f"{classifier}.bias"] = state["model"]["bias"].clone()

@@ -112,3 +112,21 @@ def test_strong_backbones_build_and_give_features_of_their_width(name):
         features = model(torch.randn(2, 3, size, size))
     assert model.num_features == width and features.shape == (2, width) and torch.isfinite(features).all()
     print(f"{name}: built in {built:.1f} s, {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters")
+
+
+def test_a_vit_at_another_input_size_trains_evaluates_and_gives_features(tmp_path):
+    """ViT-style models are built for a fixed input size (their position embeddings); `--image-size` builds them
+    for that size in train, evaluate, features and a probe's evaluation (the rehearsal found this broken)."""
+    data = _small_set(tmp_path / "data")
+    run, feats = tmp_path / "run", tmp_path / "feats"
+    common = ["--data-dir", str(data), "--backbone", "vit_tiny_patch16_224", "--pretrained", "none",
+              "--image-size", "64", "--num-workers", "0", "--device", "cpu"]
+    res = run_cli("train", *common, "--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--output-dir",
+                  str(run))
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli("evaluate", "--checkpoint", str(run), "--data-dir", str(data), "--num-workers", "0")
+    assert res.returncode == 0 and json.loads(res.stdout.splitlines()[-1])["n"] == 20, res.stderr[-2000:]
+    res = run_cli("features", *common, "--output-dir", str(feats))
+    assert res.returncode == 0, res.stderr[-2000:]
+    features, _, _ = read_split(feats, "test")
+    assert features.shape == (20, 192)  # vit_tiny's width
