@@ -41,9 +41,9 @@ ledger = None  # None: runs/ledger.csv, the results ledger of every run
 rehearse = False  # True: this chain with random weights, small images, 2 steps a run (run-notebooks --rehearse)
 # Frozen backbones to probe, per profile: label -> (timm name with its pretrained tag, weights, image size or None)
 backbones = {
-    "full": {"SigLIP SO400M/384": ("vit_so400m_patch14_siglip_384.webli", "hub", None),
-             "CLIP ViT-L/14@336": ("vit_large_patch14_clip_quickgelu_336.openai", "hub", None),
-             "EVA-02-B/448": ("eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", "hub", None)},
+    "full": {"SigLIP SO400M/384": ("vit_so400m_patch14_siglip_384.webli", "hub", 384),
+             "CLIP ViT-L/14@336": ("vit_large_patch14_clip_quickgelu_336.openai", "hub", 336),
+             "EVA-02-B/448": ("eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", "hub", 448)},
     "demo": {"lite0": ("tf_efficientnet_lite0", "offline", 112), "lite1": ("tf_efficientnet_lite1", "offline", 112),
              "lite2": ("tf_efficientnet_lite2", "offline", 112)},
     "ci": {"lite0": ("tf_efficientnet_lite0", "offline", 64), "lite1": ("tf_efficientnet_lite1", "offline", 64)},
@@ -82,8 +82,9 @@ from helpers.probe import train_probe
 c = course.Course("11_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
 chosen = backbones[profile]
-if rehearse:  # random weights at a quarter of the size: the wiring of the chain, not its numbers
-    chosen = {k: (name.split(".")[0], "none", max(32, (size or 224) // 4)) for k, (name, _, size) in chosen.items()}
+if rehearse:  # random weights at the rehearsal's image size (as c.config gives the fine-tune): the wiring only
+    chosen = {k: (name.split(".")[0], "none", course.rehearsal({"image_size": size})["image_size"])
+              for k, (name, _, size) in chosen.items()}
 folder = {label: c.run_dir("11_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
 probe_dir = {label: c.run_dir("11_beyond_95", "probe-" + label.split()[0].replace("/", "_")) for label in chosen}
 pd.DataFrame([{"probe": k, "timm model": v[0], "weights": v[1], "image size": v[2] or "its own"}
