@@ -49,10 +49,11 @@ FIGURES = {
     "09_distillation": ["09_training_curves", "09_student_vs_teacher", "09_changes", "09_confusion_matrix",
                         "09_top_confusions", "09_failures"],
     "10_results": ["10_roadmap_table", "10_roadmap"],
+    "11_beyond_95": ["11_probe_l2_sweep", "11_probe_batch", "11_members_vs_ensemble", "11_routes", "11_failures"],
 }
 PHASES = {"01_baseline": ["baseline"], "02_b3_upgrade": ["2.1", "2.2"], "03_augmentations": ["3.1", "3.2"],
           "04_mixup_cutmix": ["3.3"], "05_two_stage": ["3.5"], "06_tta": ["3.4"], "07_high_resolution": ["4.1"],
-          "08_ensemble": ["4.2"], "09_distillation": ["4.3"]}
+          "08_ensemble": ["4.2"], "09_distillation": ["4.3"], "11_beyond_95": ["5.1", "5.2"]}
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 10, 4
 
 
