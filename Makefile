@@ -13,10 +13,10 @@ KERNEL_NAME := food101
 KERNEL_DISPLAY := Food-101 workbook (.venv)
 # Notebooks are committed without outputs: a git filter (nbstripout) strips them from what `git add` and
 # `git status` see, so running a notebook in JupyterLab leaves the repository clean. It keeps cell ids, and drops
-# the language_info fields the kernel writes when a notebook opens (they differ between Python releases); on
-# checkout scripts/lab.py writes this environment's, so a notebook opens unchanged.
-STRIP_KEYS := metadata.language_info.codemirror_mode metadata.language_info.file_extension \
-	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter metadata.language_info.version
+# the language_info the kernel writes when a notebook opens (it differs between Python releases; the paired .py
+# scripts do not carry it either); on checkout scripts/lab.py writes this environment's, so a notebook opens
+# unchanged.
+STRIP_KEYS := metadata.language_info
 REPO ?= .
 
 $(STAMP): requirements.txt

@@ -255,6 +255,38 @@ def read_sweep(run: str | Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def read_summary(run: str | Path) -> dict:
+    """A probe run's test result as `evaluate` gives it ({"top1", "top5", "n"}), with its val top-1 and chosen L2
+    strength: {"top1", "top5", "n", "val_top1", "l2", "features"}."""
+    data = json.loads((Path(run) / "summary.json").read_text())
+    return {"top1": data["test_top1"], "top5": data["test_top5"], "n": data["test_n"], "val_top1": data["val_top1"],
+            "l2": data["l2"], "features": data["features"]}
+
+
+@torch.no_grad()
+def one_batch(run: str | Path, data_dir: str | Path, *, n: int = 8, dataset: str = "food-101") -> dict:
+    """`n` test photos (spread over the split) through a probe run, as the course shows it.
+
+    Returns:
+        {"features": (n, D) the L2-normalised features the head reads, "weight": (C, D) the fitted weights,
+        "logits": (n, C), "labels": (n,), "class_names": [...]}, on the CPU.
+    """
+    from .augment import eval_transform
+    from .data import ImageDataset, load_splits
+    from .inference import load_trained
+
+    trained = load_trained(run)
+    d = trained.data_config
+    test = load_splits(dataset, str(data_dir)).test
+    photos = ImageDataset(test[:: max(1, len(test) // n)][:n],
+                          eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"], d["interpolation"]))
+    x = torch.stack([photos[i][0] for i in range(len(photos))])
+    features = trained.model.features(x)
+    return {"features": features, "weight": trained.model.head.weight.detach().clone(),
+            "logits": trained.model.head(features), "labels": torch.tensor([photos[i][1] for i in range(len(photos))]),
+            "class_names": trained.class_names}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The probe as a model
 

@@ -66,18 +66,9 @@ finetune = {
 }
 
 # %%
-import time
-
-import pandas as pd
-import torch
-
 import helpers
-from helpers import course, plots, probe_figures
-from helpers.augment import eval_transform
-from helpers.data import ImageDataset, load_splits
+from helpers import course, plots, probe, probe_figures
 from helpers.features import extract_features
-from helpers.inference import load_trained
-from helpers.probe import train_probe
 
 c = course.Course("11_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -87,8 +78,7 @@ if rehearse:  # random weights at the rehearsal's image size (as c.config gives 
               for k, (name, _, size) in chosen.items()}
 folder = {label: c.run_dir("11_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
 probe_dir = {label: c.run_dir("11_beyond_95", "probe-" + label.split()[0].replace("/", "_")) for label in chosen}
-pd.DataFrame([{"probe": k, "timm model": v[0], "weights": v[1], "image size": v[2] or "its own"}
-              for k, v in chosen.items()])
+chosen  # label: (timm model, weights, image size)
 
 # %% [markdown]
 # ## 1. Features, once per backbone
@@ -97,15 +87,11 @@ pd.DataFrame([{"probe": k, "timm model": v[0], "weights": v[1], "image size": v[
 # The work is saved in chunks: a re-run after a crash continues where it stopped.
 
 # %%
-seconds = {}
-for label, (name, weights, size) in chosen.items():
-    started = time.perf_counter()
+for label, (name, weights, size) in chosen.items():  # the log gives each backbone's images/s
     if not (folder[label] / "test.safetensors").exists():
         extract_features(dataset="food-101", data_dir=str(c.data_dir), backbone=name, pretrained=weights,
                          image_size=size, views=views[profile], output_dir=folder[label], device=device,
                          num_workers=c.num_workers)
-    seconds[f"features {label}"] = time.perf_counter() - started
-pd.Series(seconds, name="seconds")
 
 # %% [markdown]
 # ## 2. A linear probe per backbone, and one over the concatenated features
@@ -116,16 +102,15 @@ pd.Series(seconds, name="seconds")
 probes = {}
 for label in chosen:
     if not (probe_dir[label] / "summary.json").exists():
-        train_probe([folder[label]], probe_dir[label], device=device)
+        probe.train_probe([folder[label]], probe_dir[label], device=device)
     probes[label] = probe_dir[label]
 combo = " + ".join(ensemble_of[profile])
 combo_dir = c.run_dir("11_beyond_95", "probe-concat")
 if not (combo_dir / "summary.json").exists():
-    train_probe([folder[label] for label in ensemble_of[profile]], combo_dir, device=device)
+    probe.train_probe([folder[label] for label in ensemble_of[profile]], combo_dir, device=device)
 probes[f"one probe on {combo}"] = combo_dir
-summaries = {k: pd.read_json(v / "summary.json", typ="series") for k, v in probes.items()}
-tested = {k: {"top1": s["test_top1"], "n": s["test_n"]} for k, s in summaries.items()}  # with n for the intervals
-pd.DataFrame(summaries).T[["test_top1", "test_top5", "val_top1", "l2"]]
+tested = {k: probe.read_summary(v) for k, v in probes.items()}  # test top-1, top-5 and n, val top-1, chosen L2
+tested
 
 # %%
 probe_figures.l2_sweep(probes, folder=c.figures, name="11_probe_l2_sweep")
@@ -137,21 +122,11 @@ probe_figures.l2_sweep(probes, folder=c.figures, name="11_probe_l2_sweep")
 # run: the frozen backbone(s), the normalisation and the linear head.
 
 # %%
-first = next(iter(chosen))
-trained = load_trained(probe_dir[first])
-d = trained.data_config
-transform = eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"], d["interpolation"])
-test = load_splits("food-101", str(c.data_dir)).test
-batch = ImageDataset(test[:: max(1, len(test) // 8)][:8], transform)
-x = torch.stack([batch[i][0] for i in range(len(batch))])
-labels = torch.tensor([batch[i][1] for i in range(len(batch))])
-with torch.no_grad():
-    feats = trained.model.features(x.to(next(trained.model.parameters()).device)).cpu()
-    logits = trained.model.head(feats.to(trained.model.head.weight.device)).cpu()
-print(f"features {tuple(feats.shape)}, norms {feats.norm(dim=1).numpy().round(3)}; "
-      f"weights {tuple(trained.model.head.weight.shape)}; predicted {logits.argmax(1).tolist()}, true {labels.tolist()}")
-probe_figures.probe_batch(feats, trained.model.head.weight.detach().cpu(), logits, labels, trained.class_names,
-                          folder=c.figures, name="11_probe_batch")
+b = probe.one_batch(probe_dir[next(iter(chosen))], c.data_dir, n=8)
+print(f"features {tuple(b['features'].shape)}, norms {b['features'].norm(dim=1).numpy().round(3)}; weights "
+      f"{tuple(b['weight'].shape)}; predicted {b['logits'].argmax(1).tolist()}, true {b['labels'].tolist()}")
+probe_figures.probe_batch(b["features"], b["weight"], b["logits"], b["labels"], b["class_names"], folder=c.figures,
+                          name="11_probe_batch")
 
 # %% [markdown]
 # ## 4. Probes against their combinations
@@ -199,4 +174,4 @@ plots.failure_gallery(best_run, n=12, title="11 · Best route", folder=c.figures
 
 # %%
 c.record("5.1", [probes[label] for label in ensemble_of[profile]], ensemble)
-c.record("5.2", ft.output_dir, lpft, reference_top1=summaries[finetune_from[profile]]["test_top1"])
+c.record("5.2", ft.output_dir, lpft, reference_top1=tested[finetune_from[profile]]["top1"])
