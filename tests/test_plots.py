@@ -290,14 +290,14 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
                          "test_n": 150, "backbone": "tf_efficientnet_lite0", "image_size": 112, "epochs": 4})
     ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "2.1", "test_top1": 66.0,
                          "test_n": 150, "reference_top1": 60.0})
-    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "5.1", "technique": "Linear probe",
+    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "6.1", "technique": "Linear probe",
                          "test_top1": 90.0, "test_n": 150, "reference_top1": 66.0})  # a notebook added later
     c = course.Course("10_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
     table = c.results().set_index("phase")
-    assert list(table.index) == [*course.ROADMAP, "5.1"] and table.loc["5.1", "technique"] == "Linear probe"
+    assert list(table.index) == [*course.ROADMAP, "6.1"] and table.loc["6.1", "technique"] == "Linear probe"
     assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)
     assert (table.loc["2.1", "95% low"], table.loc["2.1", "95% high"]) == pytest.approx(analysis.wilson(66.0, 150))
-    assert table.loc["2.1", "gain is"] == "within noise" and table.loc["5.1", "gain is"] == "real"
+    assert table.loc["2.1", "gain is"] == "within noise" and table.loc["6.1", "gain is"] == "real"
     assert table.loc["2.1", "plan: top-1"] == "82-86%"
     assert table.loc["baseline", "trained"] == "tf_efficientnet_lite0 @112, 4 epochs"
     assert table.loc["baseline", "technique"] == "Baseline"  # the plan's B0 recipe is its own column
@@ -306,7 +306,7 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
     markdown = paths["markdown"].read_text()
     assert "| 2.1 | Upgrade to B3 | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
     with pytest.raises(UserError, match="not in the plan's roadmap"):
-        c.record("5.2", tmp_path, {"top1": 1.0})
+        c.record("6.2", tmp_path, {"top1": 1.0})
     fig = plots.roadmap_table(c.results(), folder=tmp_path, name="table")
     _png(tmp_path / "table.png")
     plots.roadmap_chart(c.results(), folder=tmp_path, name="chart")
@@ -371,11 +371,11 @@ def test_stage_one_freezes_the_backbone_and_stage_two_splits_the_learning_rates(
     from helpers.config import TrainConfig
 
     cfg = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", freeze_backbone=True, lr=1e-2)
-    model, _ = engine.build_model(cfg, 10, None, torch.device("cpu"))
+    model, _ = engine.build_model(cfg, [f"class {i}" for i in range(10)], None, torch.device("cpu"))
     params = analysis.parameter_table(model)
     assert params.loc["backbone", "trainable"] == 0 and params.loc["head", "trainable"] == 1280 * 10 + 10
     stage2 = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", lr=1e-3, backbone_lr_ratio=0.1)
-    model, _ = engine.build_model(stage2, 10, None, torch.device("cpu"))
+    model, _ = engine.build_model(stage2, [f"class {i}" for i in range(10)], None, torch.device("cpu"))
     groups = analysis.optimizer_groups(engine.make_optimizer(model, stage2, torch.device("cpu")))
     assert groups.loc["head", "lr"] == pytest.approx(1e-3) and groups.loc["backbone", "lr"] == pytest.approx(1e-4)
     assert groups["parameters"].sum() == sum(p.numel() for p in model.parameters())
