@@ -85,7 +85,7 @@ ROADMAP: dict[str, Phase] = {
                  "the student trained alone", False),
     # Past the plan (notebook 11): stronger pretrained features, published numbers in place of the plan's.
     "5.1": Phase("Linear probes on strong features, ensembled", "SigLIP SO400M/384 + CLIP ViT-L/14@336 probes",
-                 "features once", "", "95.9% (CLIP-L/14@336 probe, published)", "its best probe", False),
+                 "features once", "", "95.9% (CLIP-L probe)", "its best probe", False),
     "5.2": Phase("Fine-tune from the probe's head, layer decay (LP-FT)", "EVA-02-B/448 from its probe", "", "", "",
                  "its probe", False),
 }
