@@ -49,3 +49,23 @@ def tiny_copy(tmp_path) -> Path:
     dst = tmp_path / "food-101-tiny"
     shutil.copytree(TINY, dst)
     return dst
+
+
+# The fault tests' shared fixtures (test_faults, test_survive): a micro dataset and an uninterrupted reference
+# run, one per test module.
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory) -> Path:
+    from .test_faults import make_micro
+
+    return make_micro(tmp_path_factory.mktemp("data") / "micro")
+
+
+@pytest.fixture(scope="module")
+def baseline(micro, tmp_path_factory):
+    from .test_faults import Baseline
+
+    run = Baseline(micro, tmp_path_factory.mktemp("baseline") / "run")
+    yield run
+    if run.proc.poll() is None:
+        run.proc.kill()
+        run.proc.wait()

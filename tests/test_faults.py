@@ -104,20 +104,6 @@ class Baseline:
         return self.out
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory) -> Path:
-    return make_micro(tmp_path_factory.mktemp("data") / "micro")
-
-
-@pytest.fixture(scope="module")
-def baseline(micro, tmp_path_factory):
-    run = Baseline(micro, tmp_path_factory.mktemp("baseline") / "run")
-    yield run
-    if run.proc.poll() is None:
-        run.proc.kill()
-        run.proc.wait()
-
-
 def _rows(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))

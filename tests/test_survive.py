@@ -32,7 +32,6 @@ from helpers.lock import LOCK_NAME, FolderBusyError, locked_output, run_lock
 from .conftest import ROOT
 from .test_faults import (
     FLAGS,
-    Baseline,
     Watch,
     _env,
     _error_lines,
@@ -41,23 +40,8 @@ from .test_faults import (
     _start,
     assert_same_run,
     linux_only,
-    make_micro,
     train_until,
 )
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory) -> Path:
-    return make_micro(tmp_path_factory.mktemp("data") / "micro")
-
-
-@pytest.fixture(scope="module")
-def baseline(micro, tmp_path_factory):
-    run = Baseline(micro, tmp_path_factory.mktemp("baseline") / "run")
-    yield run
-    if run.proc.poll() is None:
-        run.proc.kill()
-        run.proc.wait()
 
 
 def _args(micro: Path, out: Path) -> list[str]:
