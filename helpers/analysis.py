@@ -1,6 +1,6 @@
 """Analysis for the notebooks: accuracy with its 95% interval, confusion counts, confused pairs, failures,
 averaged probabilities, a model's trainable parameters and optimizer groups, and the formatting of result
-tables. `helpers.plots` draws these; the notebooks and `10_results` show them.
+tables. `helpers.plots` draws these; the notebooks and `12_results` show them.
 
     from helpers import analysis
     analysis.wilson(71.3, 150)                 # (63.6, 78.0): the 95% interval of a top-1 measured on 150 photos

@@ -83,7 +83,7 @@ ROADMAP: dict[str, Phase] = {
     "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%", "its best member"),
     "4.3": Phase("Knowledge distillation (optional)", "student with a B4 teacher", "", "+1-2% (student)", "",
                  "the student trained alone", False),
-    # Past the plan (notebook 11): stronger pretrained features, published numbers in place of the plan's.
+    # Past the plan (notebook 10): stronger pretrained features, published numbers in place of the plan's.
     "5.1": Phase("Linear probes on strong features, ensembled", "SigLIP SO400M/384 + CLIP ViT-L/14@336 probes",
                  "features once", "", "95.9% (CLIP-L probe)", "its best probe", False),
     "5.2": Phase("Fine-tune from the probe's head, layer decay (LP-FT)", "EVA-02-B/448 from its probe", "", "", "",
@@ -268,7 +268,7 @@ class Course:
         return ledger.append(self.ledger_path, row)
 
     def results(self) -> pd.DataFrame:
-        """The plan's roadmap with this course's measured numbers and their 95% intervals (for 10_results).
+        """The plan's roadmap with this course's measured numbers and their 95% intervals (for 12_results).
 
         One row per phase of the roadmap, then one per other phase in the ledger (e.g. a notebook added later).
         Takes the newest ledger row of each phase of this course run; a phase it did not measure falls back to

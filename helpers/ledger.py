@@ -1,6 +1,6 @@
 """The results ledger: one CSV file with a row per measured result of every course run.
 
-Each notebook appends its final numbers with `append`; `10_results` reads them back with `read` and `latest`.
+Each notebook appends its final numbers with `append`; `12_results` reads them back with `read` and `latest`.
 
     from helpers import ledger
     ledger.append("runs/ledger.csv", {"phase": "baseline", "test_top1": 78.2, ...})

@@ -46,8 +46,8 @@ KERNEL = "food101"  # the kernel every notebook names: the project's environment
 EXAMPLE_FIGURES = ("00_class_samples", "01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures",
                    "02_compare", "03_augmentation_preview", "03_advanced_steps", "03_training_curves", "04_mix_preview",
                    "05_training_curves", "06_tta_views", "06_tta_gain", "06_changes", "07_compare",
-                   "08_ensemble_vs_members", "09_student_vs_teacher", "10_roadmap_table", "10_roadmap",
-                   "11_probe_l2_sweep", "11_probe_batch", "11_routes")
+                   "08_ensemble_vs_members", "09_student_vs_teacher", "12_roadmap_table", "12_roadmap",
+                   "10_probe_l2_sweep", "10_probe_batch", "10_routes")
 # Notebook output lines worth showing in the terminal (the rest is in the notebook's log).
 ECHO = re.compile(r"epoch \d+/\d+ |Test top-1|Resuming|Starting a new stage|Early stopping|Ledger |rror")
 
@@ -124,7 +124,7 @@ def parse_value(text: str) -> Any:
 
 def find_notebooks(folder: Path) -> list[Path]:
     """The course's notebooks in a folder: NN_name.ipynb, in order, the results notebook (NN_results) last: it
-    summarises the others, including notebooks numbered after it (11_beyond_95)."""
+    summarises the others, including notebooks numbered after it (10_beyond_95)."""
     if not folder.is_dir():
         raise UserError(f"Notebook folder {folder} does not exist. Give --notebooks DIR.")
     found = sorted((p for p in folder.glob("*.ipynb") if re.match(r"^\d\d_", p.name)),

@@ -625,7 +625,7 @@ def student_vs_teacher(teacher: dict[str, float | dict], student_alone: tuple[st
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The roadmap (10_results)
+# The roadmap (12_results)
 
 
 def _range(text: str) -> tuple[float, float] | None:

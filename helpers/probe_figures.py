@@ -1,4 +1,4 @@
-"""Figures of the linear-probe track (notebook 11): accuracy against the L2 strength, probes against their
+"""Figures of the linear-probe track (notebook 10): accuracy against the L2 strength, probes against their
 ensembles, and one batch through a probe (its features and the weights that read them)."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@
 # **Running.** Open a notebook in JupyterLab and run it, or run the course headlessly:
 # `python -m helpers run-notebooks --profile demo` (the README's `make demo`). A notebook re-run after a
 # crash resumes its training from the last checkpoint. Each notebook appends its result to a ledger that
-# `10_results` turns into the plan's roadmap table with measured numbers.
+# `12_results` turns into the plan's roadmap table with measured numbers.
 #
 # This notebook checks the environment, the device and the data.
 

@@ -48,12 +48,12 @@ FIGURES = {
                     "08_failures"],
     "09_distillation": ["09_training_curves", "09_student_vs_teacher", "09_changes", "09_confusion_matrix",
                         "09_top_confusions", "09_failures"],
-    "10_results": ["10_roadmap_table", "10_roadmap"],
-    "11_beyond_95": ["11_probe_l2_sweep", "11_probe_batch", "11_members_vs_ensemble", "11_routes", "11_failures"],
+    "12_results": ["12_roadmap_table", "12_roadmap"],
+    "10_beyond_95": ["10_probe_l2_sweep", "10_probe_batch", "10_members_vs_ensemble", "10_routes", "10_failures"],
 }
 PHASES = {"01_baseline": ["baseline"], "02_b3_upgrade": ["2.1", "2.2"], "03_augmentations": ["3.1", "3.2"],
           "04_mixup_cutmix": ["3.3"], "05_two_stage": ["3.5"], "06_tta": ["3.4"], "07_high_resolution": ["4.1"],
-          "08_ensemble": ["4.2"], "09_distillation": ["4.3"], "11_beyond_95": ["5.1", "5.2"]}
+          "08_ensemble": ["4.2"], "09_distillation": ["4.3"], "10_beyond_95": ["5.1", "5.2"]}
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 10, 4
 
 
@@ -278,10 +278,10 @@ def test_executed_notebooks_render_as_jupyterlab_html(course_run):
 
     out, _ = course_run
     exporter = HTMLExporter(template_name="lab")
-    for name in ("01_baseline", "03_augmentations", "10_results"):
+    for name in ("01_baseline", "03_augmentations", "12_results"):
         html, _ = exporter.from_notebook_node(nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4))
         assert html.count("<img") >= len(FIGURES[name]) and "jp-Notebook" in html, name
-        assert "application/vnd.jupyter.widget-view+json" in html or name == "10_results"
+        assert "application/vnd.jupyter.widget-view+json" in html or name == "12_results"
 
 
 def test_every_notebook_appends_its_ledger_row(course_run, subset):

@@ -292,7 +292,7 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
                          "test_n": 150, "reference_top1": 60.0})
     ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "6.1", "technique": "Linear probe",
                          "test_top1": 90.0, "test_n": 150, "reference_top1": 66.0})  # a notebook added later
-    c = course.Course("10_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
+    c = course.Course("12_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
     table = c.results().set_index("phase")
     assert list(table.index) == [*course.ROADMAP, "6.1"] and table.loc["6.1", "technique"] == "Linear probe"
     assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)

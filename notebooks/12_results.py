@@ -36,7 +36,7 @@ rehearse = False  # True: this chain with random weights, 2 steps a run, small i
 # %%
 from helpers import analysis, course, plots
 
-c = course.Course("10_results", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+c = course.Course("12_results", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
 table = c.results()
 print(f"ledger {c.ledger_path}, course run {c.output_dir}")
@@ -49,11 +49,11 @@ analysis.format_table(table.drop(columns=["in plan table"]))
 
 # %%
 plots.roadmap_table(table, title=f"The plan's roadmap with the measured numbers ({profile} profile)",
-                    folder=c.figures, name="10_roadmap_table")
+                    folder=c.figures, name="12_roadmap_table")
 
 # %%
 plots.roadmap_chart(table, title=f"Expected (plan, Food-101) against measured ({profile} profile)",
-                    folder=c.figures, name="10_roadmap")
+                    folder=c.figures, name="12_roadmap")
 
 # %%
 c.save_results(table)

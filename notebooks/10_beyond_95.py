@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 11 · Past 95%: strong pretrained features, linear probes and layer-decay fine-tuning
+# # 10 · Past 95%: strong pretrained features, linear probes and layer-decay fine-tuning
 #
 # **Why.** The plan's ladder tops out below 95%: the best published EfficientNets reach 91.5% (B4) and 93.0% (B7)
 # on Food-101 (Tan & Le 2019, Table 5). The published routes past 95% all start from much stronger pretrained
@@ -70,14 +70,14 @@ import helpers
 from helpers import course, plots, probe, probe_figures
 from helpers.features import extract_features
 
-c = course.Course("11_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
+c = course.Course("10_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
 chosen = backbones[profile]
 if rehearse:  # random weights at the rehearsal's image size (as c.config gives the fine-tune): the wiring only
     chosen = {k: (name.split(".")[0], "none", course.rehearsal({"image_size": size})["image_size"])
               for k, (name, _, size) in chosen.items()}
-folder = {label: c.run_dir("11_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
-probe_dir = {label: c.run_dir("11_beyond_95", "probe-" + label.split()[0].replace("/", "_")) for label in chosen}
+folder = {label: c.run_dir("10_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
+probe_dir = {label: c.run_dir("10_beyond_95", "probe-" + label.split()[0].replace("/", "_")) for label in chosen}
 chosen  # label: (timm model, weights, image size)
 
 # %% [markdown]
@@ -105,7 +105,7 @@ for label in chosen:
         probe.train_probe([folder[label]], probe_dir[label], device=device)
     probes[label] = probe_dir[label]
 combo = " + ".join(ensemble_of[profile])
-combo_dir = c.run_dir("11_beyond_95", "probe-concat")
+combo_dir = c.run_dir("10_beyond_95", "probe-concat")
 if not (combo_dir / "summary.json").exists():
     probe.train_probe([folder[label] for label in ensemble_of[profile]], combo_dir, device=device)
 probes[f"one probe on {combo}"] = combo_dir
@@ -113,7 +113,7 @@ tested = {k: probe.read_summary(v) for k, v in probes.items()}  # test top-1, to
 tested
 
 # %%
-probe_figures.l2_sweep(probes, folder=c.figures, name="11_probe_l2_sweep")
+probe_figures.l2_sweep(probes, folder=c.figures, name="10_probe_l2_sweep")
 
 # %% [markdown]
 # ## 3. The technique on one batch
@@ -126,7 +126,7 @@ b = probe.one_batch(probe_dir[next(iter(chosen))], c.data_dir, n=8)
 print(f"features {tuple(b['features'].shape)}, norms {b['features'].norm(dim=1).numpy().round(3)}; weights "
       f"{tuple(b['weight'].shape)}; predicted {b['logits'].argmax(1).tolist()}, true {b['labels'].tolist()}")
 probe_figures.probe_batch(b["features"], b["weight"], b["logits"], b["labels"], b["class_names"], folder=c.figures,
-                          name="11_probe_batch")
+                          name="10_probe_batch")
 
 # %% [markdown]
 # ## 4. Probes against their combinations
@@ -137,14 +137,14 @@ probe_figures.probe_batch(b["features"], b["weight"], b["logits"], b["labels"], 
 # %%
 members08 = [c.run_dir(nb, run) for nb, run in with_members[profile]]
 members08 = [m for m in members08 if (m / "best.pt").is_file()]  # trained in this course (notebook 08 has run)
-ensemble = c.ensemble([probes[label] for label in ensemble_of[profile]], tag="11_probe_ensemble")
+ensemble = c.ensemble([probes[label] for label in ensemble_of[profile]], tag="10_probe_ensemble")
 combinations = {f"one probe on {combo} (concatenated)": tested[f"one probe on {combo}"],
                 f"mean softmax of the {len(ensemble_of[profile])} probes": ensemble}
 if members08:
-    with_08 = c.ensemble([probes[label] for label in ensemble_of[profile]] + members08, tag="11_with_08")
+    with_08 = c.ensemble([probes[label] for label in ensemble_of[profile]] + members08, tag="10_with_08")
     combinations[f"probes + notebook 08's {len(members08)} members"] = with_08
 probe_figures.members_vs_ensembles({f"probe {k}": tested[k] for k in ensemble_of[profile]},
-                                   combinations, folder=c.figures, name="11_members_vs_ensemble")
+                                   combinations, folder=c.figures, name="10_members_vs_ensemble")
 
 # %% [markdown]
 # ## 5. Fine-tune from the probe's head with layer-wise learning-rate decay (LP-FT)
@@ -157,16 +157,16 @@ name, weights, _ = chosen[finetune_from[profile]]
 ft = c.config("lpft", dict(backbone=name, pretrained=weights, init_from=str(probe_dir[finetune_from[profile]]),
                            **finetune[profile]))
 summary = helpers.train(ft)
-lpft = c.evaluate(ft.output_dir, tag="11_lpft")
+lpft = c.evaluate(ft.output_dir, tag="10_lpft")
 results = {f"probe {finetune_from[profile]}": tested[finetune_from[profile]],
            f"LP-FT {finetune_from[profile]} (layer decay {ft.layer_decay})": lpft, **combinations}
 plots.compare_top1(results, highlight=max(results, key=lambda k: results[k]["top1"]), folder=c.figures,
-                   name="11_routes",
-                   title="11 · Past 95%: the routes of this notebook (test top-1)")
+                   name="10_routes",
+                   title="10 · Past 95%: the routes of this notebook (test top-1)")
 
 # %%
 best_run = max([(ensemble["top1"], ensemble["predictions"]), (lpft["top1"], lpft["predictions"])])[1]
-plots.failure_gallery(best_run, n=12, title="11 · Best route", folder=c.figures, name="11_failures")
+plots.failure_gallery(best_run, n=12, title="10 · Best route", folder=c.figures, name="10_failures")
 
 # %% [markdown]
 # ## 6. Record
