@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 10 · Results: the plan's roadmap, measured
+# # 12 · Results: the plan's roadmap, measured
 #
 # Every notebook appended its final numbers to the results ledger (one CSV for all runs). This notebook reads
 # it and puts the measured test top-1 of each phase beside what the plan expects. The measured gain of each

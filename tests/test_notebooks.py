@@ -48,8 +48,8 @@ FIGURES = {
                     "08_failures"],
     "09_distillation": ["09_training_curves", "09_student_vs_teacher", "09_changes", "09_confusion_matrix",
                         "09_top_confusions", "09_failures"],
-    "12_results": ["12_roadmap_table", "12_roadmap"],
     "10_beyond_95": ["10_probe_l2_sweep", "10_probe_batch", "10_members_vs_ensemble", "10_routes", "10_failures"],
+    "12_results": ["12_roadmap_table", "12_roadmap"],
 }
 PHASES = {"01_baseline": ["baseline"], "02_b3_upgrade": ["2.1", "2.2"], "03_augmentations": ["3.1", "3.2"],
           "04_mixup_cutmix": ["3.3"], "05_two_stage": ["3.5"], "06_tta": ["3.4"], "07_high_resolution": ["4.1"],
@@ -212,7 +212,7 @@ def test_only_selects_by_number_or_name_and_rejects_unknown():
     assert select(names, "1,06_tta") == ["01_baseline", "06_tta"]
     assert select(names, None) == names
     with pytest.raises(UserError, match="matches no notebook"):
-        select(names, "01,12")
+        select(names, "01,13")
     assert parse_value("1") == 1 and parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
     assert parse_value("runs/x") == "runs/x" and parse_value("null") is None
 
