@@ -32,6 +32,24 @@
 # **Demo profile.** The same steps with the offline efficientnet-lite0/1/2 weights on the tiny set, at 112 px:
 # ImageNet-1k lite features are far weaker than the large models', so the ranking of the routes differs.
 
+# %% [markdown]
+# **Words used in this notebook.**
+# - **Pre-logit features**: what a backbone outputs just before its classifier, one vector per photo (1280 numbers
+#   for lite0, 1152 for SigLIP SO400M). timm returns them with `num_classes=0`.
+# - **Linear probe**: a logistic-regression classifier trained on frozen pre-logit features. The backbone never
+#   changes, so the features are computed once and the probe fits in seconds.
+# - **L2 strength**: how hard the probe's fit is pulled toward small weights (a penalty λ/2 · ‖W‖²). Small: the probe
+#   follows the training photos closely (it may overfit); large: a simpler classifier (it may underfit). It is swept
+#   on val, and the sweep figure shows val top-1 against it.
+# - **Mean-loss scale**: the penalty is added to the *mean* cross-entropy over the training photos, not their sum,
+#   so λ here equals 1 / (C · N) for scikit-learn's C on N photos; the numbers on the sweep's axis are on this scale.
+# - **LP-FT** ("linear probe, then fine-tune"): start the fine-tune from the probe's head instead of a random one, so
+#   the first gradients do not scramble good features (Kumar et al. 2022).
+# - **Layer-wise learning-rate decay** (`layer_decay` R): block k of D learns at lr × R^(D−k): the head at the full
+#   rate, each block below it R times slower, the stem slowest. It generalises 05's "backbone at a tenth".
+# - **Within noise**: the reference's top-1 lies inside the new result's 95% interval. It is a rule of thumb; the
+#   paired McNemar test on the photos fixed and broken is the sharper check.
+
 # %% tags=["parameters"]
 profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 with hub weights (GPU/MPS) · ci: smoke test
 data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
@@ -175,3 +193,63 @@ plots.failure_gallery(best_run, n=12, title="10 · Best route", folder=c.figures
 # %%
 c.record("5.1", [probes[label] for label in ensemble_of[profile]], ensemble)
 c.record("5.2", ft.output_dir, lpft, reference_top1=tested[finetune_from[profile]]["top1"])
+
+# %% [markdown]
+# ## What we saw
+# This run's two rows beside the published figures (this track is past the plan, so the plan has none):
+
+# %%
+from helpers import expectations
+
+expectations.table(c, phases=["5.1", "5.2"])
+
+# %% [markdown]
+# **How to read it.** In the demo run behind the README's figures, the lite0 probe scored 71.3%, the probe over
+# lite0 + lite1 + lite2 features and the mean of the three probes both 72.0% (64.3-78.6), and LP-FT 66.0%
+# (58.1-73.1): -5.3 points against its probe, within noise (8 photos net of 150; both were tested on the same
+# photos, so the paired McNemar test on the photos LP-FT fixed and broke is the sharper check). The demo's best
+# route is 72%, nowhere near 95%: the title's "95%" is what these routes reach with the large models of the full
+# profile.
+#
+# **Why LP-FT lands below its probe here.** (1) The demo fine-tunes one epoch: the run's best checkpoint is that
+# epoch's end, and the starting point (the probe itself) is not a candidate. (2) Once the backbone moves, its
+# features change in scale and direction and the probe's head, fitted with a strong L2 penalty on the frozen,
+# normalised features, no longer fits them; one epoch on 360 photos is too little to re-fit. (3) The probe was
+# fitted on the evaluation view of each photo, the fine-tune trains on random crops. On food-101-mini the README saw
+# the same pattern over 6 epochs: validation top-1 fell from 85% to 70% once the backbone trained, and recovered to
+# 83.3% by epoch 6, so at this scale the probe's head saves no epochs (LP-FT 80.0% against 82.8% for the default
+# fine-tune). LP-FT pays when the features are already excellent (CLIP, EVA-02) and the fine-tune is gentle (layer
+# decay, a low rate, EMA), which is the full profile's recipe.
+#
+# **Why the demo's ranking differs from the published one.** ImageNet-1k lite features are far weaker than CLIP's or
+# SigLIP's (trained on hundreds of millions of image-text pairs): on lite features a fine-tune beats a probe, on
+# CLIP ViT-L/14@336 features a probe alone reaches 95.9% on Food-101 (Radford et al. 2021, Table 10), above any
+# fine-tune of the plan's models. EfficientNet-L2 fine-tuned with SAM reaches 96.2% (Foret et al. 2020).
+
+# %% [markdown]
+# ## Questions
+# 1. What is a linear probe, and why does it fit in seconds once the features are cached?
+# 2. Why are the features L2-normalised, and each backbone's separately before they are concatenated?
+# 3. What happens at the left and at the right end of the L2 sweep figure, and why is the strength chosen on val?
+# 4. Why does this probe fit on train only, where CLIP refits on train + val?
+# 5. How does LP-FT differ from 05's two stages?
+# 6. With layer decay 0.8, how much slower than the head does a block 5 levels below it learn?
+# 7. Why did the demo's LP-FT land below its own probe?
+# 8. Why do lite features and CLIP features rank the probe and the fine-tune differently?
+
+# %% [markdown]
+# ## Try it
+# 1. `finetune["demo"]["layer_decay"] = 0.65` (from `0.8`; run by the tests): the full profile's decay, the lower
+#    blocks moving less. Does LP-FT stay closer to its probe?
+# 2. `finetune["demo"]["epochs"] = 4` (from `1`): give LP-FT time to recover from the first epoch.
+# 3. `views["demo"] = 2` (from `1`): each photo's features averaged with its mirror's. Do the probes gain?
+# 4. `finetune_from["demo"] = "lite2"`: LP-FT from the largest lite backbone's probe.
+
+# %% [markdown]
+# ## Further reading
+# - Radford et al. 2021, [Learning Transferable Visual Models From Natural Language Supervision (CLIP)](https://arxiv.org/abs/2103.00020) (Table 10: linear probes, Food-101 95.9% for ViT-L/14@336).
+# - Zhai et al. 2023, [Sigmoid Loss for Language Image Pre-Training (SigLIP)](https://arxiv.org/abs/2303.15343).
+# - Oquab et al. 2023, [DINOv2](https://arxiv.org/abs/2304.07193); Fang et al. 2023, [EVA-02](https://arxiv.org/abs/2303.11331).
+# - Kumar et al. 2022, [LP-FT](https://arxiv.org/abs/2202.10054); Bao et al. 2021, [BEiT](https://arxiv.org/abs/2106.08254) (layer-wise learning-rate decay for ViT fine-tuning).
+# - Foret et al. 2020, [Sharpness-Aware Minimization](https://arxiv.org/abs/2010.01412) (Table 3: Food-101).
+# - scikit-learn, [LogisticRegression](https://scikit-learn.org/stable/modules/generated/sklearn.linear_model.LogisticRegression.html) (the C parameter).

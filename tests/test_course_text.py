@@ -1,0 +1,277 @@
+"""The course's teaching text: every technique notebook (01-10) ends with "What we saw", "Questions", "Try it" and
+"Further reading"; every "Try it" names a literal of the notebook's parameters cell, and one per notebook is run
+for real in the ci profile; the solutions notebook answers every question; the expectations table puts the plan's
+figure, a published one and this run's side by side.
+
+A "Try it" item starts with the change in backticks, e.g. `TECHNIQUE["mixup_alpha"] = 1.0` (from `0.2`); the
+one marked "run by the tests" is executed with papermill, chained in course order so each notebook finds the runs it
+needs, on a five-class subset of the tiny set.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+from helpers import course, expectations, ledger
+from helpers.config import TrainConfig
+from helpers.environment import parameters
+from helpers.notebooks import execute, find_notebooks
+
+from .test_notebooks import _make_subset
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+SOLUTIONS = NOTEBOOK_DIR / "solutions" / "solutions.ipynb"
+SECTIONS = ["## What we saw", "## Questions", "## Try it", "## Further reading"]
+TECHNIQUE_NOTEBOOKS = [p for p in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")) if "01" <= p.name[:2] <= "10"]
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+CHANGE = re.compile(r"`([A-Za-z_]\w*)((?:\[[^\]]+\])*) = ([^`]+)`")
+FROM = re.compile(r"\(from `([^`]+)`")
+
+
+def _markdown(path: Path) -> list[str]:
+    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+
+
+def _section(path: Path, heading: str) -> str:
+    """The markdown cell that starts with `heading`."""
+    hits = [m for m in _markdown(path) if m.startswith(heading)]
+    assert len(hits) == 1, f"{path.name}: {len(hits)} cells start with {heading!r}"
+    return hits[0]
+
+
+def _items(text: str) -> list[str]:
+    """The numbered items of a markdown list, each with its continuation lines."""
+    items: list[str] = []
+    for line in text.splitlines():
+        if re.match(r"^\d+\. ", line):
+            items.append(line)
+        elif items and line.startswith("   "):
+            items[-1] += " " + line.strip()
+    return items
+
+
+@dataclasses.dataclass
+class TryIt:
+    name: str  # the parameters-cell variable
+    keys: list[Any]  # the keys into it, e.g. ["demo", "b3", "image_size"]
+    value: Any
+    was: Any  # the value the text says it replaces (None when not said)
+    tested: bool
+
+
+def _try_its(path: Path) -> list[TryIt]:
+    found = []
+    for item in _items(_section(path, "## Try it")):
+        match = CHANGE.search(item)
+        assert match, f"{path.name}: a Try it without a `NAME[...] = VALUE` change: {item[:80]}"
+        keys = [ast.literal_eval(k) for k in re.findall(r"\[([^\]]+)\]", match.group(2))]
+        was = FROM.search(item[match.end():])
+        found.append(TryIt(match.group(1), keys, ast.literal_eval(match.group(3)),
+                           ast.literal_eval(was.group(1)) if was else None, "run by the tests" in item))
+    return found
+
+
+def _changed(path: Path, change: TryIt, profile: str | None = None) -> Any:
+    """The parameter's new value: the notebook's literal with the change applied (the profile key swapped for
+    `profile` when given, so a demo Try it runs in ci)."""
+    value = parameters(path)[change.name]
+    keys = [profile if profile and k == "demo" else k for k in change.keys]
+    if not keys:
+        return _plain(change.value)
+    root = value = _plain(copy.deepcopy(value))
+    for key in keys[:-1]:
+        value = value[key]
+    value[keys[-1]] = _plain(change.value)
+    return root
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists: papermill writes a tuple inside a list or dict as its text (and YAML has no tuples)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The four sections
+
+
+@pytest.mark.parametrize("path", TECHNIQUE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_technique_notebook_ends_with_the_four_sections_in_order(path):
+    cells = nbformat.read(path, as_version=4).cells
+    headings = [(i, line) for i, c in enumerate(cells) if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    names = [h for _, h in headings]
+    start = names.index(SECTIONS[0])
+    assert names[start:start + 4] == SECTIONS, f"{path.name}: {names[start:]}"
+    after = names[start + 4:]
+    assert all(h.startswith("## Next") for h in after) and len(after) <= 1, f"{path.name} continues with {after}"
+    questions_cell = headings[start + 1][0]
+    assert all(c.cell_type == "markdown" for c in cells[questions_cell:]), "no code after the questions"
+    assert 5 <= len(_items(_section(path, "## Questions"))) <= 10
+    assert 2 <= len(_try_its(path)) <= 4
+    links = re.findall(r"\]\((https?://[^)\s]+)\)", _section(path, "## Further reading"))
+    assert len(links) >= 2, f"{path.name}: further reading needs links"
+
+
+@pytest.mark.parametrize("path", TECHNIQUE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_what_we_saw_shows_this_notebooks_phases_beside_the_plan_and_print(path):
+    """The section's table is `expectations.table` of the phases this notebook records in the ledger."""
+    cells = nbformat.read(path, as_version=4).cells
+    start = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("## What we saw"))
+    code = [c.source for c in cells[start:] if c.cell_type == "code"]
+    assert len(code) == 1, f"{path.name}: one code cell in What we saw"
+    call = re.search(r"expectations\.table\(c, phases=(\[[^\]]*\])\)", code[0])
+    assert call, code[0]
+    recorded = re.findall(r'c\.record\("([^"]+)"', path.with_suffix(".py").read_text())
+    assert set(ast.literal_eval(call.group(1))) == set(recorded), (call.group(1), recorded)
+    text = "\n".join(c.source for c in cells[start:] if c.cell_type == "markdown").split("## Questions")[0]
+    assert "McNemar" in text or "paired" in text, f"{path.name}: say which paired test reads the comparison"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Try it: the literals exist, and one per notebook runs
+
+
+@pytest.mark.parametrize("path", TECHNIQUE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_try_it_changes_a_literal_of_the_parameters_cell(path):
+    params = parameters(path)
+    changes = _try_its(path)
+    assert sum(c.tested for c in changes) == 1, f"{path.name}: mark exactly one Try it 'run by the tests'"
+    for change in changes:
+        assert change.name in params, f"{path.name}: {change.name} is not in the parameters cell"
+        value = params[change.name]
+        for depth, key in enumerate(change.keys):
+            last = depth == len(change.keys) - 1
+            if last and key not in value:  # a new setting added to a dict of TrainConfig settings
+                assert key in FIELDS, f"{path.name}: {change.name}{change.keys} names no setting"
+                break
+            assert key in value, f"{path.name}: {change.name} has no key {key!r}"
+            value = value[key]
+        else:
+            if change.was is not None:
+                assert value == change.was, f"{path.name}: {change.name}{change.keys} is {value!r}, the text says " \
+                                            f"{change.was!r}"
+        if change.name == "overrides":
+            assert set(change.value) <= FIELDS, change.value
+        if change.tested and "demo" in change.keys:
+            assert "ci" in params[change.name], f"{path.name}: the tested change needs a ci entry"
+
+
+def _check_02(out: Path) -> None:
+    assert (out / "models" / "02_b3_upgrade" / "b3" / "best.pt").is_file()
+    assert not (out / "models" / "02_b3_upgrade" / "resnet50").exists()
+
+
+def _check_06(out: Path) -> None:
+    names = sorted(p.name for p in (out / "predictions").glob("06_tta-*"))
+    assert any(n.endswith("-tta4.csv") for n in names) and not any("tta2" in n for n in names), names
+
+
+def _check_08(out: Path) -> None:
+    rows = ledger.read(out / "ledger.csv")
+    row = rows[rows["phase"] == "4.2"].iloc[-1]
+    assert row["backbone"] == "ensemble of 2" and "04_mixup_cutmix" in row["run"] and "02_b3" not in row["run"]
+
+
+# The effect of a tested change that is not a training setting in a run's config.yaml.
+SPECIAL = {"02_b3_upgrade": _check_02, "06_tta": _check_06, "08_ensemble": _check_08}
+
+
+def _config_values(out: Path, notebook: str, key: str) -> list[Any]:
+    return [yaml.safe_load(p.read_text()).get(key) for p in sorted((out / "models" / notebook).glob("*/config.yaml"))]
+
+
+def test_one_try_it_per_notebook_runs_in_the_ci_profile_and_takes_effect(tmp_path):
+    """Notebooks 01-10 in course order, each with its tested Try it, on a five-class subset (ci profile)."""
+    subset = _make_subset(tmp_path / "food-101-subset")
+    out = tmp_path / "course"
+    (out / "executed").mkdir(parents=True)
+    (out / "logs").mkdir()
+    seconds = {}
+    for path in TECHNIQUE_NOTEBOOKS:
+        change = next(c for c in _try_its(path) if c.tested)
+        value = _changed(path, change, profile="ci")
+        t0 = time.perf_counter()
+        execute(path, out / "executed" / path.name, out / "logs" / f"{path.stem}.log", cwd=ROOT,
+                parameters={"profile": "ci", "output_dir": str(out), "data_dir": str(subset),
+                            "ledger": str(out / "ledger.csv"), change.name: value})
+        seconds[path.stem] = round(time.perf_counter() - t0, 1)
+        injected = next(c.source for c in nbformat.read(out / "executed" / path.name, as_version=4).cells
+                        if "injected-parameters" in c.metadata.get("tags", []))
+        assert f"{change.name} = " in injected, injected
+        key = change.keys[-1] if change.keys else change.name
+        if path.stem in SPECIAL:
+            SPECIAL[path.stem](out)
+        else:
+            assert key in FIELDS, f"{path.stem}: say how to check {change.name}{change.keys}"
+            assert change.value in _config_values(out, path.stem, key), (path.stem, key, change.value)
+    print(f"Try it runs (s): {seconds}, total {sum(seconds.values()):.0f}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The solutions notebook
+
+
+def _answers(text: str) -> dict[str, int]:
+    """Number of answers under each `## NN · title` section."""
+    found: dict[str, int] = {}
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        found[section[:2]] = len(_items(section))
+    return found
+
+
+def test_the_solutions_notebook_answers_every_question_and_is_no_course_notebook():
+    script = SOLUTIONS.with_suffix(".py")
+    nb, py = jupytext.read(SOLUTIONS), jupytext.read(script)
+    assert [(c.cell_type, c.source.strip()) for c in nb.cells] == [(c.cell_type, c.source.strip()) for c in py.cells]
+    assert "formats: ipynb,py:percent" in script.read_text()
+    assert all(c.cell_type == "markdown" for c in nb.cells), "the solutions are markdown only (nothing to execute)"
+    answers = _answers("\n".join(c.source for c in nb.cells))
+    for path in TECHNIQUE_NOTEBOOKS:
+        questions = len(_items(_section(path, "## Questions")))
+        assert answers.get(path.name[:2]) == questions, f"{path.stem}: {questions} questions, " \
+                                                         f"{answers.get(path.name[:2])} answers"
+    assert "solutions" not in [p.stem for p in find_notebooks(NOTEBOOK_DIR)]
+    assert "solutions" not in course.notebooks()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The expectations table (00_setup and 12_results)
+
+
+def test_expectations_put_the_plan_a_published_figure_and_this_run_side_by_side(tmp_path):
+    c = course.Course("12_results", "demo", output_dir=str(tmp_path / "run"), ledger=str(tmp_path / "ledger.csv"))
+    # The demo's mixup run of the README's figures: 82 of 150 photos, against 3.2's 70.0%.
+    ledger.append(c.ledger_path, dict(course=str(c.output_dir), profile="demo", notebook="04_mixup_cutmix",
+                                      phase="3.3", technique="Mixup/CutMix", test_top1=100 * 82 / 150, test_n=150,
+                                      reference_top1=70.0))
+    table = expectations.table(c).set_index("phase")
+    assert list(table.index) == list(course.ROADMAP)
+    mix = table.loc["3.3"]
+    assert mix["plan (Food-101)"] == "+3% → 88.5-92.5%"
+    assert mix["this run (demo)"] == "54.7% (46.7-62.4)"  # the Wilson interval the demo's figure shows
+    assert mix["gain"] == "-15.3 against advanced augmentation (3.2), real"
+    assert table.loc["2.1", "this run (demo)"] == "not measured yet"
+    assert table.loc["4.2", "published (full scale)"] == "93.0%" and "Tan & Le 2019" in table.loc["4.2", "source"]
+    assert table.loc["5.1", "published (full scale)"] == "95.9%" and table.loc["5.1", "plan (Food-101)"] == \
+        "past the plan"
+    for phase, row in table.iterrows():
+        assert "https://" in row["source"], f"{phase} has no source"
+    assert list(expectations.table(phases=["4.2"])["this run"]) == ["not measured yet"]  # no course: no ledger
+    for name in ("00_setup", "12_results"):
+        assert "expectations.table(c)" in (NOTEBOOK_DIR / f"{name}.py").read_text()
