@@ -53,7 +53,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=224, help="the course's training resolution")
     p.add_argument("--batch-size", type=int, default=16, help="the course's batch size")
     p.add_argument("--steps", type=int, default=3, help="training steps compared")
-    p.add_argument("--bench-steps", type=int, default=5, help="timed steps for images/s")
+    p.add_argument("--bench-steps", type=int, default=5, help="timed steps for images/s (0: no speed measurement)")
     p.add_argument("--data-dir", default=TrainConfig.data_dir, help="photos for the batch (food-101 layout)")
     p.set_defaults(func=_run)
 
@@ -73,7 +73,8 @@ def run_doctor(*, device: str = "auto", backbone: str = "efficientnet_b0", image
     """Compare the device with the CPU (see the module docstring).
 
     Returns:
-        {"device", "rows": [{"check", "device", "cpu", "difference", "tolerance", "agrees"}], "images_per_s",
+        {"device", "rows": [{"check", "device", "cpu", "difference", "tolerance", "agrees"}], "images_per_s" (None
+        with `bench_steps=0`),
         "disagreements": [sentences naming what differs and the setting that avoids it]}.
     """
     from . import engine
@@ -111,12 +112,14 @@ def run_doctor(*, device: str = "auto", backbone: str = "efficientnet_b0", image
     if not copy_row["agrees"]:
         disagreements.append("A batch copied to the device did not arrive intact (silent corruption of the "
                              "photos): --num-workers 0 avoids the loader's shared memory; report it with the table.")
-    model.load_state_dict(start)
-    rate = train_speed(model, dev, image_size=image_size, batch_size=batch_size, steps=bench_steps,
-                       n_classes=len(class_names), channels_last=channels_last, dtype=dtype)
-    rows.append({"check": f"training images/s ({backbone}, {image_size} px, batch {batch_size}, "
-                          f"amp {'off' if dtype is None else str(dtype).replace('torch.', '')})",
-                 "device": f"{rate:.1f}", "cpu": "", "difference": "", "tolerance": "", "agrees": True})
+    rate = None
+    if bench_steps > 0:
+        model.load_state_dict(start)
+        rate = train_speed(model, dev, image_size=image_size, batch_size=batch_size, steps=bench_steps,
+                           n_classes=len(class_names), channels_last=channels_last, dtype=dtype)
+        rows.append({"check": f"training images/s ({backbone}, {image_size} px, batch {batch_size}, "
+                              f"amp {'off' if dtype is None else str(dtype).replace('torch.', '')})",
+                     "device": f"{rate:.1f}", "cpu": "", "difference": "", "tolerance": "", "agrees": True})
     return {"device": device_description(dev), "rows": rows, "images_per_s": rate, "disagreements": disagreements}
 
 

@@ -35,7 +35,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from . import augment, checkpoint, distributed
-from .mps_check import device_code
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
 from .data import ImageDataset, Splits, index_seed, load_splits, make_loader
 from .inference import check_classes, init_state, load_trained, predict_logits, to_model_input
@@ -52,6 +51,7 @@ from .models import (
     param_groups,
     set_train_mode,
 )
+from .mps_check import device_code
 from .progress import progress_bar
 from .utils import (
     amp_dtype,

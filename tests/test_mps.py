@@ -107,6 +107,28 @@ def test_cli_violation_is_exit_1_naming_the_operator_and_function(tmp_path):
     assert "aten._to_copy" in proc.stderr and "float64" in proc.stderr and "train_step" in proc.stderr
 
 
+def test_cli_training_paths_pass_under_the_check(tmp_path, check_mps):
+    """The CLI's device paths that other tests reach only through their error checks or formulas, under the
+    check (inherited by the subprocesses): mixup + cutmix, EMA and layer decay in one run (--batch-size auto:
+    tests/test_train.py);
+    a second run from its weights (--init-from, frozen backbone: stage 1 of two-stage) distilled from it
+    (--teacher); evaluate with TTA; an ensemble of both."""
+    data = ["--dataset", "food-101", "--data-dir", str(ROOT / "data" / "food-101-tiny")]
+    common = [*data, "--backbone", "tf_efficientnet_lite0", "--pretrained", "offline", "--image-size", "64",
+              "--epochs", "1", "--max-steps", "2", "--num-workers", "0"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = run_cli("train", *common, "--mixup", "--cutmix", "--model-ema", "--layer-decay", "0.75", "--batch-size",
+                   "16", "--output-dir", str(first))
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("train", *common, "--batch-size", "16", "--init-from", str(first), "--freeze-backbone",
+                   "--teacher", str(first), "--output-dir", str(second))
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("evaluate", "--checkpoint", str(first), *data, "--tta", "2", "--num-workers", "0")
+    assert done.returncode == 0 and '"n": 150' in done.stdout.splitlines()[-1], done.stderr[-3000:]
+    done = run_cli("ensemble", "--models", str(first), str(second), *data, "--num-workers", "0")
+    assert done.returncode == 0 and '"members"' in done.stdout.splitlines()[-1], done.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # MPS-specific settings
 
@@ -258,7 +280,7 @@ def test_doctor_names_a_disagreeing_device_with_exit_2(monkeypatch, capsys):
         return steps
 
     monkeypatch.setattr(doctor, "run_steps", faulty)
-    assert cli.main(DOCTOR) == 2
+    assert cli.main([*DOCTOR[:-1], "0"]) == 2  # no speed measurement
     captured = capsys.readouterr()
     assert "| gradients (last step), rel. L2 |" in captured.out and "| NO |" in captured.out
     assert "differ from the CPU's in: gradients (last step), rel. L2, updated weights" in captured.err
@@ -272,7 +294,7 @@ def test_doctor_catches_a_corrupting_copy(monkeypatch, capsys):
         return out
 
     monkeypatch.setattr(utils, "to_device", corrupting)
-    assert cli.main(DOCTOR) == 2
+    assert cli.main([*DOCTOR[:-1], "0"]) == 2
     captured = capsys.readouterr()
     assert "| batches copied to the device intact | 0/2 |" in captured.out
     assert "did not arrive intact" in captured.err
