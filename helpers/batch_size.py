@@ -37,7 +37,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .config import UserError
-from .utils import autocast
+from .mps_check import device_code
+from .utils import autocast, fused_adamw
 
 _logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def find_batch_size(model: nn.Module, image_size: int, device: torch.device | st
         memory_cap_bytes: a batch fits only if its peak is at most this; None: the device default above.
         channels_last: feed channels-last inputs, as the trainer does.
         amp_dtype: the autocast dtype of training (None: full precision).
-        optimizer_factory: builds the training optimizer from parameters; default AdamW (fused on CUDA/MPS).
+        optimizer_factory: builds the training optimizer from parameters; default AdamW (fused on CUDA only, see utils.fused_adamw).
 
     Returns:
         The batch size, at least 1.
@@ -197,6 +198,7 @@ def step_peak_bytes(model: nn.Module, batch_size: int, image_size: int, device: 
 # One probe
 
 
+@device_code
 def _probe(model: nn.Module, batch: int, image_size: int, device: torch.device, *, channels_last: bool,
            amp_dtype: torch.dtype | None, optimizer_factory: OptimizerFactory | None) -> int | None:
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -283,7 +285,7 @@ def _measured_step(model: nn.Module, batch: int, image_size: int, device: torch.
 
 
 def _default_optimizer(device: torch.device) -> OptimizerFactory:
-    fused = device.type in ("cuda", "mps")
+    fused = fused_adamw(device)
     return lambda params: torch.optim.AdamW(params, lr=1e-3, fused=fused)
 
 

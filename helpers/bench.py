@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from .config import UserError
+from .mps_check import device_code
 
 _logger = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device-decode", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure decoding with torchvision.io on the device (nvJPEG; default: on for CUDA)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: the trainer's: on, except on MPS)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--markdown", help="also write the table to this file")
@@ -108,7 +110,7 @@ def run_bench(*, backbone: str = "efficientnet_b0", image_size: int = 224, batch
               extra_data_dirs: Sequence[str] = (), augment: str = "basic", workers: Sequence[int] | None = None,
               trainer_workers: int = -1, steps: int = 10, warmup: int = 2, images: int = 640, repeats: int = 1,
               baseline: bool = False, device_decode: bool | None = None, amp: bool = True,
-              channels_last: bool = True, compile: bool = False, sections: Sequence[str] = SECTIONS) -> dict:
+              channels_last: bool | None = None, compile: bool = False, sections: Sequence[str] = SECTIONS) -> dict:
     """Measure the sections of the table (see the module docstring) and return them as plain data.
 
     Returns:
@@ -119,13 +121,18 @@ def run_bench(*, backbone: str = "efficientnet_b0", image_size: int = 224, batch
     from . import augment as augment_module
     from .data import load_splits
     from .models import create_model, data_config
-    from .utils import amp_dtype, get_device
+    from .utils import amp_dtype, channels_last_for, compile_for, get_device
 
     _check_settings(image_size, batch_size, steps, warmup, images, repeats, workers, sections)
     if baseline and "input" in sections:
         baseline_transform(augment, image_size, (0.5,) * 3, (0.5,) * 3)  # an unsupported preset fails before any work
     dev = get_device(device)
+    if device_decode and dev.type == "mps":
+        raise UserError("--device-decode measures torchvision's GPU JPEG decoding (nvJPEG), which exists on CUDA only; "
+                        "on MPS the photos are decoded on the CPU, which section 2 already measures. Drop the flag.")
     dtype = amp_dtype(dev, amp)
+    channels_last = channels_last_for(dev, channels_last)
+    compile = compile_for(dev, compile)
     workers = list(workers) if workers is not None else _default_workers()
     needs_data = "input" in sections or "trainer" in sections
     splits = load_splits(dataset, data_dir) if needs_data else None
@@ -190,7 +197,10 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
-        return "Apple GPU (MPS)"
+        from .utils import apple_machine
+
+        mac = apple_machine()
+        return f"{mac['chip']} GPU (MPS), macOS {mac['macos']}" if mac else "Apple GPU (MPS)"
     import platform
 
     return platform.processor() or platform.machine()
@@ -200,6 +210,7 @@ def _device_name(device: torch.device) -> str:
 # Sections 1 and 3: the trainer's step, fed synthetic device tensors or the real DataLoader
 
 
+@device_code
 def measure_ceiling(*, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
                     memory_format: torch.memory_format, batch_size: int, image_size: int, n_classes: int,
                     steps: int, warmup: int, compile: bool) -> dict:
@@ -221,6 +232,7 @@ def measure_ceiling(*, model: torch.nn.Module, device: torch.device, dtype: torc
     return {"images_per_s": rate, "step_ms": 1000 * batch_size / rate, "peak_mb": (peak or 0) / 2**20}
 
 
+@device_code
 def measure_trainer(*, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
                     memory_format: torch.memory_format, batch_size: int, samples: Sequence, transform: Callable,
                     num_workers: int, steps: int, warmup: int, compile: bool,
@@ -256,7 +268,7 @@ def _timed_steps(model: torch.nn.Module, batches, *, device: torch.device, dtype
     from .config import TrainConfig
 
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    defaults = TrainConfig()  # the trainer's default optimizer (AdamW, fused on CUDA/MPS) and learning rates
+    defaults = TrainConfig()  # the trainer's default optimizer (AdamW, fused on CUDA only) and learning rates
     optimizer = engine.make_optimizer(model, defaults, device)
     scheduler = engine.make_scheduler(optimizer, kind="none", epochs=1, steps_per_epoch=steps + warmup,
                                       warmup_epochs=0, lr=defaults.lr, min_lr=defaults.lr, restart_epochs=0)
@@ -301,10 +313,9 @@ def _batch_len(batch) -> int:
 
 
 def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    from .utils import synchronize
+
+    synchronize(device)
 
 
 def _peak_rss_mb() -> float:
@@ -394,6 +405,7 @@ def _same_ids(samples: Sequence, root: str, other: Sequence, other_root: str) ->
     return mapped
 
 
+@device_code
 def _loader_rate(dataset, *, batch_size: int, workers: int, images: int, device: torch.device,
                  normalize: Callable | None = None) -> tuple[float, float | None]:
     """Images/s of `images` images through the trainer's `make_loader` onto `device` (then `normalize`d), the first
@@ -485,6 +497,7 @@ def baseline_transform(preset: str, size: int, mean: Sequence[float], std: Seque
     raise UserError(f"The torchvision baseline has no equivalent of --augment {preset}: use none, light or basic.")
 
 
+@device_code
 def measure_device_decode(samples: Sequence, *, data_dir: str, size: int, mean: Sequence[float],
                           std: Sequence[float], device: torch.device, batch_size: int, images: int,
                           repeats: int) -> dict:

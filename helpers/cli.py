@@ -34,7 +34,7 @@ _logger = logging.getLogger("helpers")
 
 # Modules with an `add_command(subparsers)` function; their command's handler is set with set_defaults(func=...)
 # and takes the parsed argparse.Namespace. Keep their imports light: heavy imports go inside the handler.
-EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks", "features", "probe")
+EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks", "features", "probe", "doctor")
 
 
 def _field_docs() -> tuple[dict[str, str], dict[str, str]]:
@@ -69,7 +69,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{docs.get(f.name, '')} (default: {f.default!r})"
         kwargs: dict = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        if f.type == "bool":
+        if f.type in ("bool", "bool | None"):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.type == "int":
             group.add_argument(flag, type=int, metavar="N", **kwargs)

@@ -16,9 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class UserError(Exception):
-    """A problem with the user's input (flags, files, data): printed as one paragraph, exit code 2."""
+from .errors import UserError  # re-exported: `from helpers.config import UserError` keeps working
 
 
 @dataclass(frozen=True)
@@ -77,8 +75,8 @@ class TrainConfig:
     # --- runtime ---
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
     amp: bool = True  # mixed precision where the device supports it (bf16/fp16 on cuda, fp16 on mps)
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model
+    channels_last: bool | None = None  # None: on, except on MPS (its conv backward is slow in channels_last)
+    compile: bool = False  # torch.compile the model (on MPS: a warning, and the run stays eager)
     num_workers: int = -1  # DataLoader workers, -1: min(8, cpu count)
     seed: int = 42
     output_dir: str = "runs/train"
@@ -113,6 +111,8 @@ def _type_problem(kind: str, value: Any) -> str | None:
     """What is wrong with `value` for a field annotated `kind` (the annotation's text), or None."""
     if kind == "bool":
         return None if isinstance(value, bool) else "true or false"
+    if kind == "bool | None":
+        return None if value is None or isinstance(value, bool) else "true or false (or null: the device's default)"
     if kind == "int":
         return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
     if kind == "float":

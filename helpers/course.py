@@ -320,9 +320,9 @@ def _check_same_run(cfg: TrainConfig, notebook: str) -> None:
 
 
 def _device_name(device: str) -> str:
-    from .utils import get_device
+    from .utils import device_description, get_device
 
-    return str(get_device(device))
+    return device_description(get_device(device))
 
 
 def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:

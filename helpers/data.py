@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -482,6 +483,15 @@ def default_num_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def worker_init(worker_id: int) -> None:
+    """Each DataLoader worker: one OpenCV thread (the workers are the parallelism; OpenCV's own pool in every
+    worker oversubscribes the cores). Top-level, so macOS's spawned workers can pickle it."""
+    cv2.setNumThreads(1)
+
+
+MAC_EVAL_WORKERS = 2  # macOS: workers of a validation/test loader (spawned per pass, each a fresh Python + torch)
+
+
 def make_loader(
     dataset: ImageDataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int = -1, rank: int = 0,
     world_size: int = 1, pin_memory: bool = False,
@@ -489,13 +499,21 @@ def make_loader(
     """A DataLoader over `dataset` driven by an `EpochSampler` (call `loader.sampler.set_epoch` each epoch).
 
     Workers stay alive between epochs (the sampler runs in the main process), and with `pin_memory` batches
-    come in page-locked memory so host-to-device copies can be non-blocking.
+    come in page-locked memory so host-to-device copies can be non-blocking. On macOS, where workers are
+    spawned (each one a new interpreter importing torch, a few hundred MB), an evaluation loader (`shuffle=False`)
+    gets at most `MAC_EVAL_WORKERS` workers and does not keep them between passes, so they do not sit idle
+    beside the training loader's workers for the whole run.
     """
     from .utils import workers_for_open_files
 
-    workers = workers_for_open_files(default_num_workers() if num_workers < 0 else num_workers)
+    workers = default_num_workers() if num_workers < 0 else num_workers
+    persistent = True
+    if sys.platform == "darwin" and not shuffle:
+        workers, persistent = min(workers, MAC_EVAL_WORKERS), False
+    workers = workers_for_open_files(workers)
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None, drop_last=False,
+        persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None, drop_last=False,
+        worker_init_fn=worker_init if workers > 0 else None,
     )

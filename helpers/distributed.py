@@ -14,6 +14,7 @@ BatchNorm statistics stay per process (torch's SyncBatchNorm is CUDA-only); see 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
+from .mps_check import device_code, host
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,12 @@ def setup(device_name: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    mps = device_name == "mps" or (device_name == "auto" and not torch.cuda.is_available()
+                                   and torch.backends.mps.is_available())
+    if mps:  # gloo reduces CPU tensors, NCCL CUDA ones: no backend reduces MPS tensors
+        raise UserError(f"torchrun started {world} processes on an MPS device, but no distributed backend "
+                        "reduces MPS tensors (and a Mac has one GPU). Run `python -m helpers train` without "
+                        "torchrun on the Mac, or torchrun with --device cpu.")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
     if use_cuda:
@@ -71,15 +81,20 @@ def _tensor_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")  # gloo reduces CPU tensors
 
 
+@device_code
 def all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum numbers across processes (identity when not distributed)."""
+    """Sum numbers across processes (identity when not distributed): in float64 on the host (gloo), in float32
+    on CUDA (NCCL; device code stays float32, exact for counts below 2^24)."""
     if not _active():
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=_tensor_device(device))
-    dist.all_reduce(t)
-    return t.tolist()
+    reduce_on = _tensor_device(device)
+    with host() if reduce_on.type == "cpu" else contextlib.nullcontext():
+        t = torch.tensor(values, dtype=torch.float64 if reduce_on.type == "cpu" else torch.float32, device=reduce_on)
+        dist.all_reduce(t)
+        return t.tolist()
 
 
+@device_code
 def all_true(flag: bool | torch.Tensor, device: torch.device) -> bool:
     """True when `flag` is true in every process. All processes must call it at the same point, so that they
     all take the same branch (one rank skipping a backward pass that the others run would hang DDP)."""

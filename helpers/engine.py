@@ -51,14 +51,27 @@ from .models import (
     param_groups,
     set_train_mode,
 )
+from .mps_check import device_code
 from .progress import progress_bar
-from .utils import amp_dtype, autocast, get_device, peak_memory_mb, reset_peak_memory, run_info, seed_everything
+from .utils import (
+    amp_dtype,
+    autocast,
+    channels_last_for,
+    compile_for,
+    fused_adamw,
+    get_device,
+    peak_memory_mb,
+    reset_peak_memory,
+    run_info,
+    seed_everything,
+    to_device,
+)
 
 _logger = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption without changing what is computed.
 RUNTIME_FIELDS = {"resume", "output_dir", "device", "num_workers", "log_interval", "checkpoint_every", "compile",
-                  "download", "data_dir", "strict_data"}
+                  "download", "data_dir", "strict_data", "channels_last"}
 
 
 class NonFiniteLossError(UserError):
@@ -104,6 +117,7 @@ def _reseed(seed: int, epoch: int, step: int) -> None:
     random.seed(s)
 
 
+@device_code
 def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: Sums | None = None,
                     save_fn: Callable[[int, int, Sums], None] | None = None, save_every: int = 0) -> dict:
     """Train one epoch from optimizer step `start_step`; returns loss/top1/top5 (sample-weighted) and images/s.
@@ -114,7 +128,7 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
     set_train_mode(run.raw_model, run.frozen_backbone)
     sums = sums or Sums()
     seen_before = sums.n
-    totals = torch.tensor(sums.state(), dtype=torch.float64, device=run.device)  # n, loss x n, top-1, top-5 hits
+    totals = DeviceTotals(sums, run.device)
     batches = iter(loader)
     bar = progress_bar(total=run.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", leave=False,
                        disable=not distributed.is_main())
@@ -123,13 +137,13 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
         train_step(run, batches, epoch, step, totals)
         bar.update(1)
         if (step + 1) % run.log_interval == 0 or step + 1 == run.steps_per_epoch:
-            sums.load(totals.tolist())
+            sums.load(totals.state())
             bar.set_postfix(loss=f"{sums.result()['loss']:.3f}", lr=f"{_head_lr(run.optimizer):.2e}")
         if save_fn and save_every and (step + 1) % save_every == 0 and step + 1 < run.steps_per_epoch:
-            sums.load(totals.tolist())
+            sums.load(totals.state())
             save_fn(epoch, step + 1, sums)
     bar.close()
-    sums.load(totals.tolist())
+    sums.load(totals.state())
     elapsed = time.perf_counter() - started
     total = Sums()  # every rank's samples: under DDP each rank saw only its shard of the batches
     total.load(distributed.all_sum(sums.state(), run.device))
@@ -137,7 +151,7 @@ def train_one_epoch(run: Run, loader, epoch: int, *, start_step: int = 0, sums: 
     return {**total.result(), "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
 
 
-def train_step(run: Run, batches, epoch: int, step: int, totals: torch.Tensor) -> None:
+def train_step(run: Run, batches, epoch: int, step: int, totals: DeviceTotals) -> None:
     """One optimizer step: forward and backward over `accum_steps` micro-batches from `batches` (fewer for the
     epoch's last partial step), then the update. Adds (n, loss x n, top-1 hits, top-5 hits) to `totals` on the
     device. A non-finite loss stops the run, or skips the step with `nan_policy="skip"`."""
@@ -148,7 +162,7 @@ def train_step(run: Run, batches, epoch: int, step: int, totals: torch.Tensor) -
         images, labels, _, bad = next(batches)
         run.bad_indices.update(i for i in bad.tolist() if i >= 0)
         images = to_model_input(images, run.device, run.normalize, run.memory_format)
-        labels = labels.to(run.device, non_blocking=True)
+        labels = to_device(labels, run.device)
         targets = labels
         if run.mixup is not None:
             images, labels = _even(images), _even(labels)  # timm's Mixup pairs the batch with its mirror
@@ -162,7 +176,7 @@ def train_step(run: Run, batches, epoch: int, step: int, totals: torch.Tensor) -
                 return
             scaled = loss / run.accum_steps
             (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-        totals += _batch_totals(logits.detach(), labels, loss.detach())
+        totals.add(logits.detach(), labels, loss.detach())
     _optimizer_step(run)
 
 
@@ -193,13 +207,24 @@ def _finite(run: Run, loss: torch.Tensor, epoch: int, step: int) -> bool:
     return False
 
 
-def _batch_totals(logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-    """(n, loss x n, top-1 hits, top-5 hits) of one batch as a float64 tensor on the device (no host sync);
-    the same counts as `metrics.topk_correct`."""
-    n = len(labels)
-    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels.unsqueeze(1))
-    return torch.stack((torch.tensor(n, dtype=torch.float64, device=logits.device), loss.double() * n,
-                        hits[:, 0].sum().double(), hits.any(dim=1).sum().double()))
+class DeviceTotals:
+    """An epoch's running (n, top-1 hits, top-5 hits) as int64 and loss x n as float32, kept on the device (no
+    host sync per batch; MPS has no float64). `state()` reads them into `Sums.state()` order (a host sync)."""
+
+    def __init__(self, sums: Sums, device: torch.device):
+        self.counts = torch.tensor([sums.n, sums.top1, sums.top5], dtype=torch.int64, device=device)
+        self.loss = torch.tensor(sums.loss, dtype=torch.float32, device=device)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add one batch; the same counts as `metrics.topk_correct`."""
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels.unsqueeze(1))
+        self.counts += torch.stack((hits.new_tensor(len(labels), dtype=torch.int64), hits[:, 0].sum(),
+                                    hits.any(dim=1).sum()))
+        self.loss += loss.float() * len(labels)
+
+    def state(self) -> list[float]:
+        n, top1, top5 = self.counts.tolist()
+        return [n, self.loss.item(), top1, top5]
 
 
 def _optimizer_step(run: Run) -> None:
@@ -226,6 +251,7 @@ def _head_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
+@device_code
 @torch.no_grad()
 def validate_model(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None = None, *,
                    reduce: bool = True, bad: set[int] | None = None, normalize: Callable | None = None) -> dict:
@@ -275,7 +301,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
         groups = param_groups(model, lr=cfg.lr, backbone_lr_ratio=cfg.backbone_lr_ratio, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cuda", "mps"))
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused_adamw(device))
 
 
 def hold_backbone(optimizer: torch.optim.Optimizer, held: bool) -> None:
@@ -405,6 +431,7 @@ def sample_batch(cfg: TrainConfig, n: int = 8, *, train: bool = True) -> tuple[t
     return images, labels, splits.class_names
 
 
+@device_code
 def distillation_terms(cfg: TrainConfig, student: str | Path, n: int = 16) -> dict[str, float]:
     """The distillation loss's two terms on one training batch of `cfg`'s data, for a trained `student` run,
     with the trainer's own pieces: `Teacher` (each member at its own size and normalisation), the criterion and
@@ -519,7 +546,7 @@ def _batch_plan(cfg: TrainConfig, model: nn.Module, image_size: int, device: tor
     from .batch_size import auto_batch, plan_accumulation
 
     plan = auto_batch(model, image_size, device, effective_batch=cfg.auto_batch_target, world_size=world,
-                      channels_last=cfg.channels_last, amp_dtype=dtype)
+                      channels_last=channels_last_for(device, cfg.channels_last), amp_dtype=dtype)
     if world > 1:  # every process needs the same micro-batch
         micro = min(distributed.all_gather_object(plan.micro_batch))
         plan = plan_accumulation(cfg.auto_batch_target or micro * world, micro, world)
@@ -617,8 +644,12 @@ def build_model(cfg: TrainConfig, class_names: list[str], state: dict | None, de
         model.load_state_dict(grow_head(model, weights, init_classes, class_names, cfg.init_from))
     if cfg.freeze_backbone:
         freeze_backbone(model)
-    model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    model.to(device, memory_format=_memory_format(cfg, device))
     return model, amp_dtype(device, cfg.amp)
+
+
+def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    return torch.channels_last if channels_last_for(device, cfg.channels_last) else torch.contiguous_format
 
 
 def build_data(cfg: TrainConfig, splits: Splits, model: nn.Module, device: torch.device, dtype, dist_info,
@@ -657,12 +688,12 @@ def build_run(cfg: TrainConfig, model: nn.Module, data: Data, device: torch.devi
     wrapped = model
     if dist_info.enabled:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+    if compile_for(device, cfg.compile):
         wrapped = torch.compile(wrapped)
     return Run(model=wrapped, raw_model=model, optimizer=optimizer, scheduler=scheduler,
                criterion=make_criterion(mixing, cfg.label_smoothing), device=device, seed=cfg.seed,
                accum_steps=data.accum_steps, steps_per_epoch=steps_per_epoch, micro_per_epoch=len(data.train_loader),
-               memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format, amp=dtype,
+               memory_format=_memory_format(cfg, device), amp=dtype,
                scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
                mixup=make_mixup(cfg, len(data.splits.class_names)) if mixing else None, teacher=teacher,
                kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature,

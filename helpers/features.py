@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .config import CHOICES, UserError
+from .io import full_fsync
+from .mps_check import device_code
 
 _logger = logging.getLogger(__name__)
 
@@ -177,6 +179,7 @@ def _extract_split(model, samples, split: str, out: Path, manifest: dict, device
     return n_todo
 
 
+@device_code
 def embed_samples(model: torch.nn.Module, samples: list, data_config: dict, *, views: int = 1,
                   device: torch.device | None = None, dtype: torch.dtype | None = None, batch_size: int = 64,
                   num_workers: int = -1, bar=None) -> torch.Tensor:
@@ -214,7 +217,7 @@ def _write_atomic(path: Path, data: bytes | Callable[[Path], None]) -> None:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                full_fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"Could not write {path} ({exc.strerror or exc}): free disk space or fix the folder's "

@@ -22,7 +22,8 @@ from .io import atomic_write_text
 from .lock import run_lock
 from .metrics import topk_correct
 from .models import create_model
-from .utils import amp_dtype, autocast, get_device
+from .mps_check import device_code
+from .utils import amp_dtype, autocast, get_device, to_device
 
 _logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def to_model_input(images: torch.Tensor, device: torch.device,
                    memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
     """A loader's batch on `device`, normalised (uint8 batches need `normalize`, e.g. `augment.DeviceNormalize`;
     float batches are normalised already) and in `memory_format`."""
-    images = images.to(device, non_blocking=True)
+    images = to_device(images, device)
     if normalize is not None:
         images = normalize(images)
     if images.dtype == torch.uint8:
@@ -88,6 +89,7 @@ def to_model_input(images: torch.Tensor, device: torch.device,
     return images.contiguous(memory_format=memory_format)
 
 
+@device_code
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
                    dtype: torch.dtype | None = None, *,

@@ -33,6 +33,7 @@ from torch import nn
 
 from .config import CHOICES, UserError
 from .features import SPLITS, _write_atomic, embed, read_manifest, read_split
+from .mps_check import device_code
 
 _logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def _check_same_photos(ref: dict, meta: dict, split: str) -> None:
 # Fitting
 
 
+@device_code
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, *, max_iter: int = 1000,
                init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression: minimise mean cross-entropy + l2 / 2 * ||W||^2 (bias not penalised),
@@ -151,6 +153,7 @@ def _threads_for(x: torch.Tensor):
         torch.set_num_threads(before)
 
 
+@device_code
 def _score(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict:
     logits = x @ w.T + b
     y = y.to(x.device)
@@ -353,6 +356,7 @@ class _Embedder(nn.Module):
         return embed(self.backbone, x, self.views)
 
 
+@device_code
 def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | None = None, batch_size: int = 32,
                     device: torch.device | None = None, num_workers: int = -1,
                     amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

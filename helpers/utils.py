@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import UserError
+from .errors import UserError
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +54,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`, copied without blocking only from pinned memory (the CUDA loaders pin): on MPS a
+    non-blocking copy of unpinned memory can read the buffer after the loader freed it (pytorch issues 139550,
+    189690), silently corrupting images and labels."""
+    return t.to(device, non_blocking=device.type == "cuda" and t.device.type == "cpu" and t.is_pinned())
+
+
+def channels_last_for(device: torch.device, setting: bool | None = None) -> bool:
+    """Whether to train in channels_last: `setting` when given, else on except on MPS, where the convolutions'
+    backward takes a slow path in that format (pytorch issues 193349, 192551); `bench --channels-last` measures it."""
+    return device.type != "mps" if setting is None else setting
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """Use the fused AdamW only on CUDA: elsewhere (MPS) the fp16 GradScaler's found-inf is not honoured by every
+    fused kernel, so the unfused optimizer, which the scaler skips correctly, is used."""
+    return device.type == "cuda"
+
+
+def compile_for(device: torch.device, requested: bool) -> bool:
+    """Whether to torch.compile: as requested, except on MPS (warned; the run stays eager), where the inductor
+    backend is experimental."""
+    if requested and device.type == "mps":
+        _logger.warning("--compile on MPS: torch.compile's MPS backend is experimental in this torch; running eager.")
+        return False
+    return requested
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA, MPS), so that a clock read after it measures the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory this process allocated on the device since the last reset (CUDA), or current driver
     allocation (MPS, which has no peak counter); 0 on CPU.
@@ -82,7 +118,33 @@ def run_info(device: torch.device, seed: int) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    info.update(apple_machine() or {})
     return info
+
+
+def apple_machine() -> dict[str, str] | None:
+    """On a Mac, {"macos": version, "chip": e.g. "Apple M2 Pro"}; None elsewhere. MPS's speed and its bugs
+    depend on both, so runs and ledger rows record them."""
+    if platform.system() != "Darwin":
+        return None
+    return {"macos": platform.mac_ver()[0] or "unknown",
+            "chip": _sysctl("machdep.cpu.brand_string") or platform.processor() or platform.machine()}
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_description(device: torch.device) -> str:
+    """The device in words for tables and the ledger: "cuda:0 (NVIDIA ...)", "mps (Apple M2 Pro, macOS 14.5)"."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    mac = apple_machine()
+    return f"{device} ({mac['chip']}, macOS {mac['macos']})" if mac else str(device)
 
 
 def _git_commit() -> str | None:

@@ -97,5 +97,23 @@ expectations.table(c)
 # models (about 90%), and its final 95.5-99.5% is above the best published EfficientNet on Food-101 (B7: 93.0%):
 # the plan's ladder tops out near 93%. Notebook `10_beyond_95` takes the routes that pass 95% in print.
 
+# **Does the device train like the CPU?** The doctor (`python -m helpers doctor` on the command line) runs a few
+# training steps of a small model on the device and on the CPU from the same weights and batch, compares the
+# losses, gradients and updated weights, checks that batches reach the device intact, and measures the
+# device's training images/s. On a Mac this is the check before a night of training: a disagreement stops here,
+# naming what differs and the setting that avoids it.
+
+# %%
+from helpers import doctor
+
+DOCTOR = {"full": dict(backbone="efficientnet_b0", image_size=224, batch_size=16, steps=3, bench_steps=5),
+          "demo": dict(backbone="tf_efficientnet_lite0", image_size=112, batch_size=8, steps=2, bench_steps=2),
+          "medium": dict(backbone="tf_efficientnet_lite0", image_size=224, batch_size=16, steps=3, bench_steps=5),
+          "ci": dict(backbone="tf_efficientnet_lite0", image_size=64, batch_size=4, steps=2, bench_steps=1)}
+check = doctor.run_doctor(device=device, data_dir=str(c.data_dir), **DOCTOR["ci" if rehearse else profile])
+print(doctor.format_table(check))
+if check["disagreements"]:
+    raise doctor.DeviceDisagrees(" ".join(check["disagreements"]))
+
 # %% [markdown]
 # Everything is in place when the cells above ran without errors. Next: `01_baseline`.

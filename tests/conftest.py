@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# The whole suite runs under Apple MPS's limits (helpers.mps_check): the variable is inherited by the CLI
+# subprocesses and papermill kernels the tests start. HELPERS_CHECK_MPS=0 in the environment turns it off (to
+# time it); a test turns it off with the `no_check_mps` fixture.
+os.environ.setdefault("HELPERS_CHECK_MPS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "food-101-tiny"
@@ -69,3 +75,15 @@ def baseline(micro, tmp_path_factory):
     if run.proc.poll() is None:
         run.proc.kill()
         run.proc.wait()
+
+
+@pytest.fixture()
+def check_mps(monkeypatch):
+    """Device code in this test is checked against MPS's limits (helpers.mps_check), whatever the environment."""
+    monkeypatch.setenv("HELPERS_CHECK_MPS", "1")
+
+
+@pytest.fixture()
+def no_check_mps(monkeypatch):
+    """Device code in this test (and the processes it starts) runs without the MPS check."""
+    monkeypatch.setenv("HELPERS_CHECK_MPS", "0")
