@@ -117,8 +117,10 @@ def extract_features(*, dataset: str, data_dir: str, backbone: str, pretrained: 
     """
     from .lock import run_lock
 
-    if views not in (1, 2) or batch_size < 1 or chunk_size < 1:
-        raise UserError(f"--views takes 1 or 2 (got {views}); --batch-size and --chunk-size must be positive.")
+    for flag, value, ok in (("--views", views, views in (1, 2)), ("--batch-size", batch_size, batch_size >= 1),
+                            ("--chunk-size", chunk_size, chunk_size >= 1)):
+        if not ok:
+            raise UserError(f"{flag} must be {'1 or 2' if flag == '--views' else 'a positive integer'}, got {value}.")
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out} is a file. Give a folder (it is created when missing).")

@@ -73,6 +73,11 @@ def load_probe_data(folders: list[str | Path]) -> tuple[dict[str, tuple[torch.Te
     """
     if not folders:
         raise UserError("Give at least one features folder (written by `python -m helpers features`).")
+    resolved = [Path(f).expanduser().resolve() for f in folders]
+    twice = sorted({str(f) for f in folders if resolved.count(Path(f).expanduser().resolve()) > 1})
+    if twice:
+        raise UserError(f"--features names {', '.join(twice)} more than once: each backbone's features count once. "
+                        "Give each folder once.")
     manifests = [read_manifest(f) for f in folders]
     for folder, manifest in zip(folders, manifests):
         if manifest["pretrained"] == "none":  # random weights: the probe must carry them (see `_write_run`)
@@ -230,7 +235,9 @@ def train_probe(features: list[str | Path], output_dir: str | Path, *, device: s
 def _check_new_folder(out: Path) -> None:
     from .lock import LOCK_NAME
 
-    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file: give a new folder.")
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"--output-dir {out} already exists and is not an empty folder: give a new folder.")
 
 
