@@ -157,7 +157,8 @@ def _classifier_prefix(model: nn.Module) -> str:
     return model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else "classifier"
 
 
-def _mismatch_message(path: str | Path, backbone: str, missing: list[str], unexpected: list[str]) -> str:
+def _mismatch_message(path: str | Path, backbone: str, missing: list[str], unexpected: list[str],
+                      seems: str | None = None) -> str:
     parts = []
     if missing:
         parts.append(f"{len(missing)} tensor(s) of {backbone} are not in it ({', '.join(missing[:3])}"
@@ -166,7 +167,8 @@ def _mismatch_message(path: str | Path, backbone: str, missing: list[str], unexp
         parts.append(f"{len(unexpected)} of its tensor(s) are not in {backbone} ({', '.join(unexpected[:3])}"
                      f"{', ...' if len(unexpected) > 3 else ''})")
     return (f"--pretrained {path} does not fit {backbone}: {'; '.join(parts)}. Only the classifier head may "
-            f"differ. {_seems_for(path, backbone)}Give the weights of {backbone}, or the --backbone they are for.")
+            f"differ. {_seems_for(path, backbone) if seems is None else seems}Give the weights of {backbone}, or the "
+            "--backbone they are for.")
 
 
 def _seems_for(path: str | Path, backbone: str) -> str:
@@ -282,8 +284,14 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     unexpected = [k for k, v in state.items() if not k.startswith(classifier) and (
         k not in own or v.shape != own[k].shape)]
     if missing or unexpected:
+        from . import checkpoint
+
         backbone = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
-        raise UserError(_mismatch_message(path, backbone, missing, unexpected))
+        try:  # a checkpoint of this project names its backbone
+            seems = f"It is a checkpoint of {checkpoint.load(path)['config']['backbone']}. "
+        except Exception:  # a plain state dict: guessed from its tensors
+            seems = None
+        raise UserError(_mismatch_message(path, backbone, missing, unexpected, seems))
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(classifier) or (
         k in own and v.shape == own[k].shape)}, strict=False)
 
