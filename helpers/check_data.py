@@ -19,7 +19,9 @@ ends, blank lines, trailing spaces and `.jpg` suffixes are accepted; a line list
 `.ipynb_checkpoints/` are not data. A class without train lines or a dataset of one class stops training too.
 
 Notes (not problems, the reader converts them): grayscale, CMYK, alpha, EXIF-rotated and very large images,
-duplicates inside one split, and (food-101) image files that no list mentions. The result is one JSON line on
+duplicates inside one split, (food-101) image files that no list mentions, and photos in formats the loader
+skips (`.gif`, `.tiff`, `.heic`...: counted per extension and named, with a warning). An image over the pixel
+limit (`helpers.data.MAX_PIXELS`) is unreadable, refused from its header without being decoded. The result is one JSON line on
 stdout; a readable summary goes to the log.
 """
 
@@ -116,6 +118,8 @@ def check_dataset(dataset: str, data_dir: str | Path, *, workers: int = -1) -> d
     within = sum(len(paths) - 1 for group in by_hash.values() for paths in group.values() if len(paths) > 1)
 
     notes = Counter(kind for r in results.values() for kind in r["notes"])
+    other_formats = _skipped_formats(root / "images" if dataset == "food-101" and (root / "images").is_dir()
+                                     else root)
     report = {
         "dataset": dataset,
         "data_dir": str(root),
@@ -136,6 +140,8 @@ def check_dataset(dataset: str, data_dir: str | Path, *, workers: int = -1) -> d
             "duplicates_within_a_split": within,
             "unlisted_files": len(unlisted),
             "unlisted_examples": unlisted[:5],
+            "skipped_formats": dict(Counter(Path(p).suffix.lower() for p in other_formats)),
+            "skipped_format_examples": other_formats[:5],
         },
     }
     report["problems"] = len(missing) + len(unknown) + len(unreadable) + len(empty) + len(leaks) + len(found["overlaps"])
@@ -159,6 +165,20 @@ def _food101_lists(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int
     unlisted = sorted(p for p in on_disk if p not in known)
     return lists.class_names, lists.listed, lists.unknown, unlisted, {"overlaps": lists.overlaps,
                                                                        "duplicates": lists.duplicates}
+
+
+# Photo formats people have in their folders that the loader (`helpers.data.IMAGE_EXTENSIONS`) does not take.
+OTHER_PHOTO_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jfif", ".jxl")
+
+
+def _skipped_formats(root: Path) -> list[str]:
+    """Photos under `root` in a format the loader skips (junk folders and hidden files aside), sorted."""
+    from .data import is_junk
+
+    if not root.is_dir():
+        return []
+    return sorted(str(f) for f in root.rglob("*") if f.suffix.lower() in OTHER_PHOTO_EXTENSIONS and f.is_file()
+                  and not any(is_junk(part) for part in f.relative_to(root).parts))
 
 
 def _inspect(path: str) -> dict:
@@ -236,6 +256,12 @@ def _log_report(report: dict) -> None:
             _logger.warning(
                 "  %s: ... and %d more (all in the JSON line)", key.replace("_", " "), len(report[key]) - 20
             )
+    skipped = report["notes"]["skipped_formats"]
+    if skipped:
+        _logger.warning("check-data: %d photo(s) in formats the loader skips (%s), e.g. %s. Convert them to JPEG or "
+                        "PNG to use them.", sum(skipped.values()),
+                        ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items())),
+                        ", ".join(report["notes"]["skipped_format_examples"][:3]))
     notes = {k: v for k, v in report["notes"].items() if v and not k.endswith("_examples")}
     if notes:
         _logger.info("check-data notes (converted or harmless): %s", notes)

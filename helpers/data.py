@@ -314,22 +314,74 @@ def read_image(path: str, min_side: int | None = None) -> np.ndarray:
     decode work of 512 px photos for small training sizes. Anything OpenCV cannot read goes through PIL.
 
     Raises:
-        BadImageError: the file is empty, truncated beyond repair, or not an image.
+        BadImageError: the file is empty, truncated beyond repair, not an image, or over `MAX_PIXELS` (refused
+            from its header, before decoding).
     """
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise BadImageError(f"{path}: empty file")
+    check_pixels(data, path)
     if _may_have_alpha(data):  # OpenCV would drop the alpha channel and keep whatever colour lies under it
         return _read_with_pil(path)
     flag = cv2.IMREAD_COLOR
     if min_side and path.lower().endswith((".jpg", ".jpeg")):
         flag = _reduced_flag(data, min_side)
-    image = cv2.imdecode(data, flag)
+    try:
+        image = cv2.imdecode(data, flag)
+    except cv2.error:  # OpenCV's own limits and decoder failures: PIL below decides, like any odd file
+        image = None
     if image is not None and _jpeg_truncated(data):
         image = None  # OpenCV fills missing rows with grey; PIL below decides whether the file is usable
     if image is None:
         return _read_with_pil(path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# A photo's pixel limit: 150 Mpx decodes to 450 MB of RGB (a 12000 x 12000 scan); phone panoramas stay under it.
+# A 40000 x 40000 PNG of one colour is 1.5 MB on disk and 4.8 GB decoded (OpenCV refuses it with an error
+# beyond 1 Gpx, and decodes a 32000 x 32000 one to 3 GB): such files are refused from their header.
+MAX_PIXELS = 150_000_000
+
+
+def check_pixels(data: np.ndarray | bytes, path: str, limit: int = MAX_PIXELS) -> None:
+    """Refuse an image whose header declares more than `limit` pixels, before anything decodes it.
+
+    Every reader calls it (`read_image`: train, evaluate, features, check-data; predict's reader should too), so
+    such a file is one more unreadable photo: skipped and listed, or an error with --strict-data.
+
+    Raises:
+        BadImageError: the image is over the limit (its size and the limit in the message).
+    """
+    size = header_size(data)
+    if size is None:
+        return
+    width, height = size
+    if width * height > limit:
+        raise BadImageError(
+            f"{path}: {width} x {height} px ({width * height / 1e6:.0f} Mpx) is over the limit of "
+            f"{limit / 1e6:.0f} Mpx for one photo (it would take {3 * width * height / 1e9:.1f} GB decoded); it is "
+            "not decoded. Downscale it (a training photo needs a few hundred pixels a side) or remove it.")
+
+
+def header_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
+    """(width, height) of an image from its header, without decoding (JPEG and PNG parsed here, other formats
+    by PIL's lazy open); None when the header gives no size (the decoder then reports the file)."""
+    head = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    size = jpeg_size(head)
+    if size is not None:
+        return size[1], size[0]
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    import io
+
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read: no bomb to fear
+    try:
+        with Image.open(io.BytesIO(head)) as im:
+            return im.size
+    except Exception:  # not an image PIL knows: the decoder reports it
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 def _may_have_alpha(data: np.ndarray) -> bool:
@@ -433,11 +485,22 @@ class ImageDataset(torch.utils.data.Dataset):
             except (BadImageError, OSError) as exc:
                 if self.strict:
                     raise BadImageError(f"{exc} (run without --strict-data to skip unreadable images)") from exc
+                _announce_skip(path, exc)
                 continue
             self.transform.set_random_seed(seed)
             tensor = self.transform(image=image)["image"]
             return tensor, label, index, (index if attempt else -1)
         raise BadImageError(f"{self.samples[index][0]} and the 49 images after it are unreadable")
+
+
+_announced: set[str] = set()
+
+
+def _announce_skip(path: str, exc: BaseException) -> None:
+    """Log why an image is skipped, once per file and process (the callers list the skipped paths)."""
+    if path not in _announced:
+        _announced.add(path)
+        _logger.warning("Skipped an unreadable image: %s", exc)
 
 
 def index_seed(seed: int, epoch: int, index: int) -> int:

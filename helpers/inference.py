@@ -252,6 +252,13 @@ def write_predictions(path: str | Path, samples: list[Sample], probs: torch.Tens
     path = Path(path)
     if not str(path).strip() or path.is_dir():
         raise UserError(f"--predictions {path!s} must be a file path (a .csv file), not a folder or empty.")
+    text = predictions_csv(samples, probs, class_names)
+    with run_lock(path.parent, f"the folder of --predictions {path}"):
+        atomic_write_text(path, text)
+
+
+def predictions_csv(samples: list[Sample], probs: torch.Tensor, class_names: list[str]) -> str:
+    """The text of `write_predictions`' CSV (for a command that already holds its folder's lock)."""
     pred = probs.argmax(dim=1).numpy()
     probs_np = probs.numpy()
     buffer = io.StringIO(newline="")
@@ -260,5 +267,4 @@ def write_predictions(path: str | Path, samples: list[Sample], probs: torch.Tens
     for (image_path, label), p, row in zip(samples, pred, probs_np):
         writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
                         + [f"{v:.5f}" for v in row])
-    with run_lock(path.parent, f"the folder of --predictions {path}"):
-        atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -4,6 +4,7 @@ parameter groups for discriminative learning rates, and head growth for incremen
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
@@ -104,7 +105,12 @@ def _create_from_weights_file(backbone: str, path: str | Path, kwargs: dict) -> 
 
     timm's own loader runs: `pretrained_cfg_overlay=dict(file=...)` applies the model's checkpoint filter
     (which converts e.g. OpenAI CLIP or original EVA-02 weights to timm's layout) and drops or adapts the
-    classifier when `num_classes` differs from the file's.
+    classifier when `num_classes` differs from the file's. timm loads non-strictly whenever the head is
+    adapted and only logs the keys that did not fit, so what it loaded is recorded here and every key beyond
+    the classifier must fit (a lite0 file in a lite1 would leave five blocks random).
+
+    Raises:
+        UserError: no such file, a file timm cannot read, or weights of another architecture.
     """
     if not Path(path).is_file():
         raise UserError(f"--pretrained {path}: no such file. Give hub, offline, none, or a weights file "
@@ -114,10 +120,107 @@ def _create_from_weights_file(backbone: str, path: str | Path, kwargs: dict) -> 
 
         _torch_load(Path(path))  # weights_only: a file with pickled code is refused by name before timm reads it
     try:
-        return _timm_create(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        with _recorded_loads() as loads:
+            model = _timm_create(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     except Exception as exc:  # timm raises RuntimeError/KeyError/ValueError for a file of another model
         raise UserError(f"--pretrained {path} is not a weights file of {backbone} ({type(exc).__name__}: "
-                        f"{str(exc)[:300]}). Give the weights of this timm model, or another --backbone.") from exc
+                        f"{str(exc)[:300]}). {_seems_for(path, backbone)}Give the weights of this timm model, "
+                        "or another --backbone.") from exc
+    classifier = _classifier_prefix(model)
+    missing = [k for r in loads for k in r.missing_keys if not k.startswith(classifier)]
+    unexpected = [k for r in loads for k in r.unexpected_keys if not k.startswith(classifier)]
+    if missing or unexpected:
+        raise UserError(_mismatch_message(path, backbone, missing, unexpected))
+    return model
+
+
+@contextlib.contextmanager
+def _recorded_loads():
+    """Record what every `nn.Module.load_state_dict` returns inside the block (timm's loader only logs the
+    missing and unexpected keys of a non-strict load)."""
+    results = []
+    original = nn.Module.load_state_dict
+
+    def recording(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        results.append(result)
+        return result
+
+    nn.Module.load_state_dict = recording
+    try:
+        yield results
+    finally:
+        nn.Module.load_state_dict = original
+
+
+def _classifier_prefix(model: nn.Module) -> str:
+    return model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else "classifier"
+
+
+def _mismatch_message(path: str | Path, backbone: str, missing: list[str], unexpected: list[str],
+                      seems: str | None = None) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) of {backbone} are not in it ({', '.join(missing[:3])}"
+                     f"{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} of its tensor(s) are not in {backbone} ({', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''})")
+    return (f"--pretrained {path} does not fit {backbone}: {'; '.join(parts)}. Only the classifier head may "
+            f"differ. {_seems_for(path, backbone) if seems is None else seems}Give the weights of {backbone}, or the "
+            "--backbone they are for.")
+
+
+def _seems_for(path: str | Path, backbone: str) -> str:
+    """"It seems to be for X. " when a timm model with a name close to `backbone` has exactly the file's
+    tensors (names and shapes, the classifier aside), else ""."""
+    try:
+        from .checkpoint import load_state_dict_file
+
+        state = load_state_dict_file(path)
+    except Exception:  # the caller reports the file; the guess is only a hint
+        return ""
+    for name in _architecture_matches(state, backbone):
+        return f"It seems to be for {name}. "
+    return ""
+
+
+def _architecture_matches(state: dict[str, torch.Tensor], backbone: str) -> list[str]:
+    """timm models named like `backbone` (difflib's close matches, at most 12) whose tensors, the classifier
+    aside, have exactly the names and shapes of `state`. The models are built on the meta device (no memory)."""
+    family = difflib.get_close_matches(backbone, timm.list_models(), n=12, cutoff=0.7)
+    found = []
+    for name in family:
+        if name == backbone:
+            continue
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, num_classes=0)
+        except Exception:  # a model that cannot be built without extra arguments is no candidate
+            continue
+        classifier = _classifier_prefix(model)
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(classifier)}
+        if own == theirs:
+            found.append(name)
+    return found
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 of a model's weights and buffers, the classifier aside (names, dtypes, shapes and bytes, in
+    state-dict order, read on the CPU): the same backbone built from the same weights gives the same digest
+    on any device, and any changed tensor another."""
+    import hashlib
+
+    classifier = _classifier_prefix(model)
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        if key.startswith(classifier) or not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}\t{t.dtype}\t{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def init_head(model: nn.Module) -> nn.Module:
@@ -166,22 +269,31 @@ def load_offline_weights(model: nn.Module, backbone: str) -> None:
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     """Initialise from a weights file, keeping this model's head when the classes differ.
 
-    The file may be a checkpoint of this project, or a plain state dict (.pt, .pth, .safetensors).
+    The file may be a checkpoint of this project, or a plain state dict (.pt, .pth, .safetensors). Every tensor
+    beyond the classifier must fit by name and shape.
+
+    Raises:
+        UserError: tensors missing, left over or of other shapes (a file of another backbone).
     """
     from .checkpoint import load_state_dict_file
 
     state = load_state_dict_file(path)
     own = model.state_dict()
-    classifier = model.default_cfg.get("classifier", "classifier")
-    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    skipped = [k for k in state if k not in usable]
-    body = [k for k in own if not k.startswith(classifier)]
-    if sum(k in usable for k in body) < len(body) / 2:  # a few tensors (counters, a stem) may fit by chance
-        raise UserError(f"{path} holds no weights that fit {type(model).__name__} ({len(skipped)} of {len(state)} "
-                        "tensors differ in name or shape): is it from another backbone?")
-    model.load_state_dict(usable, strict=False)
-    if skipped:
-        _logger.info("Initialised from %s; %d tensors did not fit and were left as they were", path, len(skipped))
+    classifier = _classifier_prefix(model)
+    missing = [k for k in own if not k.startswith(classifier) and k not in state]
+    unexpected = [k for k, v in state.items() if not k.startswith(classifier) and (
+        k not in own or v.shape != own[k].shape)]
+    if missing or unexpected:
+        from . import checkpoint
+
+        backbone = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
+        try:  # a checkpoint of this project names its backbone
+            seems = f"It is a checkpoint of {checkpoint.load(path)['config']['backbone']}. "
+        except Exception:  # a plain state dict: guessed from its tensors
+            seems = None
+        raise UserError(_mismatch_message(path, backbone, missing, unexpected, seems))
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(classifier) or (
+        k in own and v.shape == own[k].shape)}, strict=False)
 
 
 def grow_head(model: nn.Module, state: dict[str, torch.Tensor], old_classes: list[str] | None = None,

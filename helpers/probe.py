@@ -12,8 +12,11 @@ the head-only epoch on food-101-mini). Every fit is full-batch
 L-BFGS with a strong-Wolfe line search in torch, on the device.
 
 The run folder is a model like any other: `best.pt` holds the linear head, the class list and, per backbone,
-its name, pretrained source, data config, views and mean feature norm (plain data, `weights_only` loading), so
-`evaluate`, `ensemble`, `--teacher` and `--init-from` rebuild the backbones and run the probe on images.
+its name, pretrained source (a file by its absolute path), the SHA-256 of its weights, data config, views and
+mean feature norm (plain data, `weights_only` loading), so `evaluate`, `ensemble`, `--teacher` and `--init-from`
+rebuild the backbones, check that they have the weights the features were computed with (exit 2 naming the
+source otherwise), and run the probe on images. Random backbone weights (`--pretrained none` features) are
+stored in `best.pt` itself. One probe at a time writes a folder (the run lock).
 It also holds `sweep.csv` (val top-1 and loss per strength), `summary.json` and the test predictions CSV.
 """
 
@@ -71,7 +74,15 @@ def load_probe_data(folders: list[str | Path]) -> tuple[dict[str, tuple[torch.Te
     """
     if not folders:
         raise UserError("Give at least one features folder (written by `python -m helpers features`).")
+    resolved = [Path(f).expanduser().resolve() for f in folders]
+    twice = sorted({str(f) for f in folders if resolved.count(Path(f).expanduser().resolve()) > 1})
+    if twice:
+        raise UserError(f"--features names {', '.join(twice)} more than once: each backbone's features count once. "
+                        "Give each folder once.")
     manifests = [read_manifest(f) for f in folders]
+    for folder, manifest in zip(folders, manifests):
+        if manifest["pretrained"] == "none":  # random weights: the probe must carry them (see `_write_run`)
+            manifest["backbone_weights"] = _checked_random_weights(folder, manifest)
     data, first_meta = {}, {}
     for split in SPLITS:
         parts, labels = [], None
@@ -86,6 +97,19 @@ def load_probe_data(folders: list[str | Path]) -> tuple[dict[str, tuple[torch.Te
             labels = y
         data[split] = (torch.cat(parts, dim=1), labels)
     return data, manifests, first_meta["test"]
+
+
+def _checked_random_weights(folder: str | Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The random backbone weights of a `--pretrained none` features folder, checked against its manifest."""
+    from .features import read_backbone_weights
+    from .models import weights_digest
+
+    weights = read_backbone_weights(folder)
+    model = _member_model(manifest, weights, 0, str(folder), check=False)
+    if weights_digest(model) != manifest["weights_sha256"]:
+        raise UserError(f"{Path(folder) / 'backbone.safetensors'} holds other weights than the features of {folder} "
+                        "were computed with. Compute the features again into a new folder.")
+    return weights
 
 
 def _check_same_photos(ref: dict, meta: dict, split: str) -> None:
@@ -198,13 +222,32 @@ def train_probe(features: list[str | Path], output_dir: str | Path, *, device: s
 
     Returns:
         {"top1", "top5", "n"} on the test split (what `evaluate` prints).
+
+    Raises:
+        UserError: the folder is not new or is in use by another command (the run lock), or bad features.
     """
-    from .inference import metrics_from_probs, write_predictions
-    from .utils import get_device
+    from .lock import run_lock
 
     out = Path(output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    _check_new_folder(out)
+    with run_lock(out, f"--output-dir {out}"):
+        _check_new_folder(out)  # a probe that finished while this one waited for the lock
+        return _train_probe(features, out, device, max_iter)
+
+
+def _check_new_folder(out: Path) -> None:
+    from .lock import LOCK_NAME
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} is a file: give a new folder.")
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"--output-dir {out} already exists and is not an empty folder: give a new folder.")
+
+
+def _train_probe(features: list[str | Path], out: Path, device: str, max_iter: int) -> dict:
+    from .inference import metrics_from_probs, predictions_csv
+    from .utils import get_device
+
     data, manifests, test_meta = load_probe_data(features)
     dev = get_device(device)
     class_names = test_meta["class_names"]
@@ -219,9 +262,8 @@ def train_probe(features: list[str | Path], output_dir: str | Path, *, device: s
                  best["l2"], best["top1"], test["top1"])
     root = Path(manifests[0]["data_dir"])
     samples = [(str(root / p), int(label)) for p, label in zip(test_meta["paths"], data["test"][1])]
-    out.mkdir(parents=True, exist_ok=True)
     _write_run(out, manifests, class_names, w.cpu(), b.cpu(), best, sweep, test)
-    _write_atomic(out / PREDICTIONS, lambda tmp: write_predictions(tmp, samples, probs, class_names))
+    _write_atomic(out / PREDICTIONS, predictions_csv(samples, probs, class_names).encode("utf-8", "surrogateescape"))
     return test
 
 
@@ -230,8 +272,9 @@ def _write_run(out: Path, manifests: list[dict], class_names: list[str], w: torc
     from . import checkpoint
 
     first = manifests[0]
-    members = [{"backbone": m["backbone"], "pretrained": m["pretrained"], "data_config": m["data_config"],
-                "views": m["views"], "num_features": m["num_features"], "mean_norm": m["mean_norm"]} for m in manifests]
+    members = [{"backbone": m["backbone"], "pretrained": m["pretrained"], "weights_sha256": m["weights_sha256"],
+                "data_config": m["data_config"], "views": m["views"], "num_features": m["num_features"],
+                "mean_norm": m["mean_norm"]} for m in manifests]
     config = {"backbone": "+".join(m["backbone"] for m in manifests), "dataset": first["dataset"],
               "data_dir": first["data_dir"], "val_fraction": first["val_fraction"],
               "test_fraction": first["test_fraction"], "seed": first["seed"]}
@@ -239,6 +282,12 @@ def _write_run(out: Path, manifests: list[dict], class_names: list[str], w: torc
              "data_config": canvas_config([m["data_config"] for m in members]),
              "probe": {"members": members, "l2": best["l2"], "val_top1": best["top1"], "fit_on": "train"},
              "version": checkpoint.VERSION}
+    # A backbone of random weights (`--pretrained none`) is stored: no source could rebuild it. The others are
+    # recorded by source and SHA-256 (checked at every load), not stored: a ViT-L would add 1.2 GB to a run
+    # whose head is a few MB, and hub and offline weights (and a weights file, by its absolute path) stay.
+    stored = [m.get("backbone_weights") for m in manifests]
+    if any(w is not None for w in stored):
+        state["probe"]["backbone_weights"] = stored
     buffer = io.BytesIO()
     torch.save(state, buffer)
     _write_atomic(out / checkpoint.BEST, buffer.getvalue())
@@ -395,13 +444,17 @@ def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | N
 
 def load_probe(state: dict, source: str, device: torch.device | str = "cpu"):
     """A `helpers.inference.Trained` from a probe checkpoint: the backbones built from their pretrained
-    sources (hub, offline or a file, as the features were computed) and the linear head."""
-    from .features import feature_model
+    sources (hub, offline or a file, as the features were computed; random weights from the checkpoint itself)
+    and the linear head.
+
+    Raises:
+        UserError: a backbone's weights are not those its features were computed with (`_member_model`).
+    """
     from .inference import Trained
 
     probe = state["probe"]
-    backbones = [feature_model(m["backbone"], m["pretrained"], m["data_config"]["image_size"])[0]
-                 for m in probe["members"]]
+    stored = probe.get("backbone_weights") or [None] * len(probe["members"])
+    backbones = [_member_model(m, w, 0, source).eval() for m, w in zip(probe["members"], stored)]
     weight, bias = state["model"]["weight"], state["model"]["bias"]
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": weight, "bias": bias})
@@ -410,22 +463,61 @@ def load_probe(state: dict, source: str, device: torch.device | str = "cpu"):
     return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(source))
 
 
-def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dict[str, torch.Tensor]:
-    """The weights `--init-from PROBE_RUN` starts a fine-tune from (LP-FT): the backbone's pretrained weights
-    and the probe's head folded into the model's plain linear classifier.
-
-    The probe reads L2-normalised features, logits = W f / |f| + b, which a linear classifier cannot express
-    exactly. The head is folded with the mean train-feature norm m instead: logits = (W / m) f + b. For each
-    photo this is the probe's logits with W f / |f| scaled by |f| / m > 0, so every prediction (argmax) is the
-    probe's own at step 0, and only the confidence varies with the photo's feature norm (which varies little).
-    A normalising head would keep the logits exactly, but it would be a module of its own that every other
-    command (evaluate, ensemble, export) would need to know; the folded head is a plain timm model.
+def _member_model(member: dict, stored: dict[str, torch.Tensor] | None, num_classes: int, source: str, *,
+                  check: bool = True) -> nn.Module:
+    """One backbone of a probe with a `num_classes` head (0: none), with the weights its features were
+    computed with: built from its pretrained source, or from `stored` (random weights), and checked against
+    the member's SHA-256 when it has one (probe runs written before it was recorded are not checked).
 
     Raises:
-        UserError: the probe has several backbones, or another backbone than the fine-tune.
+        UserError: random weights that were not stored, or weights that changed since (a replaced file).
     """
-    from .models import create_model
+    from .models import create_model, weights_digest
 
+    if member["pretrained"] == "none" and stored is None:
+        raise UserError(f"{source} is a probe over features of a {member['backbone']} with random weights "
+                        "(--pretrained none) that it does not hold: its numbers cannot be reproduced. Fit the probe "
+                        "again with this version (it stores such weights), or use pretrained features.")
+    model = create_model(member["backbone"], num_classes, pretrained=member["pretrained"],
+                         image_size=member["data_config"]["image_size"])
+    if stored is not None:
+        own = model.state_dict()
+        model.load_state_dict({**own, **{k: v for k, v in stored.items() if k in own}})
+    expected = member.get("weights_sha256")
+    if not check:
+        return model
+    if expected is None:
+        _logger.warning("%s was fitted before probes recorded their backbone's weights: %s (%s) is not checked.",
+                        source, member["backbone"], member["pretrained"])
+        return model
+    actual = weights_digest(model)
+    if actual != expected:
+        raise UserError(
+            f"The backbone {member['backbone']} of {source}, built from --pretrained {member['pretrained']}, now has "
+            f"other weights than its features were computed with (SHA-256 {actual[:12]}... against {expected[:12]}...): "
+            "the weights file was replaced or changed (or the hub's weights did). Restore those weights, or compute "
+            "the features again and fit a new probe.")
+    return model
+
+
+def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dict[str, torch.Tensor]:
+    """The weights `--init-from PROBE_RUN` starts a fine-tune from (LP-FT): the backbone's weights the probe's
+    features were computed with (checked like `load_probe`) and the probe's head folded into the model's plain
+    linear classifier.
+
+    The probe reads L2-normalised features, logits = W f / |f| + b, which a linear classifier cannot express
+    exactly. The head is folded with the mean train-feature norm m instead: logits = (W / m) f + b, which is
+    the probe's W f / |f| scaled by |f| / m > 0, plus the same bias. Without the bias every prediction would be
+    the probe's; with it, a photo whose two best classes are close can flip where |f| / m is far from 1 (3 of
+    the 150 test photos of the tiny set at 64 px, `tests/test_probe.py` measures it). So the fine-tune starts
+    from about the probe's predictions, not exactly from them. A normalising head would keep the logits
+    exactly, but it would be a module of its own that every other command (evaluate, ensemble, export) would
+    need to know; the folded head is a plain timm model.
+
+    Raises:
+        UserError: the probe has several backbones, another backbone than the fine-tune, or weights that
+            changed since its features were computed.
+    """
     members = state["probe"]["members"]
     if len(members) != 1 or members[0]["backbone"] != backbone:
         names = " + ".join(m["backbone"] for m in members)
@@ -434,8 +526,8 @@ def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dic
                         f"features of {backbone}.")
     member = members[0]
     n_classes = state["model"]["weight"].shape[0]
-    base = create_model(backbone, n_classes, pretrained=member["pretrained"],
-                        image_size=member["data_config"]["image_size"]).state_dict()
+    stored = (state["probe"].get("backbone_weights") or [None])[0]
+    base = _member_model(member, stored, n_classes, source).state_dict()
     classifier = _classifier_name(model)
     base[f"{classifier}.weight"] = state["model"]["weight"] / member["mean_norm"]
     base[f"{classifier}.bias"] = state["model"]["bias"].clone()

@@ -52,7 +52,8 @@ def test_checkpoint_from_another_backbone(trained_run, tmp_path):
     _assert_clean_error(res, "is a tf_efficientnet_lite0 checkpoint")
     res = run_cli(*TRAIN, "--data-dir", str(TINY), "--backbone", "resnet18", "--pretrained", str(trained_run / "best.pt"),
                   "--output-dir", str(tmp_path / "out2"))
-    _assert_clean_error(res, "no weights that fit")
+    _assert_clean_error(res, "does not fit resnet18")
+    assert "It is a checkpoint of tf_efficientnet_lite0" in res.stderr
 
 
 def test_unknown_flag_is_an_argparse_error():
