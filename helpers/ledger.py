@@ -191,6 +191,8 @@ def _open(path: Path) -> _Ledger | None:
     if not path.is_file():
         raise UserError(f"The results ledger {path} is not a file. {what}")
     data = path.read_bytes()
+    if not data.strip():  # blank lines only: nothing to keep
+        return None
     encoding = "utf-8-sig" if data.startswith(codecs.BOM_UTF8) else \
         "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8"
     try:
