@@ -301,7 +301,7 @@ def run_command(args: argparse.Namespace) -> dict:
         sequence = Sequence(folder=folder, profile=profile, notebooks=names, parameters=parameters,
                             status={n: {"state": "pending"} for n in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"))
     resolved = {name: resolve(sources[name]) for name in sequence.pending()}  # what the learner edited last
-    check_parameter_names(sequence.parameters, [found.notebook for found in resolved.values()])
+    check_parameter_names(dict(args.parameters), [found.notebook for found in resolved.values()])  # this call's -p
     _check_requirements(sequence, {name: found.notebook for name, found in resolved.items()})
     if args.kernel:
         check_kernel(args.kernel)
@@ -336,7 +336,7 @@ def check_parameter_names(parameters: dict[str, Any], notebooks: list[Any]) -> N
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             raise UserError(f"-p {name}: no notebook to run has a parameter {name!r}"
-                            + (f"; did you mean {' or '.join(close)}?" if close else "")
+                            + (f"; did you mean {' or '.join(close)}?" if close else ".")
                             + f" The parameters are: {', '.join(sorted(known))}.")
 
 

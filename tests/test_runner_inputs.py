@@ -75,11 +75,13 @@ def test_a_pair_out_of_sync_runs_the_file_edited_last_and_says_so(tmp_path):
 
 def test_the_requirements_check_reads_the_file_that_runs(tmp_path):
     ipynb = _pair(tmp_path / "nb", "03_needs", 'MEMBERS = {"demo": []}\n')
-    script = ipynb.with_suffix(".py")
-    script.write_text(script.read_text().replace("[]", '[("02_other", "best")]'))  # the newer .py needs a model
-    _later(script)
+    nb = jupytext.read(ipynb)  # the .ipynb is edited (and newer): it now needs a model; its .py does not
+    nb.cells[0].source = 'MEMBERS = {"demo": [("02_other", "best")]}'
+    jupytext.write(nb, ipynb)
+    _later(ipynb)
     res = _cli("run-notebooks", "--notebooks", str(ipynb.parent), "--out", str(tmp_path / "a"), "--kernel", "nope")
     assert res.returncode == 2 and "03_needs needs the 'best' model of 02_other" in res.stderr, res.stderr
+    assert not (tmp_path / "a").exists()
 
 
 def test_parameters_are_found_however_the_tag_is_quoted_and_in_every_tagged_cell(tmp_path):
