@@ -130,7 +130,8 @@ def find_notebooks(folder: Path) -> list[Path]:
     """The course's notebooks in a folder: NN_name.ipynb, in order, the results notebook (NN_results) last: it
     summarises the others, including notebooks numbered after it (10_beyond_95)."""
     if not folder.is_dir():
-        raise UserError(f"Notebook folder {folder} does not exist. Give --notebooks DIR.")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"Notebook folder {folder} {what}. Give --notebooks DIR.")
     found = sorted((p for p in folder.glob("*.ipynb") if re.match(r"^\d\d_", p.name)),
                    key=lambda p: (p.stem.endswith("_results"), p.name))
     if not found:
