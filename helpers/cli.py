@@ -170,13 +170,9 @@ def _ensemble(args: argparse.Namespace) -> dict:
                     num_workers=args.num_workers)
 
 
-# Range rules for the arguments of every sub-command but train (whose TrainConfig has its own `validate`).
-_POSITIVE = ("batch_size", "steps", "images", "repeats", "short_side")
-_WORKERS = ("num_workers", "workers", "trainer_workers")
-
-
 def check_args(args: argparse.Namespace) -> None:
-    """Check the parsed arguments of a sub-command before it runs: numbers finite and in range, paths not empty.
+    """Check the parsed arguments of a sub-command before it runs: numbers finite, paths not empty, and the flags
+    it shares with `train` in the same ranges (`config.check_setting`: --val-fraction, --max-iter, sizes...).
 
     Raises:
         UserError: one paragraph naming the flag.
@@ -185,21 +181,12 @@ def check_args(args: argparse.Namespace) -> None:
         if name in ("func", "command", "verbose"):
             continue
         flag = "--" + name.replace("_", "-")
-        values = value if isinstance(value, list) else [value]
-        for v in values:
+        for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
                 raise UserError(f"{flag} must be a finite number, got {v}.")
             if isinstance(v, str) and not v.strip():
                 raise UserError(f"{flag} is empty. Give a value (a path or a name), or leave the flag out.")
-            if isinstance(v, int) and not isinstance(v, bool):
-                if name in _POSITIVE and v <= 0:
-                    raise UserError(f"{flag} must be a positive integer, got {v}.")
-                if name in _WORKERS and v < -1:
-                    raise UserError(f"{flag} must be >= 0 (or -1 for automatic), got {v}.")
-    size = getattr(args, "image_size", None)
-    if isinstance(size, int) and not 32 <= size <= config_module.MAX_IMAGE_SIZE:
-        raise UserError(f"--image-size must be an integer of at least 32 pixels (and at most "
-                        f"{config_module.MAX_IMAGE_SIZE}), got {size}.")
+            config_module.check_setting(name, v)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -240,9 +227,9 @@ def main(argv: list[str] | None = None, run: Callable | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: no temporary file is left and the last checkpoint is kept; continue with the same "
-              "command and --resume auto", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say how it continues (run-notebooks: --resume DIR)
+        print(f"interrupted: {exc}" if str(exc) else "interrupted: no temporary file is left and the last checkpoint "
+              "is kept; continue with the same command and --resume auto", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the exit-code contract: environment failures are 2, bugs 1
         from .io import as_write_error

@@ -104,6 +104,38 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# The ranges of the settings that commands share with `train`: TrainConfig's `validate` and every other command's
+# flags (`cli.check_args`) apply these same rules, so `features --val-fraction 1.5` fails as `train` does.
+SHARED_RANGES: dict[str, tuple[Any, str]] = {
+    "val_fraction": (lambda v: 0 < v < 0.5, "must be between 0 and 0.5"),
+    "test_fraction": (lambda v: 0 < v < 0.9, "must be between 0 and 0.9"),
+    "seed": (lambda v: 0 <= v < 2**32, "must be between 0 and 2**32 - 1"),
+    "image_size": (lambda v: 32 <= v <= MAX_IMAGE_SIZE,
+                   f"must be an integer of at least 32 pixels (and at most {MAX_IMAGE_SIZE})"),
+    "batch_size": (lambda v: isinstance(v, str) or v > 0, "must be a positive integer"),  # "auto": by its command
+    "num_workers": (lambda v: v >= -1, "must be >= 0 (or -1 for automatic)"),
+    "workers": (lambda v: v >= -1, "must be >= 0 (or -1 for automatic)"),
+    "trainer_workers": (lambda v: v >= -1, "must be >= 0 (or -1 for automatic)"),
+    **{name: (_positive, "must be a positive integer")
+       for name in ("epochs", "max_iter", "chunk_size", "steps", "images", "repeats", "short_side", "cell_timeout")},
+}
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Check one setting against its shared range (`SHARED_RANGES`); None (not given) and other names pass.
+
+    Raises:
+        UserError: naming the flag, the range and the value.
+    """
+    rule = SHARED_RANGES.get(name)
+    if rule is not None and value is not None and not isinstance(value, bool) and not rule[0](value):
+        raise UserError(f"--{_flag(name)} {rule[1]}, got {value!r}.")
+
+
 _NUMERIC_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -164,22 +196,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, allowed in CHOICES.items():
         value = getattr(cfg, name)
         _check(value in allowed, f"--{_flag(name)} {value!r} is not one of {', '.join(allowed)}.")
-    for name in ("epochs", "grad_accum_steps", "patience", "log_interval"):
+    for name in ("grad_accum_steps", "patience", "log_interval"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value > 0, f"--{_flag(name)} must be a positive integer, got {value!r}.")
     bs = cfg.batch_size
     _check(bs == "auto" or (isinstance(bs, int) and bs > 0),
            f"--batch-size must be a positive integer or 'auto', got {bs!r}.")
-    _check(cfg.image_size is None or 32 <= cfg.image_size <= MAX_IMAGE_SIZE,
-           f"--image-size must be an integer of at least 32 pixels (and at most {MAX_IMAGE_SIZE}), "
-           f"got {cfg.image_size!r}.")
-    _check(0 < cfg.val_fraction < 0.5, f"--val-fraction must be between 0 and 0.5, got {cfg.val_fraction}.")
-    _check(0 < cfg.test_fraction < 0.9, f"--test-fraction must be between 0 and 0.9, got {cfg.test_fraction}.")
+    for name in SHARED_RANGES:
+        if hasattr(cfg, name):
+            check_setting(name, getattr(cfg, name))
     _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}.")
     _check(cfg.min_lr >= 0, f"--min-lr must be >= 0, got {cfg.min_lr}.")
     _check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}.")
     _check(cfg.clip_grad >= 0, f"--clip-grad must be >= 0 (0: off), got {cfg.clip_grad}.")
-    _check(0 <= cfg.seed < 2**32, f"--seed must be between 0 and 2**32 - 1, got {cfg.seed}.")
     _check(0 < cfg.backbone_lr_ratio <= 10, f"--backbone-lr-ratio must be in (0, 10], got {cfg.backbone_lr_ratio}.")
     _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}.")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
@@ -199,7 +228,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0 <= cfg.model_ema_decay < 1, f"--model-ema-decay must be in [0, 1), got {cfg.model_ema_decay}.")
     _check(0 <= cfg.drop_rate < 1 and 0 <= cfg.drop_path_rate < 1, "--drop-rate and --drop-path-rate must be in [0, 1).")
     _check(cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}.")
-    _check(cfg.num_workers >= -1, f"--num-workers must be >= 0 (or -1 for automatic), got {cfg.num_workers}.")
     _check(not cfg.resume or not cfg.init_from or cfg.resume == "auto",
            "--resume RUN continues a run and --init-from starts a new one from its weights: give only one (or "
            "--resume auto with --init-from: continue the run in --output-dir if it has one, else start from the "

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import UserError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -60,17 +62,56 @@ def sample_images(data_dir: str | Path, split: str = "train", per_class: int = 1
     return out
 
 
-def parameters(notebook: Path) -> dict[str, Any]:
-    """The literal settings of a notebook's parameters cell (its paired .py script), e.g. its SETTINGS.
+def read_notebook(notebook: Any) -> Any:
+    """A notebook as it runs: an .ipynb with its pair resolved (`pairing.resolve`), a .py as jupytext reads it, a
+    notebook already read as it is."""
+    import jupytext
+
+    from .pairing import resolve
+
+    if not isinstance(notebook, (str, Path)):
+        return notebook
+    return resolve(Path(notebook)).notebook if Path(notebook).suffix == ".ipynb" else jupytext.read(notebook)
+
+
+def parameters(notebook: Any) -> dict[str, Any]:
+    """The literal settings of a notebook's parameters cells, e.g. its SETTINGS.
+
+    Args:
+        notebook: a notebook file (.ipynb or its paired .py, read as jupytext reads it) or a notebook already read.
+            Every code cell tagged `parameters` counts, however the tag is written (`tags=["parameters"]`,
+            `tags=['parameters']`, with other tags).
 
     Only assignments of literals (numbers, strings, lists, dicts, `dict(...)`) are read; nothing is executed.
+
+    Raises:
+        UserError: a setting that is not a literal (papermill replaces only literals), naming the file and the line.
     """
-    source = notebook.with_suffix(".py").read_text()
-    cell = source.split('# %% tags=["parameters"]', 1)[1].split("\n# %%", 1)[0]
+    where = str(notebook) if isinstance(notebook, (str, Path)) else "the notebook"
+    nb = read_notebook(notebook)
     values: dict[str, Any] = {}
-    for node in ast.parse(cell).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            values[node.targets[0].id] = _literal(node.value)
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "parameters" not in cell.metadata.get("tags", []):
+            continue
+        try:
+            body = ast.parse(cell.source).body
+        except SyntaxError as exc:
+            raise UserError(f"{where}: line {exc.lineno} of its parameters cell is not Python ({exc.msg}): "
+                            f"{(exc.text or '').strip()!r}. Fix the line and save the notebook.") from None
+        for node in body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+                node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
+            if not isinstance(target, ast.Name):
+                continue
+            try:
+                values[target.id] = _literal(node.value)
+            except (ValueError, TypeError, SyntaxError, RecursionError):
+                line = ast.get_source_segment(cell.source, node) or target.id
+                raise UserError(
+                    f"{where}: line {node.lineno} of its parameters cell, `{line.splitlines()[0][:100]}`, is not a "
+                    f"literal. Settings are literals (papermill and -p replace them): write e.g. "
+                    f"`{target.id} = 1`, and compute with it in a later cell."
+                ) from None
     return values
 
 

@@ -12,6 +12,8 @@ Each sequence gets a run folder, runs/notebooks/<profile>-<YYYYmmdd-HHMMSS>/ unl
     figures/*.png               the figures the notebooks saved
     models/, predictions/       the trained runs and the per-image predictions
     state.json                  what ran, for how long, and what failed (read by --resume)
+    sources/<notebook>.ipynb    a notebook whose .py was edited after its .ipynb, as it ran (`pairing`: the file
+                                of a pair edited last runs, as `jupytext --sync` chooses it)
 
 Every notebook gets the parameters `profile` and `output_dir` (the run folder), and each `-p NAME VALUE`
 (VALUE is read as YAML: 1 is a number, true a bool, "[1, 2]" a list, "{epochs: 2}" a mapping, e.g. for a
@@ -31,12 +33,14 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .config import UserError
+from .pairing import Resolved, resolve
 
 _logger = logging.getLogger(__name__)
 
@@ -126,7 +130,8 @@ def find_notebooks(folder: Path) -> list[Path]:
     """The course's notebooks in a folder: NN_name.ipynb, in order, the results notebook (NN_results) last: it
     summarises the others, including notebooks numbered after it (10_beyond_95)."""
     if not folder.is_dir():
-        raise UserError(f"Notebook folder {folder} does not exist. Give --notebooks DIR.")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"Notebook folder {folder} {what}. Give --notebooks DIR.")
     found = sorted((p for p in folder.glob("*.ipynb") if re.match(r"^\d\d_", p.name)),
                    key=lambda p: (p.stem.endswith("_results"), p.name))
     if not found:
@@ -140,12 +145,14 @@ def select(names: list[str], only: str | None) -> list[str]:
     Raises:
         UserError: a token that matches no notebook, naming the notebooks there are.
     """
-    if not only:
+    if only is None:
         return list(names)
+    tokens = [t.strip() for t in only.split(",") if t.strip()]
+    if not tokens:
+        raise UserError(f"--only {only!r} names no notebook. Give numbers or names, e.g. --only 01,02; leave the "
+                        "flag out to run them all.")
     chosen = set()
-    for token in (t.strip() for t in only.split(",")):
-        if not token:
-            continue
+    for token in tokens:
         hits = [n for n in names if n == token or n.startswith(f"{token}_") or n.split("_", 1)[0] == token.zfill(2)]
         if not hits:
             raise UserError(f"--only {token!r} matches no notebook; there are {', '.join(names)}.")
@@ -172,13 +179,23 @@ def _latest_unfinished(root: Path) -> Path:
                     "Start one with python -m helpers run-notebooks.")
 
 
-def required_runs(source: Path, profile: str) -> list[tuple[str, str]]:
-    """The (notebook, run) pairs of other notebooks that a notebook needs in a profile, read from its script
-    without running it: `require("NN_slug", "run")` calls, and (notebook, run) pairs in its parameters under
-    the profile's key (e.g. `MEMBERS = {"demo": [("07_high_resolution", "hires"), ...]}`)."""
+def required_runs(source: Any, profile: str, *, name: str | None = None) -> list[tuple[str, str]]:
+    """The (notebook, run) pairs of other notebooks that a notebook needs in a profile, read from it without
+    running it: `require("NN_slug", "run")` calls, and (notebook, run) pairs in its parameters under the
+    profile's key (e.g. `MEMBERS = {"demo": [("07_high_resolution", "hires"), ...]}`).
+
+    Args:
+        source: the notebook that runs (as `pairing.resolve` finds it), or its file (then resolved).
+        name: the notebook's name, when `source` is a notebook already read.
+    """
     import ast
 
-    from .environment import parameters
+    import jupytext
+
+    from .environment import parameters, read_notebook
+
+    notebook = read_notebook(source)
+    name = name or Path(source).stem
 
     def pair(values: list) -> tuple[str, str] | None:
         if len(values) == 2 and all(isinstance(v, str) for v in values) and re.match(r"^\d\d_", values[0]):
@@ -186,7 +203,7 @@ def required_runs(source: Path, profile: str) -> list[tuple[str, str]]:
         return None
 
     found: list[tuple[str, str]] = []
-    for node in ast.walk(ast.parse(source.with_suffix(".py").read_text())):
+    for node in ast.walk(ast.parse(jupytext.writes(notebook, fmt="py:percent"))):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "require":
             hit = pair([a.value for a in node.args if isinstance(a, ast.Constant)])
             found += [hit] if hit else []
@@ -203,13 +220,13 @@ def required_runs(source: Path, profile: str) -> list[tuple[str, str]]:
             for v in value.values():
                 walk(v)
 
-    for value in parameters(source).values():
+    for value in parameters(notebook).values():
         if isinstance(value, dict) and profile in value:
             walk(value[profile])
-    return [p for i, p in enumerate(found) if p not in found[:i] and p[0] != source.stem]
+    return [p for i, p in enumerate(found) if p not in found[:i] and p[0] != name]
 
 
-def _check_requirements(sequence: Sequence, sources: dict[str, Path]) -> None:
+def _check_requirements(sequence: Sequence, sources: dict[str, Any]) -> None:
     """Fail early when a selected notebook needs a model that neither an earlier selected notebook nor an earlier
     sequence in this folder makes."""
     coming: set[str] = set()
@@ -217,7 +234,7 @@ def _check_requirements(sequence: Sequence, sources: dict[str, Path]) -> None:
         if sequence.status.get(name, {}).get("state") == "done":
             coming.add(name)
             continue
-        for notebook, run in required_runs(sources[name], sequence.profile):
+        for notebook, run in required_runs(sources[name], sequence.profile, name=name):
             ready = (sequence.folder / "models" / notebook / run / "best.pt").is_file()
             if notebook not in coming and not ready:
                 raise UserError(
@@ -275,6 +292,8 @@ def run_command(args: argparse.Namespace) -> dict:
             raise UserError(f"The notebooks {', '.join(missing)} of {folder} are not in {folder_nb}.")
     else:
         profile = args.profile or "demo"
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a file, not a folder: give a new or existing folder for the run.")
         folder = Path(args.out) if args.out else _new_folder(root, "rehearsal" if args.rehearse else profile)
         if (folder / STATE).exists():
             raise UserError(f"{folder} already holds a notebook sequence. Continue it with --resume {folder}, "
@@ -282,17 +301,62 @@ def run_command(args: argparse.Namespace) -> dict:
         names = select(list(sources), args.only)
         sequence = Sequence(folder=folder, profile=profile, notebooks=names, parameters=parameters,
                             status={n: {"state": "pending"} for n in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"))
-    _check_requirements(sequence, sources)
+    resolved = {name: resolve(sources[name]) for name in sequence.pending()}  # what the learner edited last
+    check_parameter_names(dict(args.parameters), [found.notebook for found in resolved.values()])  # this call's -p
+    _check_requirements(sequence, {name: found.notebook for name, found in resolved.items()})
     if args.kernel:
         check_kernel(args.kernel)
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("executed", "logs", "figures"):
         (folder / sub).mkdir(exist_ok=True)
     sequence.save()
-    result = _run(sequence, sources, root, kernel=args.kernel, cell_timeout=args.cell_timeout)
+    sources = {**sources, **_edited_sources(resolved, folder)}
+    resume = " ".join(["python -m helpers run-notebooks --resume", shlex.quote(str(folder))]
+                      + (["--notebooks", shlex.quote(args.notebooks)] if args.notebooks else [])
+                      + (["--kernel", shlex.quote(args.kernel)] if args.kernel else []))
+    result = _run(sequence, sources, root, kernel=args.kernel, cell_timeout=args.cell_timeout, resume=resume)
     if args.copy_figures and all(v == "done" for v in result["notebooks"].values()):
         result["copied_figures"] = copy_figures(folder / "figures", Path(args.copy_figures))
     return result
+
+
+def check_parameter_names(parameters: dict[str, Any], notebooks: list[Any]) -> None:
+    """Refuse a -p NAME that no notebook to run has in its parameters cells, suggesting the closest name.
+
+    Raises:
+        UserError: naming the parameter and the closest names there are.
+    """
+    import difflib
+
+    from .environment import parameters as cell_parameters
+
+    if not notebooks:
+        return
+    known = {"profile", "output_dir"}.union(*(cell_parameters(nb) for nb in notebooks))
+    for name in parameters:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            raise UserError(f"-p {name}: no notebook to run has a parameter {name!r}"
+                            + (f"; did you mean {' or '.join(close)}?" if close else ".")
+                            + f" The parameters are: {', '.join(sorted(known))}.")
+
+
+def _edited_sources(resolved: dict[str, Resolved], folder: Path) -> dict[str, Path]:
+    """Write the notebooks whose newer .py differs from their .ipynb into the run folder (sources/), to run
+    those; say so for every pair out of sync."""
+    import nbformat
+
+    written = {}
+    for name, found in resolved.items():
+        if not found.differs:
+            continue
+        _say(f"{name}: {found.note()}")
+        if found.inputs != found.path:
+            target = folder / "sources" / f"{name}.ipynb"
+            target.parent.mkdir(exist_ok=True)
+            nbformat.write(found.notebook, str(target))
+            written[name] = target
+    return written
 
 
 def copy_figures(source: Path, target: Path, names: tuple[str, ...] = EXAMPLE_FIGURES) -> int:
@@ -332,7 +396,7 @@ def _clock(seconds: float) -> str:
 
 
 def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: str | None,
-         cell_timeout: int | None) -> dict:
+         cell_timeout: int | None, resume: str) -> dict:
     folder = sequence.folder
     total = len(sequence.notebooks)
     params = ", ".join(f"{k}={v!r}" for k, v in sequence.parameters.items()) or "none"
@@ -357,8 +421,8 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
         except KeyboardInterrupt:
             status.update(state="interrupted", seconds=time.time() - t0)
             sequence.save()
-            _say(f"\n{tag} interrupted. Continue with: python -m helpers run-notebooks --resume {folder}")
-            raise
+            raise KeyboardInterrupt(f"{name} was stopped; the notebooks done are kept in {folder}. Continue with: "
+                                    f"{resume}") from None
         except NotebookFailure as exc:
             status.update(state="failed", seconds=time.time() - t0, error=exc.summary)
             sequence.save()
@@ -376,8 +440,7 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
         name, exc = failure
         raise UserError(
             f"{name} failed in {exc.where}: {exc.error.rstrip('.')}. The executed notebook {exc.executed} shows the traceback; "
-            f"its log is {exc.log}. After fixing the cause, continue with: python -m helpers run-notebooks --resume "
-            f"{folder}" + (" -p NAME VALUE (to change a parameter)" if sequence.parameters else "")
+            f"its log is {exc.log}. After fixing the cause, continue with: {resume}" + (" -p NAME VALUE (to change a parameter)" if sequence.parameters else "")
         )
     return {"run_dir": str(folder), "profile": sequence.profile, "minutes": round(elapsed / 60, 2),
             "notebooks": {n: sequence.status[n]["state"] for n in sequence.notebooks}}

@@ -1,0 +1,160 @@
+"""What `run-notebooks` runs and refuses, on tiny real notebook pairs in a temporary folder (a real kernel, a real
+SIGINT): the file of a pair edited last runs, as `jupytext --sync` would choose it; parameters cells are read as
+literal Python however the tag is quoted, or refused naming the line; flags that name nothing are refused."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from helpers.config import UserError
+from helpers.environment import parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = """# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+"""
+
+
+def _pair(folder: Path, name: str, body: str, *, tag: str = '["parameters"]') -> Path:
+    """A notebook pair NN_name.py + NN_name.ipynb, both written now, in sync."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / f"{name}.py"
+    script.write_text(HEADER + f"\n# %% tags={tag}\n" + body)
+    jupytext.write(jupytext.read(script), folder / f"{name}.ipynb")
+    return folder / f"{name}.ipynb"
+
+
+def _later(path: Path, seconds: float = 5) -> None:
+    os.utime(path, (time.time() + seconds, time.time() + seconds))
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+WRITE = ("value = 1\n\n# %%\nfrom pathlib import Path\n\n"
+         "Path(output_dir, 'value.txt').write_text(str(value))\n")
+
+
+def test_a_pair_out_of_sync_runs_the_file_edited_last_and_says_so(tmp_path):
+    ipynb = _pair(tmp_path / "nb", "00_value", WRITE)
+    script = ipynb.with_suffix(".py")
+    script.write_text(script.read_text().replace("value = 1", "value = 2"))  # the learner edits the .py only
+    _later(script)
+    res = _cli("run-notebooks", "--notebooks", str(ipynb.parent), "--out", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert (tmp_path / "a" / "value.txt").read_text() == "2"
+    assert f"jupytext --sync {script}" in res.stdout and "running 00_value.py" in res.stdout
+    assert script.read_text().count("value = 2") == 1 and "value = 1" in ipynb.read_text()  # neither file touched
+
+    nb = jupytext.read(ipynb)  # now the .ipynb is edited (as JupyterLab without jupytext would) and is newer
+    nb.cells[0].source = "value = 3"
+    jupytext.write(nb, ipynb)
+    _later(ipynb, 10)
+    res = _cli("run-notebooks", "--notebooks", str(ipynb.parent), "--out", str(tmp_path / "b"))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert (tmp_path / "b" / "value.txt").read_text() == "3" and "running 00_value.ipynb" in res.stdout
+
+
+def test_the_requirements_check_reads_the_file_that_runs(tmp_path):
+    ipynb = _pair(tmp_path / "nb", "03_needs", 'MEMBERS = {"demo": []}\n')
+    nb = jupytext.read(ipynb)  # the .ipynb is edited (and newer): it now needs a model; its .py does not
+    nb.cells[0].source = 'MEMBERS = {"demo": [("02_other", "best")]}'
+    jupytext.write(nb, ipynb)
+    _later(ipynb)
+    res = _cli("run-notebooks", "--notebooks", str(ipynb.parent), "--out", str(tmp_path / "a"), "--kernel", "nope")
+    assert res.returncode == 2 and "03_needs needs the 'best' model of 02_other" in res.stderr, res.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_parameters_are_found_however_the_tag_is_quoted_and_in_every_tagged_cell(tmp_path):
+    ipynb = _pair(tmp_path, "00_quotes", "epochs = 1\nsizes = dict(a=[1, 2], b=-3.5)\n\n"
+                  "# %% tags=['parameters', 'runner']\nledger = None\n", tag="['parameters']")
+    assert parameters(ipynb) == {"epochs": 1, "sizes": {"a": [1, 2], "b": -3.5}, "ledger": None}
+
+
+def test_a_parameters_cell_that_is_not_literal_is_refused_naming_the_line(tmp_path):
+    ipynb = _pair(tmp_path / "nb", "00_call", 'profile = "demo"\nepochs = int("1")\n')
+    with pytest.raises(UserError, match=r'line 2 of its parameters cell, `epochs = int\("1"\)`, is not a literal'):
+        parameters(ipynb)
+    res = _cli("run-notebooks", "--notebooks", str(ipynb.parent), "--out", str(tmp_path / "a"))
+    assert res.returncode == 2 and 'epochs = int("1")' in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["-p", "overides", "{epochs: 2}"], "-p overides: no notebook to run has a parameter 'overides'; did you mean "
+                                        "overrides"),
+    (["--only", ","], "--only ',' names no notebook"),
+    (["--only", " , "], "names no notebook"),
+])
+def test_runner_flags_that_name_nothing_are_refused(tmp_path, argv, needle):
+    res = _cli("run-notebooks", "--profile", "ci", "--only", "01", "--kernel", "nope", "--out", str(tmp_path / "x"),
+               *argv)
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_naming_a_file_is_refused_and_the_file_kept(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    res = _cli("run-notebooks", "--profile", "ci", "--only", "00", "--out", str(target))
+    assert res.returncode == 2 and f"--out {target} is a file" in res.stderr and "Traceback" not in res.stderr
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["features", "--data-dir", "nowhere", "--backbone", "x", "--output-dir", "o", "--val-fraction", "1.5"],
+     "--val-fraction must be between 0 and 0.5, got 1.5"),
+    (["features", "--data-dir", "nowhere", "--backbone", "x", "--output-dir", "o", "--chunk-size", "0"],
+     "--chunk-size must be a positive integer"),
+    (["features", "--data-dir", "nowhere", "--backbone", "x", "--output-dir", "o", "--seed", "-1"],
+     "--seed must be between 0"),
+    (["probe", "--features", "f", "--output-dir", "o", "--max-iter", "0"], "--max-iter must be a positive integer"),
+    (["probe", "--features", "f", "--output-dir", "o", "--max-iter", "-5"], "--max-iter must be a positive integer"),
+])
+def test_flags_shared_with_train_are_checked_the_same_way_by_every_command(tmp_path, argv, needle):
+    res = _cli(*argv)
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+SLEEP = ("pass\n\n# %%\nimport time\nfrom pathlib import Path\n\nmark = Path(output_dir, 'slept')\n"
+         "if not mark.exists():\n    mark.touch()\n    time.sleep(120)\n")
+
+
+def test_sigint_stops_run_notebooks_and_the_way_to_continue_it_works(tmp_path):
+    ipynb = _pair(tmp_path / "nb", "00_sleep", SLEEP)
+    out = tmp_path / "seq"
+    proc = subprocess.Popen([sys.executable, "-m", "helpers", "run-notebooks", "--notebooks", str(ipynb.parent),
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "slept").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert (out / "slept").exists(), proc.communicate(timeout=30)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    hint = stderr.split("Continue with: ", 1)[1].strip().splitlines()[0]
+    assert "--resume auto" not in stderr and str(out) in hint
+    argv = shlex.split(hint)
+    assert argv[:3] == ["python", "-m", "helpers"]
+    res = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert '"00_sleep": "done"' in res.stdout
