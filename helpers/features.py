@@ -184,8 +184,7 @@ def embed_samples(model: torch.nn.Module, samples: list, data_config: dict, *, v
     `data_config` (image_size, mean, std, crop_pct, interpolation)."""
     from .augment import DeviceNormalize, eval_transform
     from .data import ImageDataset, make_loader
-    from .inference import to_model_input
-    from .utils import autocast
+    from .utils import autocast, to_model_input
 
     device = device or next(model.parameters()).device
     d = data_config

@@ -33,6 +33,7 @@ from torch import nn
 
 from .config import CHOICES, UserError
 from .features import SPLITS, _write_atomic, embed, read_manifest, read_split
+from .runs import load_trained
 
 _logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def train_probe(features: list[str | Path], output_dir: str | Path, *, device: s
     Returns:
         {"top1", "top5", "n"} on the test split (what `evaluate` prints).
     """
-    from .inference import metrics_from_probs, write_predictions
+    from .metrics import metrics_from_probs, write_predictions
     from .utils import get_device
 
     out = Path(output_dir)
@@ -273,7 +274,6 @@ def one_batch(run: str | Path, data_dir: str | Path, *, n: int = 8, dataset: str
     """
     from .augment import eval_transform
     from .data import ImageDataset, load_splits
-    from .inference import load_trained
 
     trained = load_trained(run)
     d = trained.data_config
@@ -298,52 +298,6 @@ def canvas_config(configs: list[dict]) -> dict:
     return {**best, "mean": tuple(best["mean"]), "std": tuple(best["std"])}
 
 
-class ProbeModel(nn.Module):
-    """Frozen backbones, each feature L2-normalised, concatenated, and the probe's linear head.
-
-    `evaluate` and `ensemble` run each backbone on its own preprocessing, exactly that of the cached features
-    (`probe_tta_probs`). Called as a plain model (a distillation teacher), the input is a batch prepared with
-    `canvas_config` (one member's preprocessing) and each other member gets it converted to its own:
-    un-normalised, centre-cropped to its crop fraction, resized (bicubic, antialiased) and normalised with its
-    mean and std, a close approximation of its own preprocessing.
-    """
-
-    is_probe = True  # `helpers.inference.tta_probs` hands probes to `probe_tta_probs`
-
-    def __init__(self, backbones: list[nn.Module], members: list[dict], canvas: dict, head: nn.Linear):
-        super().__init__()
-        self.backbones = nn.ModuleList(backbones)
-        self.members = members
-        self.canvas = canvas
-        self.head = head
-
-    def _member_input(self, x: torch.Tensor, d: dict) -> torch.Tensor:
-        c = self.canvas
-        if (d["image_size"], d["crop_pct"], tuple(d["mean"]), tuple(d["std"])) == (
-                c["image_size"], c["crop_pct"], tuple(c["mean"]), tuple(c["std"])):
-            return x
-        cm, cs, dm, ds = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-                          for v in (c["mean"], c["std"], d["mean"], d["std"]))
-        x = x * cs + cm
-        keep = min(1.0, d["crop_pct"] / c["crop_pct"])
-        side = x.shape[-1]
-        crop = max(1, round(side * keep))
-        top = (side - crop) // 2
-        x = x[..., top:top + crop, top:top + crop]
-        x = F.interpolate(x, size=(d["image_size"], d["image_size"]), mode="bicubic", antialias=True,
-                          align_corners=False)
-        return (x - dm) / ds
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The concatenated, per-backbone L2-normalised features (N, sum D) that the head reads."""
-        parts = [F.normalize(embed(m, self._member_input(x, d["data_config"]), d["views"]), dim=1)
-                 for m, d in zip(self.backbones, self.members)]
-        return torch.cat(parts, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).to(self.head.weight.dtype))
-
-
 class _Embedder(nn.Module):
     def __init__(self, backbone: nn.Module, views: int):
         super().__init__()
@@ -365,8 +319,7 @@ def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | N
     """
     from .augment import DeviceNormalize, tta_transforms
     from .data import ImageDataset, make_loader
-    from .inference import predict_logits
-    from .utils import amp_dtype
+    from .utils import amp_dtype, predict_logits
 
     model = trained.model
     device = device or next(model.parameters()).device
@@ -388,62 +341,4 @@ def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | N
         total = probs if total is None else total + probs
     return total / tta, torch.tensor([label for _, label in samples])
 
-
-def load_probe(state: dict, source: str, device: torch.device | str = "cpu"):
-    """A `helpers.inference.Trained` from a probe checkpoint: the backbones built from their pretrained
-    sources (hub, offline or a file, as the features were computed) and the linear head."""
-    from .features import feature_model
-    from .inference import Trained
-
-    probe = state["probe"]
-    backbones = [feature_model(m["backbone"], m["pretrained"], m["data_config"]["image_size"])[0]
-                 for m in probe["members"]]
-    weight, bias = state["model"]["weight"], state["model"]["bias"]
-    head = nn.Linear(weight.shape[1], weight.shape[0])
-    head.load_state_dict({"weight": weight, "bias": bias})
-    model = ProbeModel(backbones, probe["members"], dict(state["data_config"]), head)
-    model.to(device).eval()
-    return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(source))
-
-
-def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dict[str, torch.Tensor]:
-    """The weights `--init-from PROBE_RUN` starts a fine-tune from (LP-FT): the backbone's pretrained weights
-    and the probe's head folded into the model's plain linear classifier.
-
-    The probe reads L2-normalised features, logits = W f / |f| + b, which a linear classifier cannot express
-    exactly. The head is folded with the mean train-feature norm m instead: logits = (W / m) f + b. For each
-    photo this is the probe's logits with W f / |f| scaled by |f| / m > 0, so every prediction (argmax) is the
-    probe's own at step 0, and only the confidence varies with the photo's feature norm (which varies little).
-    A normalising head would keep the logits exactly, but it would be a module of its own that every other
-    command (evaluate, ensemble, export) would need to know; the folded head is a plain timm model.
-
-    Raises:
-        UserError: the probe has several backbones, or another backbone than the fine-tune.
-    """
-    from .models import create_model
-
-    members = state["probe"]["members"]
-    if len(members) != 1 or members[0]["backbone"] != backbone:
-        names = " + ".join(m["backbone"] for m in members)
-        raise UserError(f"--init-from {source} is a probe on {names}; a fine-tune of {backbone} can start from the "
-                        f"probe of {backbone} alone. Fit one with `python -m helpers probe --features DIR` on "
-                        f"features of {backbone}.")
-    member = members[0]
-    n_classes = state["model"]["weight"].shape[0]
-    base = create_model(backbone, n_classes, pretrained=member["pretrained"],
-                        image_size=member["data_config"]["image_size"]).state_dict()
-    classifier = _classifier_name(model)
-    base[f"{classifier}.weight"] = state["model"]["weight"] / member["mean_norm"]
-    base[f"{classifier}.bias"] = state["model"]["bias"].clone()
-    _logger.info("Starting from the probe %s: %s weights (%s) and the probe's head (folded with mean feature norm "
-                 "%.2f)", source, backbone, member["pretrained"], member["mean_norm"])
-    return base
-
-
-def _classifier_name(model: nn.Module) -> str:
-    head = model.get_classifier()
-    name = next((n for n, m in model.named_modules() if m is head), None)
-    if name is None or not isinstance(head, nn.Linear):
-        raise UserError(f"{type(model).__name__} has no plain linear classifier to start from a probe's head.")
-    return name
 
