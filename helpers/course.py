@@ -152,6 +152,10 @@ class Course:
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.root / path
 
+    def project_path(self, path: str | Path) -> Path:
+        """A path as a notebook's parameter gives it: `~` expanded, a relative path taken from the project root."""
+        return self._path(path)
+
     def run_dir(self, notebook: str, run: str) -> Path:
         """The folder of a run of any notebook of this course (it may not exist yet)."""
         return self.output_dir / "models" / notebook / run

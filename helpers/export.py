@@ -99,14 +99,15 @@ def exported_module(models: list[Trained], canvas: dict, *, exact_resize: bool =
             super().__init__()
             self.size, self.crop = d["image_size"], d["crop_pct"]
             matrix = resize_matrix(canvas["image_size"], canvas["crop_pct"], self.size, self.crop)
+            self.resized = matrix is not None
             self.register_buffer("matrix", matrix if matrix is not None else torch.zeros(0))
             self.register_buffer("mean", torch.tensor(d["mean"], dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(d["std"], dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.matrix.numel() and not exact_resize:
+            if self.resized and not exact_resize:
                 x = self.matrix @ x @ self.matrix.T
-            elif self.matrix.numel():
+            elif self.resized:
                 side = max(1, round(x.shape[-1] * min(1.0, self.crop / canvas["crop_pct"])))
                 top = (x.shape[-1] - side) // 2
                 x = F.interpolate(x[..., top:top + side, top:top + side], size=(self.size, self.size),
@@ -118,6 +119,7 @@ def exported_module(models: list[Trained], canvas: dict, *, exact_resize: bool =
             super().__init__()
             self.model = trained.model
             self.probe = bool(getattr(trained.model, "is_probe", False))
+            self.reordered = columns is not None
             self.register_buffer("columns", columns if columns is not None else torch.zeros(0, dtype=torch.long))
             members = trained.model.members if self.probe else [{"data_config": trained.data_config, "views": 1}]
             self.branches = nn.ModuleList(Branch(m["data_config"]) for m in members)
@@ -131,7 +133,7 @@ def exported_module(models: list[Trained], canvas: dict, *, exact_resize: bool =
             else:
                 logits = self.model(self.branches[0](x))
             probs = torch.softmax(logits.float(), dim=1)
-            return probs[:, self.columns] if self.columns.numel() else probs
+            return probs[:, self.columns] if self.reordered else probs
 
     class Exported(nn.Module):
         def __init__(self):
@@ -212,7 +214,8 @@ def export_onnx(model: str | Path | Sequence[str | Path], output: str | Path, *,
 
     Returns:
         {"output", "sidecar", "bytes", "image_size", "classes", "check": {"photos", "max_abs_diff",
-        "top1_agreement"}}
+        "top1_agreement" (against the PyTorch model on the same input), "tolerance", "predict_top1_agreement",
+        "predict_max_abs_diff" (against `helpers.predict` on the same photos, see `_against_predict`)}}
 
     Raises:
         UserError: a bad --output, a missing onnxruntime.
@@ -252,6 +255,7 @@ def export_onnx(model: str | Path | Sequence[str | Path], output: str | Path, *,
             raise RuntimeError(f"The ONNX export of {', '.join(map(str, runs))} disagrees with PyTorch on "
                                f"{len(paths)} photos: max |difference| of a probability {diff:.2e} > {TOLERANCE}, "
                                f"top-1 agreement {agree}/{len(paths)}. Nothing was written.")
+        check.update(_against_predict(models, paths, onnx_probs))
         sidecar = out.with_suffix(".json")
         atomic_write_text(sidecar, json.dumps(sidecar_info(models, runs, canvas, check), indent=1) + "\n")
     info = {"output": str(out), "sidecar": str(sidecar), "bytes": out.stat().st_size, "image_size": size,
@@ -259,6 +263,25 @@ def export_onnx(model: str | Path | Sequence[str | Path], output: str | Path, *,
     _logger.info("Exported %s to %s (%.1f MB); onnxruntime agrees with PyTorch on %d photos: max |diff| %.1e, top-1 "
                  "%d/%d", " + ".join(map(str, runs)), out, info["bytes"] / 1e6, len(paths), diff, agree, len(paths))
     return info
+
+
+def _against_predict(models: list[Trained], paths: list[str], onnx_probs) -> dict:
+    """The graph's top-1 against `helpers.predict` on the same photos. They are equal for a model of one input
+    size; members (or probe backbones) of other sizes read the photo through their own resize in `predict`, but
+    a resized crop of the largest member's input in the graph (and in the PyTorch model called on one batch, as
+    a teacher is), a close approximation."""
+    import numpy as np
+
+    from .predict_photos import predict_probs
+
+    probs, _ = predict_probs(models, paths, num_workers=0)
+    agree = int((probs.numpy().argmax(1) == onnx_probs.argmax(1)).sum())
+    diff = float(np.abs(probs.numpy() - onnx_probs).max())
+    if agree < len(paths):
+        _logger.warning("The graph's top-1 differs from `predict`'s on %d of %d photos (max |diff| %.2g): its members "
+                        "of other input sizes read a resized crop of the largest member's input", len(paths) - agree,
+                        len(paths), diff)
+    return {"predict_top1_agreement": f"{agree}/{len(paths)}", "predict_max_abs_diff": diff}
 
 
 def sidecar_info(models: list[Trained], runs: list, canvas: dict, check: dict) -> dict:

@@ -150,13 +150,16 @@ def read_error(path: str) -> str | None:
 
 def load_models(model_or_run: Trained | str | Path | Sequence[Trained | str | Path], device: torch.device
                 ) -> list[Trained]:
-    """The models of `predict`: a loaded `Trained`, a run folder or checkpoint, or several of them."""
+    """The models of `predict`: a loaded `Trained` (moved to `device`), a run folder or checkpoint, or several."""
     from .runs import Trained, load_trained
 
     items = [model_or_run] if isinstance(model_or_run, (Trained, str, Path)) else list(model_or_run)
     if not items:
         raise UserError("Give at least one model (a run folder or checkpoint) to predict with.")
-    return [m if isinstance(m, Trained) else load_trained(m, device=device) for m in items]
+    loaded = [m if isinstance(m, Trained) else load_trained(m, device=device) for m in items]
+    for m in loaded:
+        m.model.to(device)  # a model loaded elsewhere (on the CPU, say) moves to the device asked for
+    return loaded
 
 
 def predict_probs(models: list[Trained], paths: list[str], *, tta: int = 1, batch_size: int = 32,
