@@ -213,7 +213,7 @@ def test_only_selects_by_number_or_name_and_rejects_unknown():
     assert select(names, "1,06_tta") == ["01_baseline", "06_tta"]
     assert select(names, None) == names
     with pytest.raises(UserError, match="matches no notebook"):
-        select(names, "01,12")
+        select(names, "01,13")
     assert parse_value("1") == 1 and parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
     assert parse_value("runs/x") == "runs/x" and parse_value("null") is None
 
