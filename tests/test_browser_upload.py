@@ -18,6 +18,7 @@ import pytest
 
 from helpers import widgets
 
+from .conftest import FAST
 from .test_browser import _git, _kernelspec, _wait, browser, lab, page, shots  # noqa: F401 - fixtures used here
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +27,16 @@ UPLOAD = ROOT / "data" / "my-photos" / "bibimbap.webp"
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory, trained_run) -> Path:
-    """A git repository holding notebook 11, prepared (papermill, prepare-only) to use `trained_run`."""
+def clone(tmp_path_factory) -> Path:
+    """A git repository holding notebook 11, prepared (papermill, prepare-only) to use a short real run (lite0,
+    offline ImageNet weights, 4 steps at 64 px: the box needs a model, not a good one)."""
     import papermill
 
+    import helpers
+
     base = tmp_path_factory.mktemp("upload")
+    trained_run = base / "run"
+    helpers.train(helpers.TrainConfig(**{**FAST, "image_size": 64}, epochs=1, max_steps=4, output_dir=str(trained_run)))
     repo = base / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
@@ -71,8 +77,15 @@ def test_uploading_a_photo_shows_its_top5_from_pytorch_and_onnx(page, lab):  # n
     before = _wait(lambda: _upload_box(page), 60, "the upload box")
     assert before["width"] > 300 and "showing" in before["text"], before
     page.shot("11_upload_before")
-    field = page.driver.find_element(By.CSS_SELECTOR, f".{widgets.UPLOAD_CLASS} input[type=file]")
-    page.js("arguments[0].style.display = 'block';", field)  # the button's hidden input, as the file dialog fills it
+    # The button opens the browser's file dialog through an <input type=file> that ipywidgets never attaches to
+    # the page; headless Chromium has no dialog, so the input is put into the page when the button clicks it,
+    # and selenium fills it as the dialog would (the widget's own change handler reads and sends the file).
+    page.js("const click = HTMLInputElement.prototype.click; HTMLInputElement.prototype.click = function () {"
+            "  if (this.type !== 'file') return click.call(this);"
+            "  this.classList.add('test-file-dialog'); this.style.display = 'block'; document.body.appendChild(this); };")
+    page.driver.find_element(By.CSS_SELECTOR, f".{widgets.UPLOAD_CLASS} .widget-upload").click()
+    field = _wait(lambda: page.driver.find_elements(By.CSS_SELECTOR, "input.test-file-dialog"), 10,
+                  "the upload button to open its file input")[0]
     field.send_keys(str(UPLOAD))
     after = _wait(lambda: (b := _upload_box(page)) and UPLOAD.name in b["text"] and b["src"] != before["src"] and b,
                   120, f"the upload box to show {UPLOAD.name} (screenshots in {page.shots})")
