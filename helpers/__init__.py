@@ -12,7 +12,7 @@ Importing the package has no side effects; heavy modules load when their functio
 from .config import TrainConfig, UserError, make_config
 from .utils import get_device, seed_everything
 
-__all__ = ["TrainConfig", "UserError", "make_config", "train", "evaluate", "ensemble", "get_device", "seed_everything"]
+__all__ = ["TrainConfig", "UserError", "make_config", "train", "evaluate", "ensemble", "predict", "get_device", "seed_everything"]
 
 
 def train(config: TrainConfig) -> dict:
@@ -34,3 +34,10 @@ def ensemble(models: list[str], **kwargs) -> dict:
     from .inference import ensemble as _ensemble
 
     return _ensemble(models, **kwargs)
+
+
+def predict(model_or_run, photos, **kwargs):
+    """Top-k classes of photos (files, folders, globs) as a pandas table (see helpers.predict_photos.predict)."""
+    from .predict_photos import predict as _predict
+
+    return _predict(model_or_run, photos, **kwargs)

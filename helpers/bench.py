@@ -417,7 +417,7 @@ def _loader_rate(dataset, *, batch_size: int, workers: int, images: int, device:
     collate) ten times slower, which would measure the thread pool rather than the pipeline.
     """
     from .data import make_loader
-    from .inference import to_model_input
+    from .utils import to_model_input
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers,
                          pin_memory=device.type == "cuda")

@@ -34,7 +34,8 @@ _logger = logging.getLogger("helpers")
 
 # Modules with an `add_command(subparsers)` function; their command's handler is set with set_defaults(func=...)
 # and takes the parsed argparse.Namespace. Keep their imports light: heavy imports go inside the handler.
-EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks", "features", "probe", "doctor")
+EXTRA_COMMANDS: tuple[str, ...] = ("bench", "prepare", "check_data", "notebooks", "features", "probe", "doctor",
+                                   "predict_photos", "export")
 
 
 def _field_docs() -> tuple[dict[str, str], dict[str, str]]:

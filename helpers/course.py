@@ -152,6 +152,10 @@ class Course:
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.root / path
 
+    def project_path(self, path: str | Path) -> Path:
+        """A path as a notebook's parameter gives it: `~` expanded, a relative path taken from the project root."""
+        return self._path(path)
+
     def run_dir(self, notebook: str, run: str) -> Path:
         """The folder of a run of any notebook of this course (it may not exist yet)."""
         return self.output_dir / "models" / notebook / run
@@ -236,6 +240,37 @@ class Course:
             return {"top1": float("nan"), "n": 0}
         data = json.loads(summary.read_text())
         return {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
+
+    def trained_runs(self) -> pd.DataFrame:
+        """Every finished run of this course run (fine-tuned and probe runs: a folder with a summary.json), in
+        notebook order: notebook, run, backbone, val_top1, test_top1, path."""
+        import pandas as pd
+
+        rows = []
+        for summary in sorted((self.output_dir / "models").glob("*/*/summary.json")):
+            data = json.loads(summary.read_text())
+            if not analysis.is_number(data.get("val_top1")):
+                continue
+            backbone = " + ".join(data["features"]) if "features" in data else _run_facts(summary.parent, True).get(
+                "backbone", "")
+            rows.append({"notebook": summary.parent.parent.name, "run": summary.parent.name, "backbone": backbone,
+                         "val_top1": float(data["val_top1"]), "test_top1": data.get("test_top1"),
+                         "path": str(summary.parent)})
+        return pd.DataFrame(rows, columns=["notebook", "run", "backbone", "val_top1", "test_top1", "path"])
+
+    def best_run(self) -> Path:
+        """The run of this course with the highest validation top-1 (never chosen on test; a tie goes to the
+        earlier notebook).
+
+        Raises:
+            UserError: no notebook has trained a run yet.
+        """
+        runs = self.trained_runs()
+        if runs.empty:
+            raise UserError(f"{self.notebook} needs a trained run of this course, and {self.output_dir / 'models'} "
+                            f"has none. Run the course first (python -m helpers run-notebooks --profile "
+                            f"{self.profile}), or point this notebook's `model` parameter at a run folder.")
+        return Path(runs.sort_values("val_top1", ascending=False, kind="stable").iloc[0]["path"])
 
     def record(self, phase: str, run: str | Path | list, test: dict[str, Any], *, technique: str | None = None,
                reference: str | None = None, reference_top1: float | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ The test split is evaluated once at the end and never chooses anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -437,7 +438,20 @@ def jpeg_size(data: np.ndarray | bytes) -> tuple[int, int] | None:
     return None
 
 
+@functools.cache
+def _register_heif() -> bool:
+    """Let PIL open HEIC/HEIF photos (an iPhone's default format) when pillow-heif is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
 def _read_with_pil(path: str) -> np.ndarray:
+    if path.lower().endswith((".heic", ".heif")):
+        _register_heif()
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)

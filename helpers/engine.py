@@ -37,7 +37,7 @@ from torch import nn
 from . import augment, checkpoint, distributed
 from .config import TrainConfig, UserError, config_from_dict, save_config, validate
 from .data import ImageDataset, Splits, index_seed, load_splits, make_loader
-from .inference import check_classes, init_state, load_trained, predict_logits, to_model_input
+from .inference import check_classes
 from .io import atomic_write_text
 from .lock import locked_output
 from .losses import kd_loss
@@ -53,6 +53,7 @@ from .models import (
 )
 from .mps_check import device_code
 from .progress import progress_bar
+from .runs import init_state, load_trained
 from .utils import (
     amp_dtype,
     autocast,
@@ -61,10 +62,12 @@ from .utils import (
     fused_adamw,
     get_device,
     peak_memory_mb,
+    predict_logits,
     reset_peak_memory,
     run_info,
     seed_everything,
     to_device,
+    to_model_input,
 )
 
 _logger = logging.getLogger(__name__)

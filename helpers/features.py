@@ -380,8 +380,7 @@ def embed_samples(model: torch.nn.Module, samples: list, data_config: dict, *, v
     """
     from .augment import DeviceNormalize, eval_transform
     from .data import ImageDataset, make_loader
-    from .inference import to_model_input
-    from .utils import autocast
+    from .utils import autocast, to_model_input
 
     device = device or next(model.parameters()).device
     d = data_config

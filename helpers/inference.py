@@ -1,116 +1,31 @@
-"""Using trained models: load a run, predict a split (with test-time augmentation), evaluate, ensemble.
+"""Using trained models on labelled photos: predict a split (with test-time augmentation), evaluate, ensemble.
 
     helpers.evaluate("runs/b0", dataset="food-101", data_dir="data/food-101", split="test", tta=2)
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from . import augment, checkpoint
-from .config import UserError, config_from_dict
+from . import augment
+from .config import UserError
 from .data import ImageDataset, Sample, load_splits, make_loader, read_test_folder
-from .io import atomic_write_text
-from .lock import run_lock
-from .metrics import topk_correct
-from .models import create_model
-from .mps_check import device_code
-from .utils import amp_dtype, autocast, get_device, to_device
+from .metrics import metrics_from_probs, write_predictions
+from .probe import probe_tta_probs
+from .runs import Trained, init_state, load_trained
+from .utils import amp_dtype, get_device, predict_logits, to_model_input
+
+# Loading a run lives in helpers.runs, the loops in helpers.utils, the predictions CSV in helpers.metrics; they
+# stay importable from here, where the course and older scripts look for them.
+__all__ = ["Trained", "check_classes", "ensemble", "evaluate", "init_state", "load_trained", "metrics_from_probs",
+           "predict_logits", "tta_probs", "to_model_input", "write_predictions"]
 
 _logger = logging.getLogger(__name__)
 
 TEST_FOLDER = "test-folder"  # the `dataset` of `ensemble --test-dir`: every image of DIR/<class>/ is evaluated
-
-
-@dataclass
-class Trained:
-    """A trained model with what it needs to be used: its classes and its preprocessing."""
-
-    model: nn.Module
-    class_names: list[str]
-    data_config: dict  # image_size, mean, std, crop_pct, interpolation
-    config: dict
-    source: str
-
-
-def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.device | str = "cpu") -> Trained:
-    """Rebuild a model from a run folder (its best checkpoint) or a checkpoint file, in eval mode. A probe run
-    (`helpers.probe`) gives its frozen backbones with the linear head."""
-    state = checkpoint.load(path, prefer=checkpoint.BEST)
-    if "probe" in state:
-        from .probe import load_probe
-
-        if use_ema:
-            raise UserError(f"{path} is a linear probe: it has no EMA weights. Drop --use-ema.")
-        return load_probe(state, str(path), device)
-    cfg = config_from_dict(state["config"])
-    model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none", image_size=cfg.image_size)
-    weights = state["model"]
-    if use_ema:
-        if not state.get("model_ema"):
-            raise UserError(f"{path} has no EMA weights: the run was trained without --model-ema.")
-        weights = state["model_ema"]
-    model.load_state_dict(weights)
-    model.to(device).eval()
-    return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(path))
-
-
-def init_state(path: str | Path, model: nn.Module, backbone: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The weights `--init-from` starts `model` (a `backbone`) from: a trained run's, or a probe run's backbone
-    weights with its head (`helpers.probe.init_state`), and the class names of the head's rows."""
-    state = checkpoint.load(path)
-    if "probe" in state:
-        from .probe import init_state as probe_init_state
-
-        return probe_init_state(state, model, backbone, str(path)), list(state["class_names"])
-    if config_from_dict(state["config"]).backbone != backbone:
-        raise UserError(f"--init-from {path} is a {state['config']['backbone']} checkpoint, not {backbone}.")
-    return state["model"], list(state["class_names"])
-
-
-def to_model_input(images: torch.Tensor, device: torch.device,
-                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
-    """A loader's batch on `device`, normalised (uint8 batches need `normalize`, e.g. `augment.DeviceNormalize`;
-    float batches are normalised already) and in `memory_format`."""
-    images = to_device(images, device)
-    if normalize is not None:
-        images = normalize(images)
-    if images.dtype == torch.uint8:
-        raise ValueError("uint8 images reached the model without `normalize`: pass augment.DeviceNormalize")
-    return images.contiguous(memory_format=memory_format)
-
-
-@device_code
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-                   dtype: torch.dtype | None = None, *,
-                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run `model` over a loader of ImageDataset items (normalised float batches, or uint8 ones with the
-    `normalize` that turns them into model input on the device, e.g. `augment.DeviceNormalize`).
-
-    Returns:
-        logits (N, C) float32 on the CPU, labels (N,), dataset indices (N,).
-    """
-    model.eval()
-    out_logits, out_labels, out_index = [], [], []
-    for images, labels, index, _ in loader:
-        images = to_model_input(images, device, normalize)
-        with autocast(device, dtype):
-            logits = model(images)
-        out_logits.append(logits.float().cpu())
-        out_labels.append(labels)
-        out_index.append(index)
-    return torch.cat(out_logits), torch.cat(out_labels), torch.cat(out_index)
 
 
 def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_size: int | None = None,
@@ -124,8 +39,6 @@ def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_si
         probs (N, C) and labels (N,), in the order of `samples`.
     """
     if getattr(trained.model, "is_probe", False):  # a linear probe: each backbone on its own preprocessing
-        from .probe import probe_tta_probs
-
         return probe_tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size,
                                device=device, num_workers=num_workers, amp=amp)
     device = device or next(trained.model.parameters()).device
@@ -142,13 +55,6 @@ def tta_probs(trained: Trained, samples: list[Sample], *, tta: int = 1, image_si
         total = probs if total is None else total + probs
     labels = torch.tensor([label for _, label in samples])
     return total / len(views), labels
-
-
-def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    """top-1 and top-5 in percent, and n."""
-    top1, top5 = topk_correct(probs, labels)
-    n = len(labels)
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
 
 
 def _samples(dataset: str, data_dir: str, split: str, config: dict) -> tuple[list[Sample], list[str]]:
@@ -244,27 +150,3 @@ def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: st
     return {**metrics_from_probs(mean, labels), "members": members}
 
 
-def write_predictions(path: str | Path, samples: list[Sample], probs: torch.Tensor, class_names: list[str]) -> None:
-    """One CSV row per image: path, true and predicted class, confidence, and every class probability.
-
-    The file is written atomically under the lock of its folder (a run folder being trained into refuses it).
-    """
-    path = Path(path)
-    if not str(path).strip() or path.is_dir():
-        raise UserError(f"--predictions {path!s} must be a file path (a .csv file), not a folder or empty.")
-    text = predictions_csv(samples, probs, class_names)
-    with run_lock(path.parent, f"the folder of --predictions {path}"):
-        atomic_write_text(path, text)
-
-
-def predictions_csv(samples: list[Sample], probs: torch.Tensor, class_names: list[str]) -> str:
-    """The text of `write_predictions`' CSV (for a command that already holds its folder's lock)."""
-    pred = probs.argmax(dim=1).numpy()
-    probs_np = probs.numpy()
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "true", "pred", "confidence"] + [f"p_{c}" for c in class_names])
-    for (image_path, label), p, row in zip(samples, pred, probs_np):
-        writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
-                        + [f"{v:.5f}" for v in row])
-    return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""Accuracy, sample-weighted running sums, and the one-row-per-epoch CSV log."""
+"""Accuracy, sample-weighted running sums, the one-row-per-epoch CSV log, and the per-image predictions CSV."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .config import UserError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, atomic_write_text
+from .lock import run_lock
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -111,3 +112,36 @@ def truncate_rows(path: str | Path, max_epoch: int) -> None:
     writer.writeheader()
     writer.writerows(keep)
     atomic_write_bytes(path, text.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """top-1 and top-5 in percent, and n."""
+    top1, top5 = topk_correct(probs, labels)
+    n = len(labels)
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
+
+
+def write_predictions(path: str | Path, samples: list[tuple[str, int]], probs: torch.Tensor, class_names: list[str]) -> None:
+    """One CSV row per image: path, true and predicted class, confidence, and every class probability.
+
+    The file is written atomically under the lock of its folder (a run folder being trained into refuses it).
+    """
+    path = Path(path)
+    if not str(path).strip() or path.is_dir():
+        raise UserError(f"--predictions {path!s} must be a file path (a .csv file), not a folder or empty.")
+    text = predictions_csv(samples, probs, class_names)
+    with run_lock(path.parent, f"the folder of --predictions {path}"):
+        atomic_write_text(path, text)
+
+
+def predictions_csv(samples: list[tuple[str, int]], probs: torch.Tensor, class_names: list[str]) -> str:
+    """The text of `write_predictions`' CSV (for a command that already holds its folder's lock)."""
+    pred = probs.argmax(dim=1).numpy()
+    probs_np = probs.numpy()
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "true", "pred", "confidence"] + [f"p_{c}" for c in class_names])
+    for (image_path, label), p, row in zip(samples, pred, probs_np):
+        writer.writerow([image_path, class_names[label], class_names[p], f"{row[p]:.5f}"]
+                        + [f"{v:.5f}" for v in row])
+    return buffer.getvalue()

@@ -37,6 +37,7 @@ from torch import nn
 from .config import CHOICES, UserError
 from .features import SPLITS, _write_atomic, embed, read_manifest, read_split
 from .mps_check import device_code
+from .runs import load_trained, member_model
 
 _logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _checked_random_weights(folder: str | Path, manifest: dict) -> dict[str, tor
     from .models import weights_digest
 
     weights = read_backbone_weights(folder)
-    model = _member_model(manifest, weights, 0, str(folder), check=False)
+    model = member_model(manifest, weights, 0, str(folder), check=False)
     if weights_digest(model) != manifest["weights_sha256"]:
         raise UserError(f"{Path(folder) / 'backbone.safetensors'} holds other weights than the features of {folder} "
                         "were computed with. Compute the features again into a new folder.")
@@ -245,7 +246,7 @@ def _check_new_folder(out: Path) -> None:
 
 
 def _train_probe(features: list[str | Path], out: Path, device: str, max_iter: int) -> dict:
-    from .inference import metrics_from_probs, predictions_csv
+    from .metrics import metrics_from_probs, predictions_csv
     from .utils import get_device
 
     data, manifests, test_meta = load_probe_data(features)
@@ -325,7 +326,6 @@ def one_batch(run: str | Path, data_dir: str | Path, *, n: int = 8, dataset: str
     """
     from .augment import eval_transform
     from .data import ImageDataset, load_splits
-    from .inference import load_trained
 
     trained = load_trained(run)
     d = trained.data_config
@@ -350,52 +350,6 @@ def canvas_config(configs: list[dict]) -> dict:
     return {**best, "mean": tuple(best["mean"]), "std": tuple(best["std"])}
 
 
-class ProbeModel(nn.Module):
-    """Frozen backbones, each feature L2-normalised, concatenated, and the probe's linear head.
-
-    `evaluate` and `ensemble` run each backbone on its own preprocessing, exactly that of the cached features
-    (`probe_tta_probs`). Called as a plain model (a distillation teacher), the input is a batch prepared with
-    `canvas_config` (one member's preprocessing) and each other member gets it converted to its own:
-    un-normalised, centre-cropped to its crop fraction, resized (bicubic, antialiased) and normalised with its
-    mean and std, a close approximation of its own preprocessing.
-    """
-
-    is_probe = True  # `helpers.inference.tta_probs` hands probes to `probe_tta_probs`
-
-    def __init__(self, backbones: list[nn.Module], members: list[dict], canvas: dict, head: nn.Linear):
-        super().__init__()
-        self.backbones = nn.ModuleList(backbones)
-        self.members = members
-        self.canvas = canvas
-        self.head = head
-
-    def _member_input(self, x: torch.Tensor, d: dict) -> torch.Tensor:
-        c = self.canvas
-        if (d["image_size"], d["crop_pct"], tuple(d["mean"]), tuple(d["std"])) == (
-                c["image_size"], c["crop_pct"], tuple(c["mean"]), tuple(c["std"])):
-            return x
-        cm, cs, dm, ds = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-                          for v in (c["mean"], c["std"], d["mean"], d["std"]))
-        x = x * cs + cm
-        keep = min(1.0, d["crop_pct"] / c["crop_pct"])
-        side = x.shape[-1]
-        crop = max(1, round(side * keep))
-        top = (side - crop) // 2
-        x = x[..., top:top + crop, top:top + crop]
-        x = F.interpolate(x, size=(d["image_size"], d["image_size"]), mode="bicubic", antialias=True,
-                          align_corners=False)
-        return (x - dm) / ds
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The concatenated, per-backbone L2-normalised features (N, sum D) that the head reads."""
-        parts = [F.normalize(embed(m, self._member_input(x, d["data_config"]), d["views"]), dim=1)
-                 for m, d in zip(self.backbones, self.members)]
-        return torch.cat(parts, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).to(self.head.weight.dtype))
-
-
 class _Embedder(nn.Module):
     def __init__(self, backbone: nn.Module, views: int):
         super().__init__()
@@ -418,8 +372,7 @@ def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | N
     """
     from .augment import DeviceNormalize, tta_transforms
     from .data import ImageDataset, make_loader
-    from .inference import predict_logits
-    from .utils import amp_dtype
+    from .utils import amp_dtype, predict_logits
 
     model = trained.model
     device = device or next(model.parameters()).device
@@ -441,105 +394,4 @@ def probe_tta_probs(trained, samples: list, *, tta: int = 1, image_size: int | N
         total = probs if total is None else total + probs
     return total / tta, torch.tensor([label for _, label in samples])
 
-
-def load_probe(state: dict, source: str, device: torch.device | str = "cpu"):
-    """A `helpers.inference.Trained` from a probe checkpoint: the backbones built from their pretrained
-    sources (hub, offline or a file, as the features were computed; random weights from the checkpoint itself)
-    and the linear head.
-
-    Raises:
-        UserError: a backbone's weights are not those its features were computed with (`_member_model`).
-    """
-    from .inference import Trained
-
-    probe = state["probe"]
-    stored = probe.get("backbone_weights") or [None] * len(probe["members"])
-    backbones = [_member_model(m, w, 0, source).eval() for m, w in zip(probe["members"], stored)]
-    weight, bias = state["model"]["weight"], state["model"]["bias"]
-    head = nn.Linear(weight.shape[1], weight.shape[0])
-    head.load_state_dict({"weight": weight, "bias": bias})
-    model = ProbeModel(backbones, probe["members"], dict(state["data_config"]), head)
-    model.to(device).eval()
-    return Trained(model, list(state["class_names"]), dict(state["data_config"]), state["config"], str(source))
-
-
-def _member_model(member: dict, stored: dict[str, torch.Tensor] | None, num_classes: int, source: str, *,
-                  check: bool = True) -> nn.Module:
-    """One backbone of a probe with a `num_classes` head (0: none), with the weights its features were
-    computed with: built from its pretrained source, or from `stored` (random weights), and checked against
-    the member's SHA-256 when it has one (probe runs written before it was recorded are not checked).
-
-    Raises:
-        UserError: random weights that were not stored, or weights that changed since (a replaced file).
-    """
-    from .models import create_model, weights_digest
-
-    if member["pretrained"] == "none" and stored is None:
-        raise UserError(f"{source} is a probe over features of a {member['backbone']} with random weights "
-                        "(--pretrained none) that it does not hold: its numbers cannot be reproduced. Fit the probe "
-                        "again with this version (it stores such weights), or use pretrained features.")
-    model = create_model(member["backbone"], num_classes, pretrained=member["pretrained"],
-                         image_size=member["data_config"]["image_size"])
-    if stored is not None:
-        own = model.state_dict()
-        model.load_state_dict({**own, **{k: v for k, v in stored.items() if k in own}})
-    expected = member.get("weights_sha256")
-    if not check:
-        return model
-    if expected is None:
-        _logger.warning("%s was fitted before probes recorded their backbone's weights: %s (%s) is not checked.",
-                        source, member["backbone"], member["pretrained"])
-        return model
-    actual = weights_digest(model)
-    if actual != expected:
-        raise UserError(
-            f"The backbone {member['backbone']} of {source}, built from --pretrained {member['pretrained']}, now has "
-            f"other weights than its features were computed with (SHA-256 {actual[:12]}... against {expected[:12]}...): "
-            "the weights file was replaced or changed (or the hub's weights did). Restore those weights, or compute "
-            "the features again and fit a new probe.")
-    return model
-
-
-def init_state(state: dict, model: nn.Module, backbone: str, source: str) -> dict[str, torch.Tensor]:
-    """The weights `--init-from PROBE_RUN` starts a fine-tune from (LP-FT): the backbone's weights the probe's
-    features were computed with (checked like `load_probe`) and the probe's head folded into the model's plain
-    linear classifier.
-
-    The probe reads L2-normalised features, logits = W f / |f| + b, which a linear classifier cannot express
-    exactly. The head is folded with the mean train-feature norm m instead: logits = (W / m) f + b, which is
-    the probe's W f / |f| scaled by |f| / m > 0, plus the same bias. Without the bias every prediction would be
-    the probe's; with it, a photo whose two best classes are close can flip where |f| / m is far from 1 (3 of
-    the 150 test photos of the tiny set at 64 px, `tests/test_probe.py` measures it). So the fine-tune starts
-    from about the probe's predictions, not exactly from them. A normalising head would keep the logits
-    exactly, but it would be a module of its own that every other command (evaluate, ensemble, export) would
-    need to know; the folded head is a plain timm model.
-
-    Raises:
-        UserError: the probe has several backbones, another backbone than the fine-tune, or weights that
-            changed since its features were computed.
-    """
-    members = state["probe"]["members"]
-    if len(members) != 1 or members[0]["backbone"] != backbone:
-        names = " + ".join(m["backbone"] for m in members)
-        raise UserError(f"--init-from {source} is a probe on {names}; a fine-tune of {backbone} can start from the "
-                        f"probe of {backbone} alone. Fit one with `python -m helpers probe --features DIR` on "
-                        f"features of {backbone}.")
-    member = members[0]
-    n_classes = state["model"]["weight"].shape[0]
-    stored = (state["probe"].get("backbone_weights") or [None])[0]
-    base = _member_model(member, stored, n_classes, source).state_dict()
-    classifier = _classifier_name(model)
-    base[f"{classifier}.weight"] = state["model"]["weight"] / member["mean_norm"]
-    base[f"{classifier}.bias"] = state["model"]["bias"].clone()
-    _logger.info("Starting from the probe %s: %s weights (%s) and the probe's head (folded with mean feature norm "
-                 "%.2f)", source, backbone, member["pretrained"], member["mean_norm"])
-    return base
-
-
-def _classifier_name(model: nn.Module) -> str:
-    head = model.get_classifier()
-    name = next((n for n, m in model.named_modules() if m is head), None)
-    if name is None or not isinstance(head, nn.Linear):
-        raise UserError(f"{type(model).__name__} has no plain linear classifier to start from a probe's head.")
-    return name
 

@@ -1,4 +1,5 @@
-"""Seeding, devices, mixed precision, and the facts a run records about where it ran."""
+"""Seeding, devices, mixed precision, batches onto the device and through a model, and the facts a run records
+about where it ran."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import logging
 import platform
 import random
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import UserError
+from .mps_check import device_code
 
 _logger = logging.getLogger(__name__)
 
@@ -215,3 +219,40 @@ def workers_for_open_files(workers: int) -> int:
         _logger.warning("The limit of open files is %d (ulimit -n), too low for %d loader workers: using %d. Raise "
                         "the limit (ulimit -n 4096) to use more.", limit, workers, allowed)
     return min(workers, allowed)
+
+
+def to_model_input(images: torch.Tensor, device: torch.device,
+                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """A loader's batch on `device`, normalised (uint8 batches need `normalize`, e.g. `augment.DeviceNormalize`;
+    float batches are normalised already) and in `memory_format`."""
+    images = to_device(images, device)
+    if normalize is not None:
+        images = normalize(images)
+    if images.dtype == torch.uint8:
+        raise ValueError("uint8 images reached the model without `normalize`: pass augment.DeviceNormalize")
+    return images.contiguous(memory_format=memory_format)
+
+
+@device_code
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+                   dtype: torch.dtype | None = None, *,
+                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run `model` over a loader of ImageDataset items (normalised float batches, or uint8 ones with the
+    `normalize` that turns them into model input on the device, e.g. `augment.DeviceNormalize`).
+
+    Returns:
+        logits (N, C) float32 on the CPU, labels (N,), dataset indices (N,).
+    """
+    model.eval()
+    out_logits, out_labels, out_index = [], [], []
+    for images, labels, index, _ in loader:
+        images = to_model_input(images, device, normalize)
+        with autocast(device, dtype):
+            logits = model(images)
+        out_logits.append(logits.float().cpu())
+        out_labels.append(labels)
+        out_index.append(index)
+    return torch.cat(out_logits), torch.cat(out_labels), torch.cat(out_index)

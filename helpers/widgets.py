@@ -1,4 +1,5 @@
-"""ipywidgets explorers for the notebooks: page through failures, try augmentations on a photo.
+"""ipywidgets explorers for the notebooks: page through failures, try augmentations on a photo, upload a photo
+to predict.
 
     from helpers import widgets
     widgets.failure_explorer("runs/course-demo/predictions/01_baseline-baseline-test.csv")
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 FAILURE_CLASS = "helpers-failure-explorer"
 AUGMENTATION_CLASS = "helpers-augmentation-explorer"
+UPLOAD_CLASS = "helpers-upload-predictor"
 # Shown under an explorer's controls: its callbacks run in the kernel, which runs one cell at a time.
 BUSY_NOTE = "Pictures are drawn by the kernel: while another cell runs (training, say), a new pick waits until it ends."
 
@@ -180,5 +182,51 @@ def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224
     return _box(w, [photo, view, seed], output, AUGMENTATION_CLASS, "Augmentation explorer")
 
 
-__all__ = ["failure_explorer", "augmentation_explorer", "failure_options", "FAILURE_CLASS", "AUGMENTATION_CLASS",
-           "BUSY_NOTE"]
+def upload_predictor(model: Any, *, example: str | Path, folder: str | Path, top_k: int = 5,
+                     onnx: str | Path | None = None) -> Any:
+    """Upload a photo and see its top-k classes (and, with `onnx`, the exported model's beside them).
+
+    Args:
+        model: a run folder, a `helpers.runs.Trained` or several (as `helpers.predict` takes them).
+        example: the photo shown before the first upload (and, in an executed notebook, as the static picture).
+        folder: where uploaded photos are saved to be read (an ignored folder, e.g. runs/uploads).
+        onnx: an exported FILE.onnx to run with onnxruntime as well.
+    Returns:
+        The ipywidgets box to display.
+    """
+    from . import predict_figures
+    from .io import atomic_write_bytes
+    from .predict_photos import predict
+
+    w = _ipywidgets()
+    upload = w.FileUpload(accept="image/*,.heic,.heif", multiple=False, description="Upload a photo")
+    status = w.Label(value=f"showing {Path(example).name}")
+    output = w.Image(format="png", layout=w.Layout(max_width="100%"))
+
+    def draw(photo: str) -> None:
+        tables = {"PyTorch": predict(model, [photo], top_k=top_k, num_workers=0)}
+        if onnx is not None:
+            from .export import predict_onnx
+
+            tables["ONNX (onnxruntime)"] = predict_onnx(onnx, [photo], top_k=top_k)
+        fig = predict_figures.photo_predictions(tables if onnx is not None else tables["PyTorch"], n=1, cols=1)
+        _show(output, fig)
+
+    def uploaded(_: Any) -> None:
+        if not upload.value:
+            return
+        item = upload.value[0]
+        name = Path(item["name"]).name or "upload.jpg"
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        path = Path(folder) / name
+        atomic_write_bytes(path, bytes(item["content"]))
+        status.value = f"showing {name} (saved to {path})"
+        draw(str(path))
+
+    upload.observe(uploaded, names="value")
+    draw(str(example))
+    return _box(w, [upload, status], output, UPLOAD_CLASS, "Upload predictor")
+
+
+__all__ = ["failure_explorer", "augmentation_explorer", "upload_predictor", "failure_options", "FAILURE_CLASS",
+           "AUGMENTATION_CLASS", "UPLOAD_CLASS", "BUSY_NOTE"]

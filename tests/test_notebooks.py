@@ -49,6 +49,8 @@ FIGURES = {
     "09_distillation": ["09_training_curves", "09_student_vs_teacher", "09_changes", "09_confusion_matrix",
                         "09_top_confusions", "09_failures"],
     "10_beyond_95": ["10_probe_l2_sweep", "10_probe_batch", "10_members_vs_ensemble", "10_routes", "10_failures"],
+
+    "11_use_your_model": ["11_test_photos", "11_my_photos", "11_pytorch_vs_onnx"],
     "12_results": ["12_roadmap_table", "12_roadmap"],
 }
 PHASES = {"01_baseline": ["baseline"], "02_b3_upgrade": ["2.1", "2.2"], "03_augmentations": ["3.1", "3.2"],

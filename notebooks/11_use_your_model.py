@@ -1,0 +1,151 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Food-101 workbook (.venv)
+#     language: python
+#     name: food101
+# ---
+
+# %% [markdown]
+# # 11 · Use your model: your own photos, an exported model, an upload box
+#
+# **What for.** After a night of training the next wish is to ask the model about *your* photos, and to take it
+# elsewhere. This notebook takes the course's best run, predicts a few test photos and a folder of your own,
+# lets you upload a photo, and exports the model to ONNX, a file that runs without PyTorch (onnxruntime on a
+# server, a phone or a browser), checked against PyTorch on real photos.
+#
+# **Which run.** The one with the highest **validation** top-1 among every run of the course (fine-tuned and
+# probe runs), never the test top-1: choosing on test would flatter the number we then quote. Each run chose its
+# own best epoch on the same val photos, so the winner's val top-1 is itself a little optimistic; its test top-1,
+# measured once, is the honest number.
+#
+# The same from a terminal:
+#
+# ```bash
+# python -m helpers predict --model RUN my_photos/ lunch.heic --top-k 5          # one JSON line per photo
+# python -m helpers predict --model RUN_A RUN_B --tta 2 'phone/**/*.jpg' --output predictions.csv
+# python -m helpers export --model RUN --format onnx --output model.onnx        # + model.json beside it
+# ```
+
+# %% tags=["parameters"]
+profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
+data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
+output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
+ledger = None  # None: runs/ledger.csv (this notebook reads runs, it records nothing)
+rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
+model = None  # None: the course's run with the best validation top-1; or a run folder (a list: their ensemble)
+my_photos = "data/my-photos"  # your photos: a folder (read recursively), a file or a glob pattern, e.g. "~/Pictures/food"
+TEST_PHOTOS = {"full": 8, "demo": 6, "ci": 4}  # test photos shown (one per class, the first of each)
+TOP_K = 5  # classes shown per photo
+
+# %%
+import helpers
+from helpers import course, environment, export, predict_figures, runs, widgets
+
+c = course.Course("11_use_your_model", profile, data_dir=data_dir, device=device, output_dir=output_dir,
+                  ledger=ledger, rehearse=rehearse)
+photos = str(c.project_path(my_photos))  # a relative path is taken from the project root
+trained_runs = c.trained_runs()
+trained_runs
+
+# %%
+best = model or c.best_run()
+trained = runs.load_trained(best) if not isinstance(best, list) else best
+print(f"the model: {best}")
+
+# %% [markdown]
+# ## A few test photos
+# `helpers.predict` takes a run folder (or a loaded model, or several runs) and photos (files, folders, glob
+# patterns) and returns one row per photo: its top-1 class with its probability, and the top-k. It preprocesses
+# each photo exactly as `evaluate` does, so on labelled photos its top-1 is `evaluate`'s.
+
+# %%
+samples = environment.sample_images(c.data_dir, "test")[: TEST_PHOTOS[profile]]
+table = helpers.predict(trained, [p for p, _ in samples], top_k=TOP_K, device=device)
+table.insert(1, "true", [name for _, name in samples])
+table[["path", "true", "class", "probability"]]
+
+# %%
+predict_figures.photo_predictions(table, n=len(table), cols=2, title="Test photos and the model's top classes",
+                                  folder=c.figures, name="11_test_photos")
+
+# %% [markdown]
+# ## Your own photos
+# `my_photos` above points at a folder of photos as a phone or a browser saves them: a JPEG stored turned with
+# an EXIF orientation tag (read upright), a PNG, a WebP, an HEIC, and a pizza, a class the course's models never
+# saw. A model can only answer with its own classes: look at how sure it is about the pizza. A file that is not a
+# readable photo gets an error row, and the others go on.
+
+# %%
+mine = helpers.predict(trained, photos, top_k=TOP_K, device=device)
+mine[["path", "class", "label", "probability", "error"]]
+
+# %%
+predict_figures.photo_predictions(mine, n=8, cols=2, title="Your photos", folder=c.figures, name="11_my_photos")
+
+# %% [markdown]
+# ## Export to ONNX
+# `export.export_onnx` (`python -m helpers export`) writes one graph that takes photos resized and centre-cropped
+# by the rule in its sidecar JSON, as float32 RGB in [0, 1], and returns probabilities: the normalisation and
+# the softmax are inside it (a probe's backbones and an ensemble's members too). It checks itself: onnxruntime
+# and PyTorch predict the same real photos, and a difference above 1e-3 fails the export.
+
+# %%
+onnx_file = c.output_dir / "export" / "11_model.onnx"
+onnx_file.parent.mkdir(parents=True, exist_ok=True)
+exported = export.export_onnx(best, onnx_file)
+exported
+
+# %% [markdown]
+# The same photos through the exported file (onnxruntime) beside PyTorch:
+
+# %%
+onnx_table = export.predict_onnx(onnx_file, photos, top_k=TOP_K)
+predict_figures.photo_predictions({"PyTorch": mine, "ONNX (onnxruntime)": onnx_table}, n=3, cols=1,
+                                  title="PyTorch and the exported ONNX model", folder=c.figures,
+                                  name="11_pytorch_vs_onnx")
+
+# %% [markdown]
+# ## Upload a photo
+# Pick a photo from your computer or phone: the box shows its top-5 from PyTorch and from the exported model.
+# Uploads are saved under the course's run folder (`uploads/`), which git ignores. In a notebook executed
+# headless (papermill) and opened later, the box shows its first picture instead (re-run the cell to upload).
+
+# %%
+examples = [p for p, e in zip(mine["path"], mine["error"]) if e is None]
+widgets.upload_predictor(trained, example=examples[0], folder=c.output_dir / "uploads", top_k=TOP_K, onnx=onnx_file)
+
+# %% [markdown]
+# ## Size and speed on this machine
+# The model's size (PyTorch's float32 weights in memory, and the .onnx file) and images per second on this
+# machine's CPU for a batch of 8 photos, best of 3 passes: PyTorch in eager mode against onnxruntime. A laptop
+# busy with other work measures less; re-run the cell for a second reading.
+
+# %%
+export.speed(best, onnx_file, photos, batch_size=8)
+
+# %% [markdown]
+# ## What we saw
+# - The model answers any photo with one of its own classes; its probability is how sure it is, and a photo of
+#   something it never learned (the pizza) can still get a confident wrong answer.
+# - The exported ONNX model gives the same probabilities as PyTorch (to about 1e-6) without PyTorch.
+#
+# **Questions.** Why is the run chosen on validation and not on test? What does `--tta 2` change for a single
+# photo, and what does it cost? Why does the ONNX graph take photos already cropped, and what happens if you
+# feed it an uncropped photo squashed to a square?
+#
+# **Experiments.** Point `my_photos` at a folder of your own food photos. Set `model` to a list of two run
+# folders (an ensemble: one ONNX graph of both). Photograph a dish of a class the model knows from an unusual
+# angle and compare the probabilities.
+#
+# **Further reading.** fastai's `learn.predict` and `learn.export`; timm's `inference.py`; the ONNX Runtime
+# documentation (onnxruntime.ai) for running the file on phones and in browsers; "Learn PyTorch for Deep
+# Learning", FoodVision Big (predicting custom photos and deploying the model).

@@ -1,0 +1,188 @@
+"""`python -m helpers predict` and `export`: predictions of photos agree with `evaluate`, bad files are named and
+skipped, phone formats read upright, and the ONNX export agrees with PyTorch (fine-tuned, probe, ensemble)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import helpers
+from helpers import cli, export
+from helpers.data import load_splits, read_image
+from helpers.features import extract_features
+from helpers.probe import train_probe
+
+from .conftest import TINY, run_cli
+
+CLASSES = ("apple_pie", "baklava", "bibimbap")  # the test photos of three classes of the tiny set (45 photos)
+MY_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "my-photos"
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time (to show that nothing changed)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """Test photos in class folders, with a truncated JPEG, a text file and the junk an OS leaves."""
+    root = tmp_path_factory.mktemp("photos") / "labelled"
+    splits = load_splits("food-101", TINY)
+    for path, label in splits.test:
+        name = splits.class_names[label]
+        if name in CLASSES:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, root / name / Path(path).name)
+    whole = next((root / "apple_pie").iterdir()).read_bytes()
+    (root / "apple_pie" / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    (root / "notes.txt").write_text("lunch photos from the trip\n")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "._x.jpg").write_bytes(b"\0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory) -> Path:
+    """A linear probe on lite0 features at 64 px (offline ImageNet weights) of the tiny set."""
+    root = tmp_path_factory.mktemp("probe")
+    extract_features(dataset="food-101", data_dir=str(TINY), backbone="tf_efficientnet_lite0", pretrained="offline",
+                     image_size=64, output_dir=root / "features", num_workers=0, device="cpu")
+    train_probe([root / "features"], root / "run", device="cpu")
+    return root / "run"
+
+
+def test_predict_agrees_with_evaluate_and_names_unreadable_files(trained_run, photo_folder, tmp_path):
+    before = _tree(photo_folder)
+    evaluated = tmp_path / "evaluate.csv"
+    helpers.evaluate(str(trained_run), dataset="food-101", data_dir=str(TINY), predictions=str(evaluated),
+                     num_workers=0, device="cpu")
+    expected = {Path(r["path"]).parts[-2:]: r for r in csv.DictReader(evaluated.open())}
+    done = run_cli("predict", "--model", str(trained_run), str(photo_folder), "--top-k", "3", "--num-workers", "0",
+                   "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    errors = {Path(r["path"]).name: r["error"] for r in lines if "error" in r}
+    assert set(errors) == {"truncated.jpg", "notes.txt"}, errors  # OS junk is skipped, not an error
+    assert "truncated" in errors["truncated.jpg"] and "cannot identify image file" in errors["notes.txt"]
+    assert "truncated.jpg" in done.stderr and "notes.txt" in done.stderr
+    predicted = [r for r in lines if "predictions" in r]
+    assert len(predicted) == 45
+    for r in predicted:  # top-1 and its probability are evaluate's, photo by photo
+        row = expected[Path(r["path"]).parts[-2:]]
+        top = r["predictions"][0]
+        assert len(r["predictions"]) == 3 and top["class"] == row["pred"], r
+        assert top["probability"] == pytest.approx(float(row["confidence"]), abs=2e-5)
+        assert top["label"] == top["class"].replace("_", " ").capitalize()
+    assert _tree(photo_folder) == before  # nothing written next to the photos
+
+
+def test_predict_writes_only_its_output_and_exits_2_when_nothing_is_readable(trained_run, photo_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pattern = str(photo_folder / "bibimbap" / "*.jpg")
+    done = run_cli("predict", "--model", str(trained_run), pattern, str(photo_folder / "notes.txt"), "--output",
+                   str(out / "p.csv"), "--num-workers", "0", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["p.csv"]  # no temporary file left
+    rows = list(csv.DictReader((out / "p.csv").open()))
+    assert len(rows) == 16 and [r["path"] for r in rows if r["error"]] == [str(photo_folder / "notes.txt")]
+    assert all(r["class_1"] and float(r["probability_1"]) >= float(r["probability_5"]) for r in rows if not r["error"])
+    table = helpers.predict(str(trained_run), pattern, num_workers=0, device="cpu", output=out / "p.jsonl")
+    assert [json.loads(line)["predictions"][0]["class"] for line in (out / "p.jsonl").open()] == list(table["class"])
+    bad = run_cli("predict", "--model", str(trained_run), str(photo_folder / "notes.txt"),
+                  str(photo_folder / "apple_pie" / "truncated.jpg"), "--device", "cpu")
+    assert bad.returncode == 2 and "None of the 2 photo(s)" in bad.stderr, bad.stderr
+    assert [json.loads(line)["error"] for line in bad.stdout.splitlines()][0].startswith("not a readable photo")
+    missing = run_cli("predict", "--model", str(tmp_path / "no-run"), str(photo_folder))
+    assert missing.returncode == 2 and "is not a run folder" in missing.stderr
+
+
+def test_phone_formats_read_upright_and_predict_like_the_jpeg(trained_run, tmp_path):
+    """A PNG and a lossless WebP of a real photo predict exactly as the photo; a JPEG stored turned with an EXIF
+    orientation tag reads upright; the shipped HEIC reads (pillow-heif)."""
+    source = load_splits("food-101", TINY).test[0][0]
+    pixels = read_image(source)
+    h, w = pixels.shape[:2]
+    image = Image.fromarray(pixels[:, : w * 3 // 4])  # not square: a wrong orientation shows in the shape
+    image.save(tmp_path / "photo.png")
+    image.save(tmp_path / "photo.webp", lossless=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned left: display turned right
+    image.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", quality=95, exif=exif)
+    upright = read_image(str(tmp_path / "turned.jpg"))
+    assert upright.shape == (h, w * 3 // 4, 3)
+    assert np.abs(upright.astype(int) - np.asarray(image).astype(int)).mean() < 4  # JPEG noise only
+    assert read_image(str(MY_PHOTOS / "apple_pie_rotated_exif.jpg")).shape[:2] == (240, 320)
+    assert read_image(str(MY_PHOTOS / "beignets.heic")).shape == (320, 191, 3)
+    table = helpers.predict(str(trained_run), [tmp_path / "photo.png", tmp_path / "photo.webp", tmp_path / "turned.jpg",
+                                               MY_PHOTOS], top_k=10, num_workers=0, device="cpu")
+    assert table["error"].isna().all() and len(table) == 3 + 5
+    png, webp, turned = ({p["class"]: p["probability"] for p in row} for row in table["predictions"][:3])
+    assert png == pytest.approx(webp, abs=1e-5)
+    assert max(turned, key=turned.get) == max(png, key=png.get)
+
+
+def test_ensemble_predictions_average_members_matched_by_class_name(trained_run, probe_run, photo_folder):
+    photos = sorted(str(p) for p in (photo_folder / "baklava").iterdir())
+    one = helpers.predict(str(trained_run), photos, top_k=10, num_workers=0, device="cpu")
+    other = helpers.predict(str(probe_run), photos, top_k=10, num_workers=0, device="cpu")
+    both = helpers.predict([str(trained_run), str(probe_run)], photos, top_k=10, num_workers=0, device="cpu")
+    for a, b, mean in zip(one["predictions"], other["predictions"], both["predictions"]):
+        pa, pb = ({p["class"]: p["probability"] for p in x} for x in (a, b))
+        for p in mean:
+            assert p["probability"] == pytest.approx((pa[p["class"]] + pb[p["class"]]) / 2, abs=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["fine-tuned", "probe", "ensemble"])
+def test_export_onnx_agrees_with_pytorch(kind, trained_run, probe_run, tmp_path):
+    runs = {"fine-tuned": [trained_run], "probe": [probe_run], "ensemble": [trained_run, probe_run]}[kind]
+    out = tmp_path / "model.onnx"
+    done = run_cli("export", "--model", *map(str, runs), "--format", "onnx", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["check"]["max_abs_diff"] <= export.TOLERANCE and info["check"]["top1_agreement"] == "16/16"
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    size = 96 if kind != "probe" else 64  # the largest member's size
+    assert sidecar["input"]["shape"] == ["N", 3, size, size] and sidecar["image_size"] == size
+    assert sidecar["classes"] == load_splits("food-101", TINY).class_names and sidecar["labels"][0] == "Apple pie"
+    assert sidecar["resize"]["short_side"] == int(size / sidecar["resize"]["crop_pct"])
+    assert [m["test_top1"] for m in sidecar["members"]] == [
+        json.loads((r / "summary.json").read_text())["test_top1"] for r in runs]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.onnx"]
+    photos = [p for p, _ in load_splits("food-101", TINY).test[::5]]  # 30 other photos, by the sidecar's rule
+    ours = helpers.predict(list(map(str, runs)), photos, top_k=10, num_workers=0, device="cpu")
+    theirs = export.predict_onnx(out, photos, top_k=10)
+    agree = int((ours["class"] == theirs["class"]).sum())
+    if kind != "ensemble":  # one input size: the graph is `predict` exactly
+        assert agree == len(photos)
+        for a, b in zip(ours["predictions"], theirs["predictions"]):
+            assert [p["class"] for p in a] == [p["class"] for p in b] or max(
+                abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-5
+            assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-4
+    else:  # the 64 px probe reads a resized crop of the 96 px input: close, not equal
+        assert agree >= 0.8 * len(photos)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    batch = export.onnx_images(photos[:3], sidecar)
+    for n in (1, 3):  # dynamic batch
+        assert session.run(["probabilities"], {"images": batch[:n].numpy()})[0].shape == (n, 10)
+
+
+def test_a_failed_check_writes_nothing_and_is_a_bug(trained_run, tmp_path, monkeypatch, capsys):
+    """An export whose graph disagrees with PyTorch beyond the tolerance (here: a tolerance below any float
+    error) ends with exit code 1 and leaves no file; a bad --output is the user's (exit 2)."""
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export", "--model", str(trained_run), "--output", str(out)]) == 1
+    assert "disagrees with PyTorch" in capsys.readouterr().err and os.listdir(tmp_path) == []
+    assert cli.main(["export", "--model", str(trained_run), "--output", str(tmp_path / "model.txt")]) == 2
+    assert "must be a .onnx file" in capsys.readouterr().err
