@@ -238,7 +238,7 @@ class Course:
         return {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
 
     def record(self, phase: str, run: str | Path | list, test: dict[str, Any], *, technique: str | None = None,
-               reference: str | None = None, reference_top1: float | None = None) -> dict[str, Any]:
+               reference: str | None = None, reference_top1: float | dict | None = None) -> dict[str, Any]:
         """Append this notebook's result for a phase to the results ledger.
 
         Args:
@@ -247,7 +247,9 @@ class Course:
             test: the result of `evaluate` / `ensemble` (top1, top5, n).
             technique: what the phase measures (default: the roadmap's words).
             reference: what the gain is measured against, in words (default: the roadmap's).
-            reference_top1: the test top-1 the gain is measured against (None: no gain).
+            reference_top1: the test top-1 the gain is measured against (None: no gain), or the reference's
+                result dict: with its "predictions" the row also gets the photos fixed and broken, which the
+                results table's paired test (McNemar) reads.
 
         Returns:
             The ledger row.
@@ -256,11 +258,17 @@ class Course:
         if plan is None and technique is None:
             raise UserError(f"Phase {phase!r} is not in the plan's roadmap ({', '.join(ROADMAP)}): give its "
                             "technique=... in words.")
+        changes: dict[str, Any] = {}
+        if isinstance(reference_top1, dict):
+            if reference_top1.get("predictions") and test.get("predictions"):
+                paired = analysis.paired_changes(reference_top1["predictions"], test["predictions"])
+                changes = {"fixed": len(paired["fixed"]), "broken": len(paired["broken"])}
+            reference_top1 = reference_top1.get("top1")
         row: dict[str, Any] = dict(
             course=str(self.output_dir), profile=self.profile + ("-rehearsal" if self.rehearse else ""),
             notebook=self.notebook, phase=phase, technique=technique or plan.technique, test_top1=test["top1"],
             test_top5=test.get("top5"), test_n=test.get("n"), reference=reference or (plan.reference if plan else ""),
-            reference_top1=reference_top1, device=_device_name(self.device))
+            reference_top1=reference_top1, device=_device_name(self.device), **changes)
         if isinstance(run, (list, tuple)):
             row.update(run=" + ".join(str(r) for r in run), backbone=f"ensemble of {len(run)}", train_minutes=0.0)
         else:
@@ -347,15 +355,21 @@ def _result_row(key: str, plan: Phase | None, measured: Any, source: str) -> dic
         "phase": key, "technique": plan.technique if plan else measured["technique"],
         "plan: recipe": plan.plan_recipe if plan else "", "plan: gain": plan.plan_gain if plan else "",
         "plan: top-1": plan.plan_top1 if plan else "", "measured: top-1": None, "95% low": None, "95% high": None,
-        "measured: gain": None, "gain is": "", "gain against": plan.reference if plan else measured["reference"],
+        "measured: gain": None, "paired p": None, "gain is": "",
+        "gain against": plan.reference if plan else measured["reference"],
         "trained": "", "train min": None, "source": source, "in plan table": plan.in_plan_table if plan else False,
     }
     if measured is None:
         return row
     low, high = analysis.wilson(measured["test_top1"], measured["test_n"])
+    fixed, broken = measured.get("fixed"), measured.get("broken")
+    paired = analysis.is_number(fixed) and analysis.is_number(broken) and analysis.is_number(measured["gain"])
     row.update({"measured: top-1": measured["test_top1"], "95% low": low, "95% high": high,
                 "measured: gain": measured["gain"],
-                "gain is": analysis.gain_verdict(measured["gain"], measured["reference_top1"], low, high),
+                "paired p": analysis.mcnemar(int(fixed), int(broken)) if paired else None,
+                # McNemar on the photos fixed and broken when the ledger has them, else the interval rule
+                "gain is": analysis.paired_verdict(fixed, broken) if paired else
+                analysis.gain_verdict(measured["gain"], measured["reference_top1"], low, high),
                 "trained": _trained_label(measured), "train min": measured["train_minutes"]})
     return row
 

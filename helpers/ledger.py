@@ -42,6 +42,8 @@ COLUMNS: tuple[str, ...] = (
     "gain",  # test_top1 - reference_top1, percentage points
     "train_minutes",  # training time of this run (0 for evaluation-only phases)
     "device",
+    "fixed",  # test photos the reference got wrong and this run right (the paired test's counts)
+    "broken",  # test photos the reference got right and this run wrong
 )
 
 
@@ -93,7 +95,7 @@ def read(path: str | Path) -> pd.DataFrame:
         if column not in frame:
             frame[column] = float("nan")
     for column in ("image_size", "epochs", "test_top1", "test_top5", "test_n", "val_top1", "reference_top1", "gain",
-                   "train_minutes"):
+                   "train_minutes", "fixed", "broken"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame[list(COLUMNS)]
 

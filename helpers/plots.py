@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .analysis import confused_pairs, confusion_counts, failures, format_value, read_predictions, wilson, with_interval
+from .analysis import (confused_pairs, confusion_counts, failures, format_value, paired_changes, paired_text,
+                       read_predictions, wilson, with_interval)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -324,15 +325,10 @@ def prediction_changes(before: str | Path | pd.DataFrame, after: str | Path | pd
                        title: str | None = None, folder: str | Path | None = None,
                        name: str = "prediction_changes") -> Figure:
     """Photos whose prediction changed between two predictions CSVs of the same split: fixed ones first
-    (wrong before, right after), then broken ones (right before, wrong after)."""
-    a, _ = read_predictions(before)
-    b, _ = read_predictions(after)
-    merged = a[["path", "true", "pred", "confidence"]].merge(b[["path", "pred", "confidence"]], on="path",
-                                                             suffixes=("_a", "_b"))
-    fixed = merged[(merged["pred_a"] != merged["true"]) & (merged["pred_b"] == merged["true"])]
-    broken = merged[(merged["pred_a"] == merged["true"]) & (merged["pred_b"] != merged["true"])]
-    fixed = fixed.sort_values("confidence_b", ascending=False)
-    broken = broken.sort_values("confidence_b", ascending=False)
+    (wrong before, right after), then broken ones (right before, wrong after). The title gives the counts and
+    the exact McNemar test on them (`analysis.mcnemar`), which is also printed under the figure."""
+    changes = paired_changes(before, after)
+    fixed, broken = changes["fixed"], changes["broken"]
     show = [(r, True) for _, r in fixed.head(n).iterrows()]
     show += [(r, False) for _, r in broken.head(max(0, n - len(show))).iterrows()]
     fig, axes = _grid(max(len(show), 1), cols, 2.9, extra_height=0.55)
@@ -354,9 +350,11 @@ def prediction_changes(before: str | Path | pd.DataFrame, after: str | Path | pd
                      color=color, loc="left")
         ax.set_xlabel(f"{labels[0]}: {pretty(row['pred_a'], 22)} ({row['confidence_a']:.0%})\n"
                       f"{labels[1]}: {pretty(row['pred_b'], 22)} ({row['confidence_b']:.0%})", fontsize=9, loc="left")
-    fig.suptitle(f"{title or 'What changed'}: {len(fixed)} photos fixed, {len(broken)} broken "
-                 f"({labels[0]} → {labels[1]})")
+    verdict = "real" if changes["p"] < 0.05 else "within noise"
+    fig.suptitle(f"{title or 'What changed'} ({labels[0]} → {labels[1]}): {len(fixed)} photos fixed, {len(broken)} "
+                 f"broken; exact McNemar p = {changes['p']:.3g} ({verdict})")
     save_figure(fig, name, folder)
+    print(f"{labels[0]} → {labels[1]}: {paired_text(len(fixed), len(broken))}")
     return fig
 
 
@@ -481,13 +479,24 @@ def _top1_and_n(value: Any) -> tuple[float, float]:
     return float(value), 0.0
 
 
+def _noise(entry: Any, reference: Any, base: float, lo: float, hi: float) -> str:
+    """", p=0.39, within noise": the paired McNemar test when both results kept their predictions (the same
+    photos), else the rule of thumb that the reference lies inside the entry's 95% interval."""
+    if isinstance(entry, dict) and isinstance(reference, dict) and entry.get("predictions") \
+            and reference.get("predictions"):
+        changes = paired_changes(reference["predictions"], entry["predictions"])
+        return f", p={changes['p']:.2g}" + (", within noise" if changes["p"] >= 0.05 else "")
+    return ", within noise" if np.isfinite(lo) and lo <= base <= hi else ""
+
+
 @_styled
 def compare_top1(results: dict[str, float | dict], *, highlight: str | None = None, reference: str | None = None,
                  title: str | None = None, xlabel: str = "test top-1 (%)", folder: str | Path | None = None,
                  name: str = "compare_top1") -> Figure:
     """Top-1 per model or technique as dots on one scale with their 95% Wilson intervals, each labelled with
-    its value and its gain over `reference` (default: the first entry). A gain whose reference lies inside the
-    entry's interval is marked "(noise)". Entries that are NaN show as "not measured".
+    its value and its gain over `reference` (default: the first entry). When both carry their "predictions" the
+    gain gets the exact McNemar p on the same photos and is "within noise" for p >= 0.05; otherwise a gain whose
+    reference lies inside the entry's interval is "within noise". Entries that are NaN show as "not measured".
 
     Args:
         results: {label: top-1 in percent, or a result dict with "top1" and "n" (the interval needs n)}.
@@ -519,8 +528,7 @@ def compare_top1(results: dict[str, float | dict], *, highlight: str | None = No
         ax.plot(value, yi, "o", ms=10, color=color)
         delta = ""
         if key != reference and np.isfinite(base):
-            noise = ", within noise" if np.isfinite(lo) and lo <= base <= hi else ""
-            delta = f"  ({value - base:+.1f}{noise})"
+            delta = f"  ({value - base:+.1f}{_noise(results[key], results[reference], base, lo, hi)})"
         ax.text(max(value, hi if np.isfinite(hi) else value), yi, f"   {value:.1f}%{delta}", va="center", fontsize=10)
     ax.set_yticks(y, [textwrap.fill(k, 34) for k in labels])
     ax.set_ylim(len(labels) - 0.4, -0.6)
@@ -599,14 +607,20 @@ def tta_views(image: np.ndarray | str, *, views: int = 6, size: int = 224, title
 def ensemble_vs_members(result: dict[str, Any], *, title: str | None = None, folder: str | Path | None = None,
                         name: str = "ensemble_vs_members") -> Figure:
     """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`)."""
-    entries = {}
+    from .analysis import best_by_val
+
+    entries, runs = {}, {}
     for i, m in enumerate(result["members"], start=1):
-        entries[f"member {i}: {m['backbone']} @{m['image_size']}"] = {"top1": m["top1"], "n": result.get("n")}
-    best = max(entries, key=lambda k: entries[k]["top1"])
+        label = f"member {i}: {m['backbone']} @{m['image_size']}"
+        entries[label] = {"top1": m["top1"], "n": result.get("n"), **({"predictions": m["predictions"]}
+                                                                      if m.get("predictions") else {})}
+        runs[label] = m.get("model")
+    best = best_by_val(runs)  # the best member by validation top-1: the test split chooses nothing
     entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result
     gain = result["top1"] - entries[best]["top1"]
     return compare_top1(entries, highlight=list(entries)[-1], reference=best, folder=folder, name=name,
-                        title=title or f"Ensemble: {gain:+.1f} points against its best member (the deltas)")
+                        title=title or f"Ensemble: {gain:+.1f} points against its best member by validation "
+                                       "top-1 (the deltas)")
 
 
 def student_vs_teacher(teacher: dict[str, float | dict], student_alone: tuple[str, float | dict],

@@ -49,14 +49,13 @@ def members_vs_ensembles(members: dict[str, float | dict], ensembles: dict[str, 
     Args:
         members, ensembles: label -> top-1 in percent, or a result dict {"top1", "n"} (the 95% interval needs n).
     """
-    top1 = {k: plots._top1_and_n(v)[0] for k, v in {**members, **ensembles}.items()}
-    best = max(members, key=top1.get)
-    entries = {**members, **ensembles}
-    top = max(ensembles, key=top1.get)
-    gain = top1[top] - top1[best]
-    return plots.compare_top1(entries, highlight=top, reference=best, folder=folder, name=name,
-                              title=title or f"Probes and their combinations: {gain:+.1f} points for the best "
-                              "combination against the best single probe")
+    val = {k: float(v.get("val_top1", float("nan"))) if isinstance(v, dict) else float("nan")
+           for k, v in members.items()}
+    known = [k for k in members if np.isfinite(val[k])]
+    best = max(known, key=val.get) if known else next(iter(members))  # by validation: the test chooses nothing
+    return plots.compare_top1({**members, **ensembles}, reference=best, folder=folder, name=name,
+                              title=title or "Probes and their combinations: the deltas against the probe with "
+                              "the best val top-1")
 
 
 def probe_batch(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
