@@ -8,8 +8,9 @@ writes and the results table. The settings of each run are in the notebook's par
     c.record("3.5", stage1.output_dir, test)                       # one row in the results ledger
     stage2_of_05 = c.require("05_two_stage", "stage2")             # another notebook's run (says what to run first)
 
-Profiles: full (Food-101 at the plan's settings), demo (the tiny real subset in the repo, CPU minutes), ci
-(demo shrunk to check that everything runs). `rehearse=True` runs the full profile's exact chain with random
+Profiles: full (Food-101 at the plan's settings), medium (a fixed 10% of Food-101: an evening on a Mac, test
+differences that mean something), demo (the tiny real subset in the repo, CPU minutes), ci (demo shrunk to check
+that everything runs). `rehearse=True` runs the full profile's exact chain with random
 weights, a few steps per run and small images on the 101-class thumbnails in the repo (`run-notebooks
 --rehearse`), so a wiring bug shows in minutes rather than at night. Relative paths are taken from the project
 root, not from the notebook's folder.
@@ -46,11 +47,17 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "full": Profile("Food-101 at the plan's settings, on MPS or CUDA (hours per notebook)", "data/food-101", -1),
+    "medium": Profile("a fixed 10% of Food-101 (75 train + 25 test photos of each of the 101 classes) with the "
+                      "offline efficientnet-lite weights at their own sizes: the course in an evening on a Mac, "
+                      "with 2,525 test photos to tell the techniques apart", "data/food-101-medium", -1),
     "demo": Profile("the tiny real Food-101 subset in the repo with offline efficientnet-lite weights (minutes per "
                     "notebook on a laptop CPU)", "data/food-101-tiny", 0),
     "ci": Profile("demo shrunk to 64 px and one epoch: checks that every notebook runs, numbers mean nothing",
                   "data/food-101-tiny", 0),
 }
+# How to make a profile's data when it is missing (full: `--download` in 00_setup).
+MAKE_DATA = {"medium": "python -m helpers prepare --data-dir data/food-101 --out data/food-101-medium "
+                       "--short-side 288 --per-class 75,25"}
 REHEARSAL_DATA = "data/food-101-thumbs"  # 101 classes x 4 thumbnails, official layout
 REHEARSAL = dict(pretrained="none", max_steps=2, num_workers=0, epochs=1)  # and a quarter of the image size
 
@@ -128,7 +135,7 @@ class Course:
 
     Args:
         notebook: the notebook's name, e.g. "02_b3_upgrade".
-        profile: "demo", "full" or "ci".
+        profile: "demo", "medium", "full" or "ci".
         data_dir: the dataset folder (None: the profile's).
         device: "auto", "cuda", "mps" or "cpu".
         output_dir: the course run folder holding models/, predictions/ and figures/ (None: runs/course-<profile>).
@@ -142,6 +149,9 @@ class Course:
         info = check_profile(profile)
         self.root = project_root()
         self.data_dir = self._path(data_dir or (REHEARSAL_DATA if rehearse else info.data_dir))
+        if data_dir is None and not rehearse and profile in MAKE_DATA and not self.data_dir.is_dir():
+            raise UserError(f"The {profile} profile reads {self.data_dir}, which does not exist. Make it once from "
+                            f"the full Food-101 (00_setup downloads that into data/food-101): {MAKE_DATA[profile]}")
         self.num_workers = 0 if rehearse else info.num_workers
         self.output_dir = self._path(output_dir or f"runs/course-{profile}" + ("-rehearsal" if rehearse else ""))
         self.figures = self.output_dir / "figures"

@@ -434,20 +434,23 @@ def transform_steps(image: np.ndarray | str, *, preset: str = "advanced", size: 
 
 
 @_styled
-def mixed_batch(images: Any, mixed: Any, targets: Any, class_names: Sequence[str], *, n: int = 8,
+def mixed_batch(images: Any, mixed: Any, targets: Any = None, class_names: Sequence[str] = (), *, n: int = 8,
                 title: str | None = None, folder: str | Path | None = None, name: str = "mixed_batch") -> Figure:
     """A batch before and after the trainer's Mixup/CutMix, each mixed image labelled with its soft target.
 
     Args:
         images: the batch as the loader gives it, (N, 3, H, W) uint8 or float in [0, 1].
-        mixed: the same batch after `engine.make_mixup(cfg, classes)(images, labels)`, (N, 3, H, W).
-        targets: the soft targets that came out with it, (N, classes), rows summing to one.
+        mixed: the same batch after `engine.make_mixup(cfg, classes)(images, labels)`, (N, 3, H, W); or several
+            mixings, {row label: (mixed images, soft targets)} (e.g. `engine.mix_fixed` with mixup and CutMix).
+        targets: the soft targets that came out with `mixed` (a tensor), (N, classes), rows summing to one.
         class_names: the dataset's classes, in label order.
         n: how many of the batch to show.
     """
+    rows = dict(mixed) if isinstance(mixed, dict) else {"what the model sees": (mixed, targets)}
     n = min(n, len(images))
-    fig, axes = _figure(2.3 * n, 5.9, 2, n, squeeze=False)
-    for r, batch in enumerate((images, mixed)):
+    fig, axes = _figure(2.3 * n, 0.3 + 2.8 * (len(rows) + 1), len(rows) + 1, n, squeeze=False)
+    batches = [("the batch", images, None), *((label, *pair) for label, pair in rows.items())]
+    for r, (label, batch, soft) in enumerate(batches):
         for i in range(n):
             ax = axes[r, i]
             image = batch[i].float()
@@ -456,14 +459,15 @@ def mixed_batch(images: Any, mixed: Any, targets: Any, class_names: Sequence[str
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-            if r == 1:
-                weights = targets[i]
-                order = weights.argsort(descending=True)[:2]
-                ax.set_xlabel("\n".join(f"{float(weights[j]):.0%} {pretty(class_names[int(j)], 16)}" for j in order),
+            if soft is not None:
+                order = soft[i].argsort(descending=True)[:2]
+                ax.set_xlabel("\n".join(f"{float(soft[i][j]):.0%} {pretty(class_names[int(j)], 16)}" for j in order),
                               fontsize=9)
-        axes[r, 0].set_ylabel(("the batch", "what the model sees")[r], fontsize=11)
+            elif len(rows) > 1 or not isinstance(mixed, dict):
+                ax.set_title(f"{i + 1}", fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=11)
     fig.suptitle(title or "The trainer's Mixup/CutMix on one batch: image i is mixed with image N-1-i; the soft "
-                          "targets (smoothed) below")
+                          "targets below (label smoothing keeps a little on every class)")
     save_figure(fig, name, folder)
     return fig
 

@@ -177,6 +177,28 @@ def _mixed():
     return images, mixed, targets, names
 
 
+def test_the_mix_preview_uses_the_trainers_mixup_at_a_fixed_weight_on_a_batch_of_different_classes():
+    import torch
+
+    from helpers.config import TrainConfig
+
+    cfg = TrainConfig(data_dir=str(TINY), image_size=64, mixup=True, cutmix=True, label_smoothing=0.1)
+    images, labels, names = engine.sample_batch(cfg, n=4, train=False, one_per_class=True)
+    assert labels.tolist() == [0, 1, 2, 3]  # one photo of each class, no augmentation
+    x = images.float() / 255
+    mixed, targets = engine.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=False)
+    assert torch.allclose(mixed, 0.6 * x + 0.4 * x.flip(0), atol=1e-6)  # image i with image N-1-i
+    on, off = 0.9 + 0.1 / 10, 0.1 / 10  # label smoothing 0.1 over 10 classes
+    assert targets[0, 0].item() == pytest.approx(0.6 * on + 0.4 * off) and targets[0, 3].item() == pytest.approx(
+        0.4 * on + 0.6 * off)
+    cut, cut_targets = engine.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=True)
+    pasted = (cut != x).any(dim=1)[0].float().mean().item()  # image 0 covered by image 3: at most 40%, the box is clipped
+    assert 0.0 < pasted <= 0.4 + 1e-6 and cut_targets[0, 3].item() == pytest.approx(pasted * on + (1 - pasted) * off,
+                                                                              abs=0.02)
+    fig = plots.mixed_batch(images, {"mixup": (mixed, targets), "CutMix": (cut, cut_targets)}, class_names=names)
+    assert len(fig.axes) == 12 and "55% Apple pie" in fig.axes[4].xaxis.label.get_text()
+
+
 def test_mixed_batch_shows_the_trainers_soft_targets():
     images, mixed, targets, names = _mixed()
     assert images.dtype.is_floating_point is False and mixed.shape == images.shape
