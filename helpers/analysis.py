@@ -131,7 +131,7 @@ def format_value(value: Any, column: str = "") -> str:
         return "–"
     if isinstance(value, (float, np.floating)):
         if column.endswith(" p"):  # a p-value: three significant digits (0.0386)
-            return f"{value:.3g}"
+            return "<0.001" if value < 0.001 else f"{value:.3g}"
         return f"{value:+.1f}" if "gain" in column else f"{value:.1f}"
     return str(value)
 

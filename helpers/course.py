@@ -77,8 +77,8 @@ class Phase:
 
 ROADMAP: dict[str, Phase] = {
     "baseline": Phase("Baseline", "EfficientNet-B0, 50 epochs", "6h", "-", "75-80%", ""),
-    "2.1": Phase("Upgrade to B3", "B3, 100 epochs", "+10h", "+6%", "82-86%", "baseline (01)"),
-    "2.2": Phase("Alternative: ResNet-50", "ResNet-50, 100 epochs", "", "+4-6%", "80-85%", "baseline (01)", False),
+    "2.1": Phase("Larger backbone", "B3, 100 epochs", "+10h", "+6%", "82-86%", "baseline (01)"),
+    "2.2": Phase("Alternative backbone", "ResNet-50, 100 epochs", "", "+4-6%", "80-85%", "baseline (01)", False),
     "3.1": Phase("Longer training, better scheduling", "B3, 150 epochs", "+6h", "+2%", "84-88%", "B3 (2.1)"),
     "3.2": Phase("Advanced augmentation", "B3, 150 epochs", "+0h", "+1.5%", "85.5-89.5%",
                  "better scheduling (3.1)"),
@@ -86,13 +86,14 @@ ROADMAP: dict[str, Phase] = {
     "3.4": Phase("Test-time augmentation", "the 3.5 model", "+0h", "+1.5%", "90-94%", "the same model, one view"),
     "3.5": Phase("Two-stage training (+3.6 discriminative LRs)", "B3, 10 + 100 epochs", "+2h", "+2%", "92-96%",
                  "one stage (3.3)"),
-    "4.1": Phase("Higher resolution (384)", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%", "two-stage model (3.5)"),
+    "4.1": Phase("Higher resolution", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%", "two-stage model (3.5)"),
     "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%", "its best member"),
     "4.3": Phase("Knowledge distillation (optional)", "student with a B4 teacher", "", "+1-2% (student)", "",
                  "the student trained alone", False),
     # Past the plan (notebook 10): stronger pretrained features, published numbers in place of the plan's.
     "5.1": Phase("Linear probes on strong features, ensembled", "SigLIP SO400M/384 + CLIP ViT-L/14@336 probes",
-                 "features once", "", "95.9% (CLIP-L probe)", "its best probe", False),
+                 "features once", "",
+                 "95.9% published for a CLIP ViT-L probe, not for these models", "its best probe", False),
     "5.2": Phase("Fine-tune from the probe's head, layer decay (LP-FT)", "EVA-02-B/448 from its probe", "", "", "",
                  "its probe", False),
 }
@@ -283,7 +284,13 @@ class Course:
             row.update(run=" + ".join(str(r) for r in run), backbone=f"ensemble of {len(run)}", train_minutes=0.0)
         else:
             row.update(_run_facts(Path(run), evaluation_only=phase == "3.4"))
-        return ledger.append(self.ledger_path, row)
+        written = ledger.append(self.ledger_path, row)
+        print(f"Recorded phase {phase} ({row['technique']}): test top-1 "
+              f"{analysis.with_interval(test['top1'], test.get('n') or 0)}"
+              + (f", {test['top1'] - reference_top1:+.1f} points against {row['reference']}"
+                 if analysis.is_number(reference_top1) else "")
+              + (f", {analysis.paired_text(changes['fixed'], changes['broken'])}" if changes else ""))
+        return written
 
     def results(self) -> pd.DataFrame:
         """The plan's roadmap with this course's measured numbers and their 95% intervals (for 12_results).
@@ -385,15 +392,15 @@ def _result_row(key: str, plan: Phase | None, measured: Any, source: str) -> dic
 
 
 def _trained_label(row: Any) -> str:
-    """What a ledger row's run trained, e.g. "tf_efficientnet_lite0 @112, 4 epochs"."""
+    """What a ledger row's run trained, e.g. "lite0 @112 px, 4 epochs" (timm's tf_efficientnet_lite0)."""
     backbone, size, epochs = row.get("backbone"), row.get("image_size"), row.get("epochs")
     if not isinstance(backbone, str):
         return ""
     if backbone.startswith("ensemble"):
         return backbone
-    text = backbone
+    text = backbone.removeprefix("tf_efficientnet_")
     if analysis.is_number(size):
-        text += f" @{int(size)}"
+        text += f" @{int(size)} px"
     if analysis.is_number(epochs):
         text += f", {int(epochs)} epochs"
     return text

@@ -25,6 +25,7 @@ import numpy as np
 
 from .analysis import (confused_pairs, confusion_counts, failures, format_value, paired_changes, paired_text,
                        read_predictions, wilson, with_interval)
+from .analysis import is_number as analysis_is_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -317,6 +318,44 @@ def failure_gallery(predictions: str | Path | pd.DataFrame, *, n: int = 16, cols
                  f"most confident first (showing {shown})")
     save_figure(fig, name, folder)
     return fig
+
+
+class Figures(dict):
+    """Several figures by name; a notebook cell ending with it shows each one (IPython's display protocol)."""
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        for fig in self.values():
+            display(fig)
+
+
+def error_analysis(predictions: str | Path | pd.DataFrame, *, title: str, prefix: str,
+                   compare_with: str | None = None, n: int = 12, folder: str | Path | None = None) -> Figures:
+    """Where a model fails, in three pictures: the confusion matrix, the pairs mistaken most often and the most
+    confident mistakes (saved as `<prefix>_confusion_matrix`, `<prefix>_top_confusions`, `<prefix>_failures`),
+    then a prompt that compares them with an earlier notebook's.
+
+    Args:
+        predictions: the test predictions CSV of the model.
+        title: what the model is, e.g. "04 · Mixup and CutMix".
+        prefix: the figures' name prefix, e.g. "04".
+        compare_with: the earlier error analysis to compare with, e.g. "01 (the baseline)".
+        n: photos in the failure gallery.
+    """
+    figures = Figures(
+        confusion_matrix=confusion_matrix(predictions, title=title, folder=folder, name=f"{prefix}_confusion_matrix"),
+        top_confusions=top_confusions(predictions, folder=folder, name=f"{prefix}_top_confusions"),
+        failures=failure_gallery(predictions, n=n, title=title, folder=folder, name=f"{prefix}_failures"))
+    pairs = confused_pairs(predictions, 3)
+    worst = "; ".join(f"{pretty(t)} → {pretty(p)} ({c})" for t, p, c in zip(pairs["true"], pairs["pred"],
+                                                                          pairs["count"])) or "none"
+    print(f"{title}: the pairs confused most often: {worst}.")
+    if compare_with:
+        print(f"Compare with {compare_with}: are these the same pairs? Did the technique fix the mistakes that "
+              "were confident, or only the close calls? Are the failures the same photos (a hard or mislabelled "
+              "photo stays wrong whatever the technique)?")
+    return figures
 
 
 @_styled
@@ -694,45 +733,61 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     return fig
 
 
+ROADMAP_COLUMNS = (  # (results column, header, wrap width in characters)
+    ("phase", "phase", 8), ("technique", "technique", 24), ("plan: recipe", "plan: recipe", 18),
+    ("plan: gain", "plan: gain", 9), ("plan: top-1", "plan (or published)\ntop-1", 20),
+    ("trained", "this run trained", 22), ("measured: top-1", "measured\ntop-1", 9),
+    ("95% interval", "95%\ninterval", 10), ("measured: gain", "measured\ngain", 13), ("paired p", "paired p\n(McNemar)", 9),
+    ("gain against", "gain against", 20), ("train min", "train\nminutes", 7),
+)
+
+
+def _roadmap_cell(row: Any, column: str) -> str:
+    value = row.get(column)
+    if column == "95% interval":
+        low, high = row.get("95% low"), row.get("95% high")
+        return f"{low:.1f}-{high:.1f}" if analysis_is_number(low) and analysis_is_number(high) else "–"
+    if column == "measured: gain" and analysis_is_number(value):
+        return f"{float(value):+.1f}" + (f"\n{row.get('gain is')}" if row.get("gain is") else "")
+    if column == "measured: top-1" and analysis_is_number(value):
+        return f"{float(value):.1f}%"
+    return format_value(value, column)
+
+
 @_styled
 def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: str | Path | None = None,
                   name: str = "roadmap_table") -> Figure:
-    """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture."""
-    columns = ["phase", "technique", "plan: recipe", "plan: gain", "plan: top-1", "measured: top-1", "95% interval",
-               "measured: gain", "gain against", "trained", "train min"]
-    headers = ["phase", "technique", "plan\nrecipe", "plan\ngain", "plan\ntop-1", "measured\ntop-1",
-               "95%\ninterval", "measured\ngain", "gain against", "trained", "train\nminutes"]
+    """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture.
+
+    Each column is as wide as its longest (wrapped) line and each row as tall as its tallest cell, so every text
+    fits its cell. "this run trained" says what the profile ran (e.g. "lite2 @160 px, 2 epochs"), which is
+    not the plan's recipe; "gain is" follows the paired test where the ledger has the photos fixed and broken.
+    """
     rows = results.reset_index(drop=True)
-    cells = []
+    texts = [[h for _, h, _ in ROADMAP_COLUMNS]]
     for _, row in rows.iterrows():
-        cell = []
-        for c in columns:
-            value = row.get(c)
-            if c == "95% interval":
-                low, high = row.get("95% low"), row.get("95% high")
-                cell.append(f"{low:.1f}-{high:.1f}" if np.isfinite(float(low if low is not None else np.nan)) else "–")
-            elif c == "measured: gain" and isinstance(value, float) and np.isfinite(value):
-                cell.append(f"{value:+.1f}" + ("\n(within noise)" if row.get("gain is") == "within noise" else ""))
-            elif c == "measured: top-1" and isinstance(value, float) and np.isfinite(value):
-                cell.append(f"{value:.1f}%")
-            else:
-                cell.append(textwrap.fill(format_value(value, c), 26))
-        cells.append(cell)
-    fig, ax = _figure(17, 1.0 + 0.48 * (len(rows) + 1))
+        texts.append(["\n".join(textwrap.fill(part, width) for part in _roadmap_cell(row, c).split("\n"))
+                      for c, _, width in ROADMAP_COLUMNS])
+    char_in, line_in, pad_in = 0.074, 0.19, 0.14  # 9 pt text: inches per character and per line
+    widths = [max(max(len(line) * (1.15 if r == 0 else 1.0) for line in t.split("\n")) for r, t in enumerate(col))
+              * char_in + pad_in for col in zip(*texts)]  # the bold header is wider per character
+    heights = [max(t.count("\n") + 1 for t in row) * line_in + pad_in for row in texts]
+    fig, ax = _figure(sum(widths) + 0.2, sum(heights) + 0.6)
     ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=headers, loc="upper left", cellLoc="left", colLoc="left")
+    table = ax.table(cellText=texts[1:], colLabels=texts[0], cellLoc="left", colLoc="left", bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    widths = [0.05, 0.19, 0.11, 0.07, 0.07, 0.06, 0.07, 0.07, 0.13, 0.13, 0.05]
     for (r, c), cell in table.get_celld().items():
-        cell.set_width(widths[c])
-        cell.set_height(1.0 / (len(rows) + 1.5))
-        cell.PAD = 0.04
+        cell.set_width(widths[c] / sum(widths))
+        cell.set_height(heights[r] / sum(heights))
+        cell.PAD = 0.5 * pad_in / widths[c]
         cell.set_edgecolor("#dddddd")
+        cell.get_text().set_va("center")
         if r == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#eeeeee")
-        elif columns[c].startswith("measured"):
+        elif ROADMAP_COLUMNS[c][0] in ("trained", "measured: top-1", "95% interval", "measured: gain", "paired p",
+                                       "train min"):
             cell.set_facecolor("#eef3fb")
     ax.set_title(title or "The plan's roadmap with the measured numbers", loc="left")
     save_figure(fig, name, folder)
@@ -740,6 +795,6 @@ def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: st
 
 
 __all__ = ["save_figure", "training_curves", "confusion_matrix", "top_confusions", "failure_gallery",
-           "prediction_changes", "class_samples", "augmentation_preview", "transform_steps", "mixed_batch",
+           "prediction_changes", "error_analysis", "Figures", "class_samples", "augmentation_preview", "transform_steps", "mixed_batch",
            "compare_top1", "tta_gain", "tta_views", "ensemble_vs_members", "student_vs_teacher", "roadmap_chart",
            "roadmap_table", "pretty"]

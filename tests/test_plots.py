@@ -375,12 +375,12 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
     assert table.loc["3.3", "gain is"] == "within noise" and not analysis.is_number(table.loc["2.1", "paired p"])
     assert analysis.format_table(table.reset_index()).set_index("phase").loc["3.2", "paired p"] == "0.0129"
     assert table.loc["2.1", "plan: top-1"] == "82-86%"
-    assert table.loc["baseline", "trained"] == "tf_efficientnet_lite0 @112, 4 epochs"
+    assert table.loc["baseline", "trained"] == "lite0 @112 px, 4 epochs"
     assert table.loc["baseline", "technique"] == "Baseline"  # the plan's B0 recipe is its own column
     assert table.loc["3.1", "source"] == "an earlier course run" and table.loc["4.2", "source"] == "not measured"
     paths = c.save_results(c.results())
     markdown = paths["markdown"].read_text()
-    assert "| 2.1 | Upgrade to B3 | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
+    assert "| 2.1 | Larger backbone | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
     with pytest.raises(UserError, match="not in the plan's roadmap"):
         c.record("6.2", tmp_path, {"top1": 1.0})
     fig = plots.roadmap_table(c.results(), folder=tmp_path, name="table")
