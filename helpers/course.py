@@ -85,7 +85,7 @@ ROADMAP: dict[str, Phase] = {
     "3.3": Phase("Mixup/CutMix", "B3, 150 epochs", "+0h", "+3%", "88.5-92.5%", "advanced augmentation (3.2)"),
     "3.4": Phase("Test-time augmentation", "the 3.5 model", "+0h", "+1.5%", "90-94%", "the same model, one view"),
     "3.5": Phase("Two-stage training (+3.6 discriminative LRs)", "B3, 10 + 100 epochs", "+2h", "+2%", "92-96%",
-                 "one stage (3.3)"),
+                 "one stage of the same length (05)"),
     "4.1": Phase("Higher resolution", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%", "two-stage model (3.5)"),
     "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%", "its best member"),
     "4.3": Phase("Knowledge distillation (optional)", "student with a B4 teacher", "", "+1-2% (student)", "",
@@ -240,13 +240,18 @@ class Course:
                           tta=tta, device=self.device, predictions=str(path), num_workers=self.num_workers)
         return {**result, "predictions": str(path)}
 
-    def test_result(self, notebook: str, run: str) -> dict[str, float]:
-        """{"top1", "n"} of a run of this course on the test split (its summary.json); NaN when it has not run."""
+    def test_result(self, notebook: str, run: str) -> dict[str, Any]:
+        """{"top1", "n"} of a run of this course on the test split (its summary.json), with "predictions" when
+        that notebook kept its per-image predictions (for the paired test); NaN when it has not run."""
         summary = self.run_dir(notebook, run) / "summary.json"
         if not summary.is_file():
             return {"top1": float("nan"), "n": 0}
         data = json.loads(summary.read_text())
-        return {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
+        result: dict[str, Any] = {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
+        predictions = self.output_dir / "predictions" / f"{notebook}-{run}-test.csv"  # as `evaluate` names them
+        if predictions.is_file():
+            result["predictions"] = str(predictions)
+        return result
 
     def record(self, phase: str, run: str | Path | list, test: dict[str, Any], *, technique: str | None = None,
                reference: str | None = None, reference_top1: float | dict | None = None) -> dict[str, Any]:

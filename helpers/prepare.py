@@ -59,7 +59,7 @@ def _per_class(text: str) -> tuple[int, int]:
     try:
         train, test = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--per-class takes two counts, TRAIN,TEST (e.g. 75,25), not {text!r}")
+        raise argparse.ArgumentTypeError(f"--per-class takes two counts, TRAIN,TEST (e.g. 75,25), not {text!r}") from None
     if train < 1 or test < 1:
         raise argparse.ArgumentTypeError(f"--per-class counts must be positive, got {text!r}")
     return train, test

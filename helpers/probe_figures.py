@@ -32,10 +32,12 @@ def l2_sweep(runs: dict[str, str | Path], *, folder: str | Path | None = None, n
             best = max(sweep, key=lambda r: (round(r["top1"], 6), -r["loss"]))
             ax.plot([best["l2"]], [best["top1"]], marker="*", markersize=14, color=line.get_color())
         ax.set_xscale("log")
-        ax.set_xlabel("L2 strength of the weights (mean-loss scale; larger = simpler classifier)")
+        ax.set_xlabel("regularisation strength λ: the loss is the mean cross-entropy + λ·|W|²\n"
+                      "(larger = smaller weights, a simpler classifier)")
         ax.set_ylabel("val top-1 (%)")
         ax.legend(loc="lower left", fontsize=9)
-        ax.set_title(title or "Linear probes: val top-1 against the L2 strength (star: chosen)", fontsize=10)
+        ax.set_title(title or "Linear probes (a logistic regression on frozen features): validation top-1 against "
+                              "λ (star: the λ chosen)", fontsize=10)
     plots.save_figure(fig, name, folder)
     return fig
 

@@ -58,7 +58,8 @@ def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
              for run in ("07_high_resolution/hires", "08_ensemble/b4", "08_ensemble/resnet101")}
     assert sizes == {"07_high_resolution/hires": 96, "08_ensemble/b4": 95, "08_ensemble/resnet101": 56}
     student = yaml.safe_load((out / "models" / "09_distillation" / "student" / "config.yaml").read_text())
-    assert student["teacher"] == [str(out / "models" / "08_ensemble" / "b4")]
+    assert student["teacher"] == [str(out / "models" / n / r) for n, r in
+                                  (("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101"))]
     with open(out / "ledger.csv") as f:
         rows = {r["phase"]: r for r in csv.DictReader(f)}
     assert set(rows) >= {"baseline", "2.1", "2.2", "3.1", "3.2", "3.3", "3.4", "3.5", "4.1", "4.2", "4.3"}
