@@ -65,3 +65,55 @@ def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
     assert set(rows) >= {"baseline", "2.1", "2.2", "3.1", "3.2", "3.3", "3.4", "3.5", "4.1", "4.2", "4.3"}
     assert rows["4.2"]["backbone"] == "ensemble of 3" and rows["baseline"]["profile"] == "full-rehearsal"
     assert all(int(float(r["test_n"])) == 101 for r in rows.values())
+
+
+def test_the_medium_profiles_plan_is_complete_and_valid_in_every_notebook():
+    """Every notebook has medium settings that make valid configs, in the rehearsal and as they are, with the
+    offline lite weights, and every run a notebook needs in medium is trained by an earlier notebook."""
+    from helpers.config import TrainConfig, make_config
+    from helpers.environment import parameters
+    from helpers.notebooks import required_runs
+
+    made: set[tuple[str, str]] = set()
+    for name in course.notebooks():
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        p = parameters(path)
+        for key, value in p.items():
+            if isinstance(value, dict) and "demo" in value:
+                assert "medium" in value, f"{name}: {key} has no medium entry"
+        fields = set(TrainConfig.__dataclass_fields__)
+        extras = {}  # the notebook's technique literals (TECHNIQUE, RECIPE, SCHEDULE, STAGE2, ...) over the settings
+        for key, value in p.items():
+            if key.isupper() and isinstance(value, dict) and value and set(value) <= fields:
+                extras.update(value)
+        settings = p.get("SETTINGS", {}).get("medium", {})
+        runs = settings if all(isinstance(v, dict) for v in settings.values()) else {"run": settings}
+        for run, values in runs.items():
+            if not values:
+                continue
+            assert values["pretrained"] == "offline" and values["backbone"].startswith("tf_efficientnet_lite"), run
+            make_config({**values, **extras, "dataset": "food-101", "data_dir": str(THUMBS)})
+            make_config({**course.rehearsal({**values, **extras}), "dataset": "food-101", "data_dir": str(THUMBS)})
+        for needed in required_runs(path, "medium"):
+            assert needed in made, f"{name} needs {needed}, which no earlier notebook trains in medium"
+        made |= {(name, r) for r in ("baseline", "b3", "resnet50", "schedule", "advanced", "mixup", "stage1",
+                                     "stage2", "one-stage", "hires", "same-size")}
+
+
+def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
+    out = tmp_path / "rehearsal-medium"
+    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "medium",
+                          "--out", str(out), "--only", "01", "-p", "ledger", str(out / "ledger.csv")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert state["profile"] == "medium" and state["parameters"]["rehearse"] is True
+    cfg = yaml.safe_load((out / "models" / "01_baseline" / "baseline" / "config.yaml").read_text())
+    assert (cfg["backbone"], cfg["pretrained"], cfg["max_steps"], cfg["image_size"]) == \
+        ("tf_efficientnet_lite0", "none", 2, 56)  # medium's 224 px, a quarter of it
+    assert Path(cfg["data_dir"]) == THUMBS
+    with open(out / "ledger.csv") as f:
+        assert [r["profile"] for r in csv.DictReader(f)] == ["medium-rehearsal"]
+    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "demo"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--rehearse rehearses the full profile" in res.stderr
