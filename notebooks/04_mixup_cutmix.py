@@ -76,8 +76,8 @@ images, labels, class_names = engine.sample_batch(cfg, n=4, train=False, one_per
 mixes = {"mixup, λ = 0.6": engine.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=False),
          "CutMix, λ = 0.6": engine.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=True)}
 plots.mixed_batch(images, mixes, class_names=class_names, folder=c.figures, name="04_mix_preview",
-                  title="Mixup and CutMix at a fixed λ = 0.6 (the trainer's Mixup), each photo mixed with its "
-                        "mirror in the batch; the soft targets below")
+                  title="Mixup and CutMix at a fixed λ = 0.6 (the trainer's Mixup): photo 1 mixed with 4, 2 with 3; "
+                        "the soft targets below")
 
 # %% [markdown]
 # ## Train
