@@ -91,7 +91,7 @@ plots.training_curves({"baseline": cfg.output_dir}, title="01 · Baseline traini
 
 # %%
 test = c.evaluate(cfg.output_dir)
-print(f"test top-1 {test['top1']:.1f}% (95% interval {analysis.with_interval(test['top1'], test['n'])}), "
+print(f"test top-1 {analysis.with_interval(test['top1'], test['n'])} (with its 95% interval), "
       f"top-5 {test['top5']:.1f}% on {test['n']} photos")
 plots.error_analysis(test["predictions"], title="01 · Baseline", prefix="01", folder=c.figures)
 
