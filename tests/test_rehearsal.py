@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import course
@@ -67,9 +68,20 @@ def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
     assert all(int(float(r["test_n"])) == 101 for r in rows.values())
 
 
-def test_the_medium_profiles_plan_is_complete_and_valid_in_every_notebook():
-    """Every notebook has medium settings that make valid configs, in the rehearsal and as they are, with the
-    offline lite weights, and every run a notebook needs in medium is trained by an earlier notebook."""
+def _configured_runs(notebook: Path) -> set[str]:
+    """The run names a notebook trains: the literal first arguments of its `c.config("name", ...)` calls."""
+    import ast
+
+    tree = ast.parse(notebook.with_suffix(".py").read_text())
+    return {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "config" and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+@pytest.mark.parametrize("profile", ["medium", "full"])
+def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
+    """Every notebook has settings for the profile that make valid configs, in the rehearsal and as they are
+    (medium: with the offline lite weights), and every run a notebook needs is trained by an earlier notebook:
+    the static half of a rehearsal, in seconds."""
     from helpers.config import TrainConfig, make_config
     from helpers.environment import parameters
     from helpers.notebooks import required_runs
@@ -80,24 +92,24 @@ def test_the_medium_profiles_plan_is_complete_and_valid_in_every_notebook():
         p = parameters(path)
         for key, value in p.items():
             if isinstance(value, dict) and "demo" in value:
-                assert "medium" in value, f"{name}: {key} has no medium entry"
+                assert profile in value, f"{name}: {key} has no {profile} entry"
         fields = set(TrainConfig.__dataclass_fields__)
         extras = {}  # the notebook's technique literals (TECHNIQUE, RECIPE, SCHEDULE, STAGE2, ...) over the settings
         for key, value in p.items():
             if key.isupper() and isinstance(value, dict) and value and set(value) <= fields:
                 extras.update(value)
-        settings = p.get("SETTINGS", {}).get("medium", {})
+        settings = p.get("SETTINGS", {}).get(profile, {})
         runs = settings if all(isinstance(v, dict) for v in settings.values()) else {"run": settings}
         for run, values in runs.items():
             if not values:
                 continue
-            assert values["pretrained"] == "offline" and values["backbone"].startswith("tf_efficientnet_lite"), run
+            if profile == "medium":
+                assert values["pretrained"] == "offline" and values["backbone"].startswith("tf_efficientnet_lite")
             make_config({**values, **extras, "dataset": "food-101", "data_dir": str(THUMBS)})
             make_config({**course.rehearsal({**values, **extras}), "dataset": "food-101", "data_dir": str(THUMBS)})
-        for needed in required_runs(path, "medium"):
-            assert needed in made, f"{name} needs {needed}, which no earlier notebook trains in medium"
-        made |= {(name, r) for r in ("baseline", "b3", "resnet50", "schedule", "advanced", "mixup", "stage1",
-                                     "stage2", "one-stage", "hires", "same-size")}
+        for needed in required_runs(path, profile):
+            assert needed in made, f"{name} needs {needed}, which no earlier notebook trains in {profile}"
+        made |= {(name, run) for run in _configured_runs(path) | set(runs if profile == "full" else ())}
 
 
 def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
