@@ -100,7 +100,7 @@ def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
                 extras.update(value)
         settings = p.get("SETTINGS", {}).get(profile, {})
         runs = settings if all(isinstance(v, dict) for v in settings.values()) else {"run": settings}
-        for run, values in runs.items():
+        for values in runs.values():
             if not values:
                 continue
             if profile == "medium":
