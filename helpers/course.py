@@ -86,8 +86,10 @@ ROADMAP: dict[str, Phase] = {
     "3.4": Phase("Test-time augmentation", "the 3.5 model", "+0h", "+1.5%", "90-94%", "the same model, one view"),
     "3.5": Phase("Two-stage training (+3.6 discriminative LRs)", "B3, 10 + 100 epochs", "+2h", "+2%", "92-96%",
                  "one stage of the same length (05)"),
-    "4.1": Phase("Higher resolution", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%", "two-stage model (3.5)"),
-    "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%", "its best member"),
+    "4.1": Phase("Higher resolution", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%",
+                 "the same fine-tune at 05's size (07)"),
+    "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%",
+                 "its best member by validation"),
     "4.3": Phase("Knowledge distillation (optional)", "student with a B4 teacher", "", "+1-2% (student)", "",
                  "the student trained alone", False),
     # Past the plan (notebook 10): stronger pretrained features, published numbers in place of the plan's.
@@ -407,7 +409,7 @@ def _trained_label(row: Any) -> str:
     if analysis.is_number(size):
         text += f" @{int(size)} px"
     if analysis.is_number(epochs):
-        text += f", {int(epochs)} epochs"
+        text += f", {int(epochs)} epoch" + ("s" if int(epochs) != 1 else "")
     return text
 
 
