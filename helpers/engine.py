@@ -415,23 +415,52 @@ def _convert_batch(x: torch.Tensor, src: dict, dst: dict) -> torch.Tensor:
     return x
 
 
-def sample_batch(cfg: TrainConfig, n: int = 8, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def sample_batch(cfg: TrainConfig, n: int = 8, *, train: bool = True,
+                 one_per_class: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One batch of `cfg`'s data as the trainer's loader gives it (its train or eval pipeline, before the
     on-device normalisation), for showing a technique on real photos.
+
+    Args:
+        train: the train split through the training pipeline (random augmentation); False: the test split through
+            the evaluation pipeline (resize and centre crop only).
+        one_per_class: the first photo of each of the first `n` classes, in class order (a batch of n classes).
 
     Returns:
         (uint8 images (n, 3, S, S), labels (n,), the dataset's class names)
     """
     splits = load_splits(cfg.dataset, cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                          seed=cfg.seed)
+    if one_per_class:
+        items = splits.train if train else splits.test
+        first = {}
+        for path, label in items:
+            first.setdefault(label, (path, label))
+        splits = dataclasses.replace(splits, **{"train" if train else "test": [first[k] for k in sorted(first)][:n]})
+        train_shuffle = False
+    else:
+        train_shuffle = train
     size = cfg.image_size or 224
     unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 pipelines leave normalisation to the device
     transform = (augment.train_transform(cfg.augment, size, *unit, uint8=True) if train
                  else augment.eval_transform(size, *unit, uint8=True))
-    loader = make_loader(ImageDataset(splits.train if train else splits.test, transform), batch_size=n, shuffle=train,
-                         seed=cfg.seed, num_workers=0)
+    loader = make_loader(ImageDataset(splits.train if train else splits.test, transform), batch_size=n,
+                         shuffle=train_shuffle, seed=cfg.seed, num_workers=0)
     images, labels, _, _ = next(iter(loader))
     return images, labels, splits.class_names
+
+
+def mix_fixed(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, lam: float,
+              cutmix: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainer's own Mixup (`make_mixup`) on one batch with its weight fixed instead of drawn: mixup with
+    weight `lam` for each image, or CutMix with a box of about 1 - `lam` of the area (the targets use the box's
+    real area). Image i is mixed with image N-1-i, as in training; the targets carry the label smoothing.
+
+    Returns:
+        (mixed images in [0, 1], (N, 3, H, W); soft targets, (N, classes))
+    """
+    mixup = make_mixup(cfg, num_classes)
+    mixup._params_per_batch = lambda: (float(lam), bool(cutmix))  # timm draws (lam, cutmix) here per batch
+    return mixup(images.float() / 255, labels.clone())
 
 
 @device_code

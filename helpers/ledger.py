@@ -50,9 +50,11 @@ COLUMNS: tuple[str, ...] = (
     "gain",  # test_top1 - reference_top1, percentage points
     "train_minutes",  # training time of this run (0 for evaluation-only phases)
     "device",
+    "fixed",  # test photos the reference got wrong and this run right (the paired test's counts)
+    "broken",  # test photos the reference got right and this run wrong
 )
 NUMBERS = ("image_size", "epochs", "test_top1", "test_top5", "test_n", "val_top1", "reference_top1", "gain",
-           "train_minutes")
+           "train_minutes", "fixed", "broken")
 DELIMITERS = (",", ";", "\t", "|")  # what spreadsheets save CSV with, by locale
 
 

@@ -4,6 +4,7 @@
     python -m helpers run-notebooks --profile full --only 01,02 -p device cuda
     python -m helpers run-notebooks --resume                          # continue the newest unfinished sequence
     python -m helpers run-notebooks --rehearse                        # the full profile's chain in minutes
+    python -m helpers run-notebooks --rehearse --profile medium       # the medium profile's chain
 
 Each sequence gets a run folder, runs/notebooks/<profile>-<YYYYmmdd-HHMMSS>/ unless --out names one:
 
@@ -64,10 +65,11 @@ def add_command(subparsers: Any) -> None:
         "run-notebooks", help="run the course's notebooks headlessly (papermill) into a run folder",
         description=__doc__.split("\n\n")[1] if __doc__ else None, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=tuple(PROFILES), default=None,
-                   help="demo (tiny set, CPU minutes; the default), full (Food-101, the plan's settings) or ci")
+                   help="demo (tiny set, CPU minutes; the default), medium (10%% of Food-101, an evening on a Mac), "
+                        "full (Food-101, the plan's settings) or ci")
     p.add_argument("--rehearse", action="store_true",
-                   help="the full profile's chain with random weights, 2 steps a run and small images, on the "
-                        "101-class thumbnails (minutes): run it before a night of the full profile")
+                   help="the full profile's chain (or --profile medium's) with random weights, 2 steps a run and "
+                        "small images, on the 101-class thumbnails (minutes): run it before a night of that profile")
     p.add_argument("--only", metavar="NN,NN", help="comma-separated notebook numbers or names, e.g. 01,02 or 06_tta")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    dest="parameters", help="a notebook parameter for every notebook (repeatable)")
@@ -270,9 +272,10 @@ def run_command(args: argparse.Namespace) -> dict:
     sources = {p.stem: p for p in find_notebooks(folder_nb)}
     parameters = {name: parse_value(value) for name, value in args.parameters}
     if args.rehearse:
-        if args.profile not in (None, "full"):
-            raise UserError("--rehearse rehearses the full profile: leave out --profile (or give --profile full).")
-        args.profile = "full"
+        if args.profile not in (None, "full", "medium"):
+            raise UserError("--rehearse rehearses the full profile (or --profile medium): not demo or ci, which "
+                            "run as they are.")
+        args.profile = args.profile or "full"
         parameters["rehearse"] = True
     for reserved in ("output_dir", "profile"):
         if reserved in parameters:
@@ -294,7 +297,8 @@ def run_command(args: argparse.Namespace) -> dict:
         profile = args.profile or "demo"
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
             raise UserError(f"--out {args.out} is a file, not a folder: give a new or existing folder for the run.")
-        folder = Path(args.out) if args.out else _new_folder(root, "rehearsal" if args.rehearse else profile)
+        folder = Path(args.out) if args.out else _new_folder(
+            root, ("rehearsal" + ("" if profile == "full" else f"-{profile}")) if args.rehearse else profile)
         if (folder / STATE).exists():
             raise UserError(f"{folder} already holds a notebook sequence. Continue it with --resume {folder}, "
                             "or choose another --out.")

@@ -23,7 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .analysis import confused_pairs, confusion_counts, failures, format_value, read_predictions, wilson, with_interval
+from .analysis import (
+    confused_pairs,
+    confusion_counts,
+    failures,
+    format_value,
+    paired_changes,
+    paired_text,
+    read_predictions,
+    wilson,
+    with_interval,
+)
+from .analysis import is_number as analysis_is_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -318,21 +329,54 @@ def failure_gallery(predictions: str | Path | pd.DataFrame, *, n: int = 16, cols
     return fig
 
 
+class Figures(dict):
+    """Several figures by name; a notebook cell ending with it shows each one (IPython's display protocol)."""
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        for fig in self.values():
+            display(fig)
+
+
+def error_analysis(predictions: str | Path | pd.DataFrame, *, title: str, prefix: str,
+                   compare_with: str | None = None, n: int = 12, folder: str | Path | None = None) -> Figures:
+    """Where a model fails, in three pictures: the confusion matrix, the pairs mistaken most often and the most
+    confident mistakes (saved as `<prefix>_confusion_matrix`, `<prefix>_top_confusions`, `<prefix>_failures`),
+    then a prompt that compares them with an earlier notebook's.
+
+    Args:
+        predictions: the test predictions CSV of the model.
+        title: what the model is, e.g. "04 · Mixup and CutMix".
+        prefix: the figures' name prefix, e.g. "04".
+        compare_with: the earlier error analysis to compare with, e.g. "01 (the baseline)".
+        n: photos in the failure gallery.
+    """
+    figures = Figures(
+        confusion_matrix=confusion_matrix(predictions, title=title, folder=folder, name=f"{prefix}_confusion_matrix"),
+        top_confusions=top_confusions(predictions, folder=folder, name=f"{prefix}_top_confusions"),
+        failures=failure_gallery(predictions, n=n, title=title, folder=folder, name=f"{prefix}_failures"))
+    pairs = confused_pairs(predictions, 3)
+    worst = "; ".join(f"{pretty(t)} → {pretty(p)} ({c})" for t, p, c in zip(pairs["true"], pairs["pred"],
+                                                                          pairs["count"])) or "none"
+    print(f"{title}: the pairs confused most often: {worst}.")
+    if compare_with:
+        print(f"Compare with {compare_with}: are these the same pairs? Did the technique fix the mistakes that "
+              "were confident, or only the close calls? Are the failures the same photos (a hard or mislabelled "
+              "photo stays wrong whatever the technique)?")
+    return figures
+
+
 @_styled
 def prediction_changes(before: str | Path | pd.DataFrame, after: str | Path | pd.DataFrame, *,
                        labels: tuple[str, str] = ("before", "after"), n: int = 8, cols: int = 4,
                        title: str | None = None, folder: str | Path | None = None,
                        name: str = "prediction_changes") -> Figure:
     """Photos whose prediction changed between two predictions CSVs of the same split: fixed ones first
-    (wrong before, right after), then broken ones (right before, wrong after)."""
-    a, _ = read_predictions(before)
-    b, _ = read_predictions(after)
-    merged = a[["path", "true", "pred", "confidence"]].merge(b[["path", "pred", "confidence"]], on="path",
-                                                             suffixes=("_a", "_b"))
-    fixed = merged[(merged["pred_a"] != merged["true"]) & (merged["pred_b"] == merged["true"])]
-    broken = merged[(merged["pred_a"] == merged["true"]) & (merged["pred_b"] != merged["true"])]
-    fixed = fixed.sort_values("confidence_b", ascending=False)
-    broken = broken.sort_values("confidence_b", ascending=False)
+    (wrong before, right after), then broken ones (right before, wrong after). The title gives the counts and
+    the exact McNemar test on them (`analysis.mcnemar`), which is also printed under the figure."""
+    changes = paired_changes(before, after)
+    fixed, broken = changes["fixed"], changes["broken"]
     show = [(r, True) for _, r in fixed.head(n).iterrows()]
     show += [(r, False) for _, r in broken.head(max(0, n - len(show))).iterrows()]
     fig, axes = _grid(max(len(show), 1), cols, 2.9, extra_height=0.55)
@@ -354,9 +398,11 @@ def prediction_changes(before: str | Path | pd.DataFrame, after: str | Path | pd
                      color=color, loc="left")
         ax.set_xlabel(f"{labels[0]}: {pretty(row['pred_a'], 22)} ({row['confidence_a']:.0%})\n"
                       f"{labels[1]}: {pretty(row['pred_b'], 22)} ({row['confidence_b']:.0%})", fontsize=9, loc="left")
-    fig.suptitle(f"{title or 'What changed'}: {len(fixed)} photos fixed, {len(broken)} broken "
-                 f"({labels[0]} → {labels[1]})")
+    verdict = "real" if changes["p"] < 0.05 else "within noise"
+    fig.suptitle(f"{title or 'What changed'} ({labels[0]} → {labels[1]}): {len(fixed)} photos fixed, {len(broken)} "
+                 f"broken; exact McNemar p = {changes['p']:.3g} ({verdict})")
     save_figure(fig, name, folder)
+    print(f"{labels[0]} → {labels[1]}: {paired_text(len(fixed), len(broken))}")
     return fig
 
 
@@ -436,20 +482,23 @@ def transform_steps(image: np.ndarray | str, *, preset: str = "advanced", size: 
 
 
 @_styled
-def mixed_batch(images: Any, mixed: Any, targets: Any, class_names: Sequence[str], *, n: int = 8,
+def mixed_batch(images: Any, mixed: Any, targets: Any = None, class_names: Sequence[str] = (), *, n: int = 8,
                 title: str | None = None, folder: str | Path | None = None, name: str = "mixed_batch") -> Figure:
     """A batch before and after the trainer's Mixup/CutMix, each mixed image labelled with its soft target.
 
     Args:
         images: the batch as the loader gives it, (N, 3, H, W) uint8 or float in [0, 1].
-        mixed: the same batch after `engine.make_mixup(cfg, classes)(images, labels)`, (N, 3, H, W).
-        targets: the soft targets that came out with it, (N, classes), rows summing to one.
+        mixed: the same batch after `engine.make_mixup(cfg, classes)(images, labels)`, (N, 3, H, W); or several
+            mixings, {row label: (mixed images, soft targets)} (e.g. `engine.mix_fixed` with mixup and CutMix).
+        targets: the soft targets that came out with `mixed` (a tensor), (N, classes), rows summing to one.
         class_names: the dataset's classes, in label order.
         n: how many of the batch to show.
     """
+    rows = dict(mixed) if isinstance(mixed, dict) else {"what the model sees": (mixed, targets)}
     n = min(n, len(images))
-    fig, axes = _figure(2.3 * n, 5.9, 2, n, squeeze=False)
-    for r, batch in enumerate((images, mixed)):
+    fig, axes = _figure(2.3 * n, 0.3 + 2.8 * (len(rows) + 1), len(rows) + 1, n, squeeze=False)
+    batches = [("the batch", images, None), *((label, *pair) for label, pair in rows.items())]
+    for r, (label, batch, soft) in enumerate(batches):
         for i in range(n):
             ax = axes[r, i]
             image = batch[i].float()
@@ -458,14 +507,15 @@ def mixed_batch(images: Any, mixed: Any, targets: Any, class_names: Sequence[str
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-            if r == 1:
-                weights = targets[i]
-                order = weights.argsort(descending=True)[:2]
-                ax.set_xlabel("\n".join(f"{float(weights[j]):.0%} {pretty(class_names[int(j)], 16)}" for j in order),
+            if soft is not None:
+                order = soft[i].argsort(descending=True)[:2]
+                ax.set_xlabel("\n".join(f"{float(soft[i][j]):.0%} {pretty(class_names[int(j)], 16)}" for j in order),
                               fontsize=9)
-        axes[r, 0].set_ylabel(("the batch", "what the model sees")[r], fontsize=11)
+            elif len(rows) > 1 or not isinstance(mixed, dict):
+                ax.set_title(f"{i + 1}", fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=11)
     fig.suptitle(title or "The trainer's Mixup/CutMix on one batch: image i is mixed with image N-1-i; the soft "
-                          "targets (smoothed) below")
+                          "targets below (label smoothing keeps a little on every class)")
     save_figure(fig, name, folder)
     return fig
 
@@ -481,13 +531,24 @@ def _top1_and_n(value: Any) -> tuple[float, float]:
     return float(value), 0.0
 
 
+def _noise(entry: Any, reference: Any, base: float, lo: float, hi: float) -> str:
+    """", p=0.39, within noise": the paired McNemar test when both results kept their predictions (the same
+    photos), else the rule of thumb that the reference lies inside the entry's 95% interval."""
+    if isinstance(entry, dict) and isinstance(reference, dict) and entry.get("predictions") \
+            and reference.get("predictions"):
+        changes = paired_changes(reference["predictions"], entry["predictions"])
+        return f", p={changes['p']:.2g}" + (", within noise" if changes["p"] >= 0.05 else "")
+    return ", within noise" if np.isfinite(lo) and lo <= base <= hi else ""
+
+
 @_styled
 def compare_top1(results: dict[str, float | dict], *, highlight: str | None = None, reference: str | None = None,
                  title: str | None = None, xlabel: str = "test top-1 (%)", folder: str | Path | None = None,
                  name: str = "compare_top1") -> Figure:
     """Top-1 per model or technique as dots on one scale with their 95% Wilson intervals, each labelled with
-    its value and its gain over `reference` (default: the first entry). A gain whose reference lies inside the
-    entry's interval is marked "(noise)". Entries that are NaN show as "not measured".
+    its value and its gain over `reference` (default: the first entry). When both carry their "predictions" the
+    gain gets the exact McNemar p on the same photos and is "within noise" for p >= 0.05; otherwise a gain whose
+    reference lies inside the entry's interval is "within noise". Entries that are NaN show as "not measured".
 
     Args:
         results: {label: top-1 in percent, or a result dict with "top1" and "n" (the interval needs n)}.
@@ -519,8 +580,7 @@ def compare_top1(results: dict[str, float | dict], *, highlight: str | None = No
         ax.plot(value, yi, "o", ms=10, color=color)
         delta = ""
         if key != reference and np.isfinite(base):
-            noise = ", within noise" if np.isfinite(lo) and lo <= base <= hi else ""
-            delta = f"  ({value - base:+.1f}{noise})"
+            delta = f"  ({value - base:+.1f}{_noise(results[key], results[reference], base, lo, hi)})"
         ax.text(max(value, hi if np.isfinite(hi) else value), yi, f"   {value:.1f}%{delta}", va="center", fontsize=10)
     ax.set_yticks(y, [textwrap.fill(k, 34) for k in labels])
     ax.set_ylim(len(labels) - 0.4, -0.6)
@@ -536,7 +596,9 @@ def compare_top1(results: dict[str, float | dict], *, highlight: str | None = No
 def tta_gain(top1_by_views: dict[int, float | dict], *, title: str | None = None, folder: str | Path | None = None,
              name: str = "tta_gain") -> Figure:
     """Test top-1 against the number of test-time views (1 = plain evaluation), with the gain of each and the
-    95% interval of each measurement (given result dicts with "n")."""
+    95% interval of each measurement (given result dicts with "n"). The title gives the gain of the largest
+    number of views (fixed in advance, never the best on test) with its paired test when the results carry
+    their predictions."""
     views = sorted(top1_by_views)
     pairs = [_top1_and_n(top1_by_views[v]) for v in views]
     values = [v for v, _ in pairs]
@@ -562,12 +624,8 @@ def tta_gain(top1_by_views: dict[int, float | dict], *, title: str | None = None
     ax.set_xticks(views)
     ax.set_xlabel("test-time views averaged (1 = plain evaluation)")
     ax.set_ylabel("test top-1 (%)")
-    best = max(range(len(views)), key=lambda i: values[i])
-    summary = f"{values[-1] - base:+.1f} points with {views[-1]} views"
-    if np.isfinite(bounds[-1]).all() and bounds[-1, 0] <= base <= bounds[-1, 1]:
-        summary += ", within noise"
-    if best != len(views) - 1 and values[best] > base:
-        summary += f" (most: {values[best] - base:+.1f} with {views[best]})"
+    summary = f"{values[-1] - base:+.1f} points with {views[-1]} views"  # the largest count, fixed in advance
+    summary += _noise(top1_by_views[views[-1]], top1_by_views[views[0]], base, *bounds[-1])
     ax.set_title(title or f"Test-time augmentation: {summary}", loc="left")
     save_figure(fig, name, folder)
     return fig
@@ -599,14 +657,20 @@ def tta_views(image: np.ndarray | str, *, views: int = 6, size: int = 224, title
 def ensemble_vs_members(result: dict[str, Any], *, title: str | None = None, folder: str | Path | None = None,
                         name: str = "ensemble_vs_members") -> Figure:
     """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`)."""
-    entries = {}
+    from .analysis import best_by_val
+
+    entries, runs = {}, {}
     for i, m in enumerate(result["members"], start=1):
-        entries[f"member {i}: {m['backbone']} @{m['image_size']}"] = {"top1": m["top1"], "n": result.get("n")}
-    best = max(entries, key=lambda k: entries[k]["top1"])
+        label = f"member {i}: {m['backbone']} @{m['image_size']}"
+        entries[label] = {"top1": m["top1"], "n": result.get("n"), **({"predictions": m["predictions"]}
+                                                                      if m.get("predictions") else {})}
+        runs[label] = m.get("model")
+    best = best_by_val(runs)  # the best member by validation top-1: the test split chooses nothing
     entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result
     gain = result["top1"] - entries[best]["top1"]
     return compare_top1(entries, highlight=list(entries)[-1], reference=best, folder=folder, name=name,
-                        title=title or f"Ensemble: {gain:+.1f} points against its best member (the deltas)")
+                        title=title or f"Ensemble: {gain:+.1f} points against its best member by validation "
+                                       "top-1 (the deltas)")
 
 
 def student_vs_teacher(teacher: dict[str, float | dict], student_alone: tuple[str, float | dict],
@@ -676,45 +740,61 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     return fig
 
 
+ROADMAP_COLUMNS = (  # (results column, header, wrap width in characters)
+    ("phase", "phase", 8), ("technique", "technique", 24), ("plan: recipe", "plan: recipe", 18),
+    ("plan: gain", "plan: gain", 9), ("plan: top-1", "plan (or published)\ntop-1", 20),
+    ("trained", "this run trained", 22), ("measured: top-1", "measured\ntop-1", 9),
+    ("95% interval", "95%\ninterval", 10), ("measured: gain", "measured\ngain", 13), ("paired p", "paired p\n(McNemar)", 9),
+    ("gain against", "gain against", 20), ("train min", "train\nminutes", 7),
+)
+
+
+def _roadmap_cell(row: Any, column: str) -> str:
+    value = row.get(column)
+    if column == "95% interval":
+        low, high = row.get("95% low"), row.get("95% high")
+        return f"{low:.1f}-{high:.1f}" if analysis_is_number(low) and analysis_is_number(high) else "–"
+    if column == "measured: gain" and analysis_is_number(value):
+        return f"{float(value):+.1f}" + (f"\n{row.get('gain is')}" if row.get("gain is") else "")
+    if column == "measured: top-1" and analysis_is_number(value):
+        return f"{float(value):.1f}%"
+    return format_value(value, column)
+
+
 @_styled
 def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: str | Path | None = None,
                   name: str = "roadmap_table") -> Figure:
-    """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture."""
-    columns = ["phase", "technique", "plan: recipe", "plan: gain", "plan: top-1", "measured: top-1", "95% interval",
-               "measured: gain", "gain against", "trained", "train min"]
-    headers = ["phase", "technique", "plan\nrecipe", "plan\ngain", "plan\ntop-1", "measured\ntop-1",
-               "95%\ninterval", "measured\ngain", "gain against", "trained", "train\nminutes"]
+    """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture.
+
+    Each column is as wide as its longest (wrapped) line and each row as tall as its tallest cell, so every text
+    fits its cell. "this run trained" says what the profile ran (e.g. "lite2 @160 px, 2 epochs"), which is
+    not the plan's recipe; "gain is" follows the paired test where the ledger has the photos fixed and broken.
+    """
     rows = results.reset_index(drop=True)
-    cells = []
+    texts = [[h for _, h, _ in ROADMAP_COLUMNS]]
     for _, row in rows.iterrows():
-        cell = []
-        for c in columns:
-            value = row.get(c)
-            if c == "95% interval":
-                low, high = row.get("95% low"), row.get("95% high")
-                cell.append(f"{low:.1f}-{high:.1f}" if np.isfinite(float(low if low is not None else np.nan)) else "–")
-            elif c == "measured: gain" and isinstance(value, float) and np.isfinite(value):
-                cell.append(f"{value:+.1f}" + ("\n(within noise)" if row.get("gain is") == "within noise" else ""))
-            elif c == "measured: top-1" and isinstance(value, float) and np.isfinite(value):
-                cell.append(f"{value:.1f}%")
-            else:
-                cell.append(textwrap.fill(format_value(value, c), 26))
-        cells.append(cell)
-    fig, ax = _figure(17, 1.0 + 0.48 * (len(rows) + 1))
+        texts.append(["\n".join(textwrap.fill(part, width) for part in _roadmap_cell(row, c).split("\n"))
+                      for c, _, width in ROADMAP_COLUMNS])
+    char_in, line_in, pad_in = 0.074, 0.19, 0.14  # 9 pt text: inches per character and per line
+    widths = [max(max(len(line) * (1.15 if r == 0 else 1.0) for line in t.split("\n")) for r, t in enumerate(col))
+              * char_in + pad_in for col in zip(*texts)]  # the bold header is wider per character
+    heights = [max(t.count("\n") + 1 for t in row) * line_in + pad_in for row in texts]
+    fig, ax = _figure(sum(widths) + 0.2, sum(heights) + 0.6)
     ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=headers, loc="upper left", cellLoc="left", colLoc="left")
+    table = ax.table(cellText=texts[1:], colLabels=texts[0], cellLoc="left", colLoc="left", bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    widths = [0.05, 0.19, 0.11, 0.07, 0.07, 0.06, 0.07, 0.07, 0.13, 0.13, 0.05]
     for (r, c), cell in table.get_celld().items():
-        cell.set_width(widths[c])
-        cell.set_height(1.0 / (len(rows) + 1.5))
-        cell.PAD = 0.04
+        cell.set_width(widths[c] / sum(widths))
+        cell.set_height(heights[r] / sum(heights))
+        cell.PAD = 0.5 * pad_in / widths[c]
         cell.set_edgecolor("#dddddd")
+        cell.get_text().set_va("center")
         if r == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#eeeeee")
-        elif columns[c].startswith("measured"):
+        elif ROADMAP_COLUMNS[c][0] in ("trained", "measured: top-1", "95% interval", "measured: gain", "paired p",
+                                       "train min"):
             cell.set_facecolor("#eef3fb")
     ax.set_title(title or "The plan's roadmap with the measured numbers", loc="left")
     save_figure(fig, name, folder)
@@ -722,6 +802,6 @@ def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: st
 
 
 __all__ = ["save_figure", "training_curves", "confusion_matrix", "top_confusions", "failure_gallery",
-           "prediction_changes", "class_samples", "augmentation_preview", "transform_steps", "mixed_batch",
+           "prediction_changes", "error_analysis", "Figures", "class_samples", "augmentation_preview", "transform_steps", "mixed_batch",
            "compare_top1", "tta_gain", "tta_views", "ensemble_vs_members", "student_vs_teacher", "roadmap_chart",
            "roadmap_table", "pretty"]

@@ -11,6 +11,12 @@ takes the original takes the copy. Images are decoded with EXIF orientation appl
 interpolation and re-encoded (JPEG quality 90 by default); images already small enough are copied byte for byte.
 Unreadable files are copied unchanged, so training reports them exactly as it would for the original.
 The work is parallel, and an interrupted run continues where it stopped (every file is written atomically).
+
+`--per-class 75,25` copies only a fixed part of each class of the official lists: the first 75 train and 25 test
+ids of each class in the sorted meta/train.txt and meta/test.txt (the same ids for everyone), and writes those
+lists as the copy's meta/train.txt and meta/test.txt. That is the `medium` profile's data (10% of Food-101):
+
+    python -m helpers prepare --data-dir data/food-101 --out data/food-101-medium --short-side 288 --per-class 75,25
 """
 
 from __future__ import annotations
@@ -43,16 +49,59 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images (1-100)")
     p.add_argument("--workers", type=int, default=-1, help="processes (-1: one per CPU core)")
     p.add_argument("--overwrite", action="store_true", help="redo every file, even when --out holds a finished copy")
+    p.add_argument("--per-class", metavar="TRAIN,TEST", type=_per_class, default=None,
+                   help="Food-101 layout only: copy the first TRAIN train and TEST test ids of each class of the "
+                        "sorted official lists (75,25: the medium profile's fixed 10%%)")
     p.set_defaults(func=_run)
+
+
+def _per_class(text: str) -> tuple[int, int]:
+    try:
+        train, test = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--per-class takes two counts, TRAIN,TEST (e.g. 75,25), not {text!r}") from None
+    if train < 1 or test < 1:
+        raise argparse.ArgumentTypeError(f"--per-class counts must be positive, got {text!r}")
+    return train, test
+
+
+def official_subset(meta: str | Path, train: int, test: int) -> dict[str, list[str]]:
+    """The first `train` and `test` ids of each class in the sorted official lists (meta/train.txt, test.txt).
+
+    A deterministic choice, the same for everyone: the ids are Foodspotting numbers, unrelated to the photo, so
+    the first ones in sorted order are as good a sample as a seeded draw and need no seed to repeat.
+
+    Returns:
+        {"train": [...], "test": [...]}: ids like "apple_pie/1005649", in class order.
+
+    Raises:
+        UserError: a list is missing, or a class has fewer ids than asked.
+    """
+    meta = Path(meta)
+    chosen: dict[str, list[str]] = {}
+    for split, per_class in (("train", train), ("test", test)):
+        path = meta / f"{split}.txt"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: --per-class needs the Food-101 layout (meta/train.txt and "
+                            "meta/test.txt). Point --data-dir at the extracted food-101 folder.")
+        by_class: dict[str, list[str]] = {}
+        for line in path.read_text().split():
+            by_class.setdefault(line.split("/")[0], []).append(line)
+        short = [f"{c} ({len(ids)})" for c, ids in by_class.items() if len(ids) < per_class]
+        if short:
+            raise UserError(f"{path}: {len(short)} class(es) have fewer than {per_class} {split} ids: "
+                            f"{', '.join(short[:5])}. Ask for fewer with --per-class.")
+        chosen[split] = [i for c in sorted(by_class) for i in sorted(by_class[c])[:per_class]]
+    return chosen
 
 
 def _run(args: argparse.Namespace) -> dict:
     return prepare_dataset(args.data_dir, args.out, short_side=args.short_side, quality=args.quality,
-                           workers=args.workers, overwrite=args.overwrite)
+                           workers=args.workers, overwrite=args.overwrite, per_class=args.per_class)
 
 
 def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, quality: int = 90, workers: int = -1,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, per_class: tuple[int, int] | None = None) -> dict:
     """Copy the tree `src` to `dst`, shrinking every image so its short side is at most `short_side` pixels.
 
     Args:
@@ -62,6 +111,7 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
         quality: JPEG quality for re-encoded JPEGs (PNG and other formats keep their lossless encoders).
         workers: processes; -1 uses one per CPU core.
         overwrite: rewrite files that already exist in `dst` (by default an interrupted copy is continued).
+        per_class: (train, test): copy only those ids of each class (`official_subset`), with their lists.
 
     Returns:
         A summary: {"out", "short_side", "images", "resized", "copied", "unreadable", "other_files",
@@ -73,17 +123,25 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
     from .data import IMAGE_EXTENSIONS
 
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
-    _check_args(src, dst, short_side, quality, overwrite)
+    _check_args(src, dst, short_side, quality, overwrite, per_class)
     started = time.perf_counter()
+    subset = official_subset(src / "meta", *per_class) if per_class else None
+    keep = {f"images/{i}" for ids in subset.values() for i in ids} if subset else None
     images, others = [], []
     for path in sorted(src.rglob("*")):
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts):
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path.relative_to(src))
+            rel = path.relative_to(src)
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                others.append(rel)
+            elif keep is None or rel.with_suffix("").as_posix() in keep:
+                images.append(rel)
     if not images:
         raise UserError(f"{src} holds no images ({', '.join(IMAGE_EXTENSIONS)}). Point --data-dir at a dataset.")
     for rel in others:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)
+    for split, ids in (subset or {}).items():  # the copy's lists name only the photos it holds
+        atomic_write_text(dst / "meta" / f"{split}.txt", "\n".join(ids) + "\n")
     for folder in sorted({rel.parent for rel in images}):
         (dst / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(str(src / rel), str(dst / rel), short_side, quality, overwrite) for rel in images]
@@ -99,6 +157,7 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
         bytes_before += size_in
         bytes_after += size_out
     summary = {"out": str(dst), "source": str(src), "short_side": short_side, "quality": quality,
+               "per_class": list(per_class) if per_class else None,
                "images": len(jobs), "resized": counts["resized"], "copied": counts["copied"],
                "unreadable": counts["unreadable"], "already_done": counts["kept"], "other_files": len(others),
                "bytes_before": bytes_before, "bytes_after": bytes_after,
@@ -111,7 +170,8 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
     return summary
 
 
-def _check_args(src: Path, dst: Path, short_side: int, quality: int, overwrite: bool) -> None:
+def _check_args(src: Path, dst: Path, short_side: int, quality: int, overwrite: bool,
+                per_class: tuple[int, int] | None = None) -> None:
     if not src.is_dir():
         raise UserError(f"--data-dir {src} is not a folder. Point it at the dataset to copy.")
     if short_side < 32:
@@ -123,10 +183,13 @@ def _check_args(src: Path, dst: Path, short_side: int, quality: int, overwrite: 
     manifest = dst / MANIFEST
     if manifest.is_file() and not overwrite:
         previous = json.loads(manifest.read_text())
-        if previous.get("short_side") != short_side or previous.get("quality") != quality:
+        wanted = list(per_class) if per_class else None
+        if previous.get("short_side") != short_side or previous.get("quality") != quality \
+                or previous.get("per_class") != wanted:
             raise UserError(
                 f"{dst} was prepared with --short-side {previous.get('short_side')} --quality "
-                f"{previous.get('quality')}. Give another --out, the same settings, or --overwrite to redo it.")
+                f"{previous.get('quality')} --per-class {previous.get('per_class')}. Give another --out, the same "
+                "settings, or --overwrite to redo it.")
 
 
 def _map(fn, jobs: list, n_workers: int):

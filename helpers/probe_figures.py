@@ -32,10 +32,12 @@ def l2_sweep(runs: dict[str, str | Path], *, folder: str | Path | None = None, n
             best = max(sweep, key=lambda r: (round(r["top1"], 6), -r["loss"]))
             ax.plot([best["l2"]], [best["top1"]], marker="*", markersize=14, color=line.get_color())
         ax.set_xscale("log")
-        ax.set_xlabel("L2 strength of the weights (mean-loss scale; larger = simpler classifier)")
+        ax.set_xlabel("regularisation strength λ: the loss is the mean cross-entropy + λ·|W|²\n"
+                      "(larger = smaller weights, a simpler classifier)")
         ax.set_ylabel("val top-1 (%)")
         ax.legend(loc="lower left", fontsize=9)
-        ax.set_title(title or "Linear probes: val top-1 against the L2 strength (star: chosen)", fontsize=10)
+        ax.set_title(title or "Linear probes (a logistic regression on frozen features): validation top-1 against "
+                              "λ (star: the λ chosen)", fontsize=10)
     plots.save_figure(fig, name, folder)
     return fig
 
@@ -49,14 +51,13 @@ def members_vs_ensembles(members: dict[str, float | dict], ensembles: dict[str, 
     Args:
         members, ensembles: label -> top-1 in percent, or a result dict {"top1", "n"} (the 95% interval needs n).
     """
-    top1 = {k: plots._top1_and_n(v)[0] for k, v in {**members, **ensembles}.items()}
-    best = max(members, key=top1.get)
-    entries = {**members, **ensembles}
-    top = max(ensembles, key=top1.get)
-    gain = top1[top] - top1[best]
-    return plots.compare_top1(entries, highlight=top, reference=best, folder=folder, name=name,
-                              title=title or f"Probes and their combinations: {gain:+.1f} points for the best "
-                              "combination against the best single probe")
+    val = {k: float(v.get("val_top1", float("nan"))) if isinstance(v, dict) else float("nan")
+           for k, v in members.items()}
+    known = [k for k in members if np.isfinite(val[k])]
+    best = max(known, key=val.get) if known else next(iter(members))  # by validation: the test chooses nothing
+    return plots.compare_top1({**members, **ensembles}, reference=best, folder=folder, name=name,
+                              title=title or "Probes and their combinations: the deltas against the probe with "
+                              "the best val top-1")
 
 
 def probe_batch(features: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,

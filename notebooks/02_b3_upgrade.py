@@ -28,19 +28,20 @@
 # top out near **93%**, not at the 95.5-99.5% of its table; notebook 10 takes the routes that pass 95%.
 #
 # **Demo profile.** `tf_efficientnet_lite2` (the largest offline model) at 128 px stands in for B3 and
-# `tf_efficientnet_lite1` at 112 px for ResNet-50.
+# `tf_efficientnet_lite1` at 112 px for ResNet-50. **Medium:** lite2 at its own 260 px and lite1 at 240 px, 8 epochs.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
-# The run's settings in each profile (any TrainConfig field): full is the plan's, demo a CPU-sized stand-in.
+# The run's settings per profile (any TrainConfig field): full is the plan's, medium and demo stand-ins.
 SETTINGS = {
     "full": {"b3": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=100),
              "resnet50": dict(backbone="resnet50", pretrained="hub", image_size=224, batch_size=20, epochs=100)},
+    "medium": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=260, batch_size=32,
+                          epochs=8),
+               "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=240, batch_size=32,
+                                epochs=8)},
     "demo": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=4,
                         warmup_epochs=0.5),
              "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=112, batch_size=32,
@@ -53,6 +54,8 @@ SETTINGS = {
 TECHNIQUE = dict(augment="basic", lr=3e-3)  # the baseline's recipe: only the backbone changes
 train_alternative = True  # False: skip the ResNet-50 alternative (2.2)
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -78,7 +81,9 @@ plots.training_curves(runs, title="02 · B3 and the alternative", folder=c.figur
 
 # %% [markdown]
 # ## Did it help?
-# Test top-1 of each model, against the baseline of `01` when it ran in this output folder. The bars are 95% intervals over the test photos: a gain inside them is noise.
+# What differs from the baseline of `01`: the backbone and its input size; recipe, epochs and data are the same.
+# Test top-1 of each model against that baseline (when it ran in this output folder). The bars are 95% intervals
+# over the test photos; each gain carries the exact McNemar p of the photos it fixed and broken (same photos).
 
 # %%
 tests = {label: c.evaluate(run) for label, run in runs.items()}
@@ -88,18 +93,13 @@ plots.compare_top1({"baseline (01)": baseline, **tests}, highlight=next(iter(run
 
 # %%
 test = tests[next(iter(runs))]  # B3
-plots.confusion_matrix(test["predictions"], title="02 · B3", folder=c.figures, name="02_confusion_matrix")
+plots.error_analysis(test["predictions"], title="02 · B3", prefix="02", compare_with="01 (the baseline)",
+                     folder=c.figures)
 
 # %%
-plots.top_confusions(test["predictions"], folder=c.figures, name="02_top_confusions")
-
-# %%
-plots.failure_gallery(test["predictions"], n=12, title="02 · B3", folder=c.figures, name="02_failures")
-
-# %%
-c.record("2.1", b3.output_dir, test, reference_top1=baseline["top1"])
+c.record("2.1", b3.output_dir, test, reference_top1=baseline)
 if train_alternative:
-    c.record("2.2", alternative.output_dir, tests[list(runs)[1]], reference_top1=baseline["top1"])
+    c.record("2.2", alternative.output_dir, tests[list(runs)[1]], reference_top1=baseline)
 
 # %% [markdown]
 # Pick a class or a confused pair and page through the B3 model's failures (after the training cells: a widget

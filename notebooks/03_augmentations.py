@@ -24,19 +24,19 @@
 #   translates them to the 2.x API (for example `var_limit` becomes `std_range`).
 #
 # **Demo profile.** lite2 at 128 px for 5 epochs, restarts every 2 epochs. On 360 training photos a few epochs
-# cannot show what 150 epochs do: the pictures of the augmentations are the point here.
+# cannot show what 150 epochs do: the pictures of the augmentations are the point here. **Medium:** lite2 at 260 px
+# for 10 epochs, restarts every 5.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
-# The run's settings in each profile (any TrainConfig field): full is the plan's, demo a CPU-sized stand-in.
+# The run's settings per profile (any TrainConfig field): full is the plan's, medium and demo stand-ins.
 SETTINGS = {
     "full": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=150,
                  warmup_epochs=5, patience=15),
+    "medium": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=260, batch_size=32, epochs=10,
+                   warmup_epochs=1, patience=4, restart_epochs=5),
     "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=5,
                  warmup_epochs=1, patience=4, restart_epochs=2),
     "ci": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32, epochs=1,
@@ -45,6 +45,8 @@ SETTINGS = {
 SCHEDULE = dict(scheduler="cosine_restart", early_stopping=True, lr=3e-3)  # 3.1: restarts, warmup, early stopping
 AUGMENT = {"3.1": "basic", "3.2": "advanced"}  # 3.2: the same run with the plan's advanced augmentation
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -82,6 +84,10 @@ plots.training_curves({"3.1 schedule": schedule.output_dir, "3.2 advanced augmen
                       title="03 · Schedule with restarts, then advanced augmentation", folder=c.figures,
                       name="03_training_curves")
 
+# %% [markdown]
+# Each step changes one thing: 3.1 differs from 02's B3 in the schedule (epochs, warmup, restarts, early
+# stopping), 3.2 from 3.1 in the augmentation alone.
+
 # %%
 tests = {"3.1 schedule": c.evaluate(schedule.output_dir), "3.2 advanced": c.evaluate(advanced.output_dir)}
 b3 = c.test_result("02_b3_upgrade", "b3")
@@ -98,19 +104,12 @@ plots.prediction_changes(tests["3.1 schedule"]["predictions"], test["predictions
                          folder=c.figures, name="03_changes")
 
 # %%
-plots.confusion_matrix(test["predictions"], title="03 · Advanced augmentation", folder=c.figures,
-                       name="03_confusion_matrix")
+plots.error_analysis(test["predictions"], title="03 · Advanced augmentation", prefix="03",
+                     compare_with="02 (B3 with the basic recipe)", folder=c.figures)
 
 # %%
-plots.top_confusions(test["predictions"], folder=c.figures, name="03_top_confusions")
-
-# %%
-plots.failure_gallery(test["predictions"], n=12, title="03 · Advanced augmentation", folder=c.figures,
-                      name="03_failures")
-
-# %%
-c.record("3.1", schedule.output_dir, tests["3.1 schedule"], reference_top1=b3["top1"])
-c.record("3.2", advanced.output_dir, test, reference_top1=tests["3.1 schedule"]["top1"])
+c.record("3.1", schedule.output_dir, tests["3.1 schedule"], reference_top1=b3)
+c.record("3.2", advanced.output_dir, test, reference_top1=tests["3.1 schedule"])
 
 # %% [markdown]
 # Pick a photo and a preset, and move the seed (after the training cells: a widget cannot respond while a

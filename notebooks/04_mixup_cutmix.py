@@ -25,19 +25,19 @@
 # to pay off; with few epochs it usually costs accuracy. The training accuracy below is measured on mixed
 # photos, so it sits under the validation accuracy.
 #
-# **Demo profile.** The 3.2 recipe (lite2 at 128 px, advanced augmentation, restarts) plus mixup and CutMix.
+# **Demo profile.** The 3.2 recipe (lite2 at 128 px, advanced augmentation, restarts) plus mixup and CutMix
+# (medium: the same at 260 px for 10 epochs).
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
-# The run's settings in each profile (any TrainConfig field): full is the plan's, demo a CPU-sized stand-in.
+# The run's settings per profile (any TrainConfig field): full is the plan's, medium and demo stand-ins.
 SETTINGS = {
     "full": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=150,
                  warmup_epochs=5, patience=15),
+    "medium": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=260, batch_size=32, epochs=10,
+                   warmup_epochs=1, patience=4, restart_epochs=5),
     "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=5,
                  warmup_epochs=1, patience=4, restart_epochs=2),
     "ci": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32, epochs=1,
@@ -46,6 +46,8 @@ SETTINGS = {
 RECIPE = dict(scheduler="cosine_restart", early_stopping=True, lr=3e-3, augment="advanced")  # 3.2's run
 TECHNIQUE = dict(mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0)  # one of the two per batch
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -54,19 +56,28 @@ from helpers import course, engine, plots
 c = course.Course("04_mixup_cutmix", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
 cfg = c.config("mixup", {**SETTINGS[profile], **RECIPE, **TECHNIQUE, **overrides})
+without_run = c.require("03_augmentations", "advanced")  # 3.2: the same recipe without mixing
 cfg
 
 # %% [markdown]
 # ## What the trainer sees
-# One batch as the trainer's loader gives it, then through the trainer's own `Mixup` (`engine.make_mixup(cfg)`,
-# the object `helpers.train` uses): per batch either mixup or CutMix, image *i* mixed with image *N-1-i*. Each
-# mixed image is labelled with its soft target (label smoothing included), which the loss is computed against.
+# Four test photos of different classes, without any other augmentation, through the trainer's own `Mixup`
+# (`engine.make_mixup(cfg)`, the object `helpers.train` uses) with its weight fixed instead of drawn
+# (`engine.mix_fixed`): image *i* is mixed with image *N-1-i*. **Mixup** at λ = 0.6 blends 60% of one photo with
+# 40% of the other; **CutMix** at λ = 0.6 pastes a box of about 40% of the area (less where the box is clipped at
+# the border) and labels by the area actually pasted. Under each mixed image its soft target, the two largest
+# shares: label smoothing 0.1 keeps 1% on each of the other classes, so 60/40 shows as 55% / 37%.
+#
+# In training λ is drawn per batch from Beta(α, α): with mixup's α = 0.2 most draws are close to 0 or 1 (a photo
+# with a faint ghost of another), with CutMix's α = 1.0 any share is as likely as any other.
 
 # %%
-images, labels, class_names = engine.sample_batch(cfg, n=8)
-mixup = engine.make_mixup(cfg, num_classes=len(class_names))
-mixed, targets = mixup(images.float() / 255, labels)
-plots.mixed_batch(images, mixed, targets, class_names, folder=c.figures, name="04_mix_preview")
+images, labels, class_names = engine.sample_batch(cfg, n=4, train=False, one_per_class=True)
+mixes = {"mixup, λ = 0.6": engine.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=False),
+         "CutMix, λ = 0.6": engine.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=True)}
+plots.mixed_batch(images, mixes, class_names=class_names, folder=c.figures, name="04_mix_preview",
+                  title="Mixup and CutMix at a fixed λ = 0.6 (the trainer's Mixup): photo 1 mixed with 4, 2 with 3; "
+                        "the soft targets below")
 
 # %% [markdown]
 # ## Train
@@ -74,11 +85,12 @@ plots.mixed_batch(images, mixed, targets, class_names, folder=c.figures, name="0
 
 # %%
 helpers.train(cfg)
-runs = {"3.3 mixup + CutMix": cfg.output_dir}
-previous = c.run_dir("03_augmentations", "advanced")
-if (previous / "metrics.csv").is_file():
-    runs = {"3.2 without mixing (03)": previous, **runs}
+runs = {"3.2 without mixing (03)": without_run, "3.3 mixup + CutMix": cfg.output_dir}
 plots.training_curves(runs, title="04 · Mixup and CutMix", folder=c.figures, name="04_training_curves")
+
+# %% [markdown]
+# What differs from 3.2's run of `03`: mixup and CutMix alone (same backbone, size, epochs, schedule, rate and
+# augmentation).
 
 # %%
 test = c.evaluate(cfg.output_dir)
@@ -88,18 +100,15 @@ plots.compare_top1({"3.2 advanced augmentation (03)": without, "3.3 mixup + CutM
                    name="04_compare")
 
 # %%
-plots.confusion_matrix(test["predictions"], title="04 · Mixup and CutMix", folder=c.figures,
-                       name="04_confusion_matrix")
+plots.prediction_changes(without["predictions"], test["predictions"], labels=("3.2", "3.3"), folder=c.figures,
+                         name="04_changes")
 
 # %%
-plots.top_confusions(test["predictions"], folder=c.figures, name="04_top_confusions")
+plots.error_analysis(test["predictions"], title="04 · Mixup and CutMix", prefix="04",
+                     compare_with="03 (the same recipe without mixing)", folder=c.figures)
 
 # %%
-plots.failure_gallery(test["predictions"], n=12, title="04 · Mixup and CutMix", folder=c.figures,
-                      name="04_failures")
-
-# %%
-c.record("3.3", cfg.output_dir, test, reference_top1=without["top1"])
+c.record("3.3", cfg.output_dir, test, reference_top1=without)
 
 # %% [markdown]
 # ## What we saw

@@ -27,14 +27,14 @@
 # fixed in advance: choosing it by test accuracy would flatter the result.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
-VIEWS = {"full": [1, 2, 4, 6], "demo": [1, 2, 4, 6], "ci": [1, 2]}  # views compared; the ledger takes the largest
+# The numbers of views compared, fixed in advance; the ledger takes the largest.
+VIEWS = {"full": [1, 2, 4, 6], "medium": [1, 2, 4, 6], "demo": [1, 2, 4, 6], "ci": [1, 2]}
 model = None  # None: 05_two_stage's stage-2 model; or a run folder
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 from helpers import analysis, course, plots
@@ -74,7 +74,8 @@ analysis.averaged({f"{v} view(s)": t["predictions"] for v, t in tests.items() if
 
 # %% [markdown]
 # ## What the views changed
-# Photos that averaging the views fixed, and photos it broke.
+# What differs: the number of views alone (same model, same photos). Photos that averaging the views fixed, and
+# photos it broke.
 
 # %%
 plain, test = tests[views[0]], tests[max(views)]
@@ -82,18 +83,11 @@ plots.prediction_changes(plain["predictions"], test["predictions"], labels=("1 v
                          folder=c.figures, name="06_changes")
 
 # %%
-plots.confusion_matrix(test["predictions"], title=f"06 · TTA, {max(views)} views", folder=c.figures,
-                       name="06_confusion_matrix")
+plots.error_analysis(test["predictions"], title=f"06 · TTA, {max(views)} views", prefix="06",
+                     compare_with="05 (the same model, one view)", folder=c.figures)
 
 # %%
-plots.top_confusions(test["predictions"], folder=c.figures, name="06_top_confusions")
-
-# %%
-plots.failure_gallery(test["predictions"], n=12, title=f"06 · TTA, {max(views)} views", folder=c.figures,
-                      name="06_failures")
-
-# %%
-c.record("3.4", model, test, reference_top1=plain["top1"])
+c.record("3.4", model, test, reference_top1=plain)
 
 # %% [markdown]
 # ## What we saw

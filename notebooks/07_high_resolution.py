@@ -24,21 +24,26 @@
 # **What the plan expects.** B3 at 384 px, batch 8, 150 epochs: +1-3% (the table: +1.5%), about 8 more hours.
 # Memory grows with the square of the size: batch 8 at 384 px needs about as much as batch 16 at 300 px.
 #
+# **The comparison.** The fine-tune at the higher size changes two things at once: the resolution, and more
+# training (other epochs, rate and augmentation than 05's). So the same fine-tune runs twice from 05's model,
+# once at 05's own size and once at the higher one: **that pair differs in the resolution alone**, and the run
+# at 05's size against 05's model shows what the extra training alone did. (In the full profile the control is
+# another 150-epoch run of B3 at 300 px.)
+#
 # **Demo profile.** A short FixRes-style fine-tune of the lite2: 160 px (from 128), 2 epochs at lr 3e-4 with light
 # augmentation and no mixing (the full profile keeps the plan's recipe). On 150 test photos one photo is 0.7
-# points: differences of a few points are noise.
+# points: differences of a few points are noise. **Medium:** 320 px from 260, 2 epochs.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
-# The run's settings in each profile (any TrainConfig field): full is the plan's, demo a CPU-sized stand-in.
+# The run's settings per profile (any TrainConfig field): full is the plan's, medium and demo stand-ins.
 SETTINGS = {
     "full": dict(backbone="efficientnet_b3", pretrained="hub", image_size=384, batch_size=8, epochs=150, lr=1e-4,
                  augment="advanced", mixup=True, cutmix=True),
+    "medium": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=320, batch_size=32, epochs=2,
+                   lr=3e-4, warmup_epochs=0.5, augment="light"),
     "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=160, batch_size=32, epochs=2,
                  lr=3e-4, warmup_epochs=0.5, augment="light"),
     "ci": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=80, batch_size=32, epochs=1,
@@ -46,58 +51,67 @@ SETTINGS = {
 }
 TECHNIQUE = dict(head_warmup_epochs=0)  # fine-tune the trained two-stage model at a higher resolution
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, plots
+from helpers import course, inference, plots
 
 c = course.Course("07_high_resolution", profile, data_dir=data_dir, device=device, output_dir=output_dir,
                   ledger=ledger, rehearse=rehearse)
 source = c.require("05_two_stage", "stage2")
 cfg = c.config("hires", {**SETTINGS[profile], **TECHNIQUE, **overrides}, start_from=source)
+# the control: the same fine-tune at the size 05's model was trained at
+source_size = inference.load_trained(source).config["image_size"]
+control = c.config("same-size", {**SETTINGS[profile], **TECHNIQUE, **overrides, "image_size": source_size},
+                   start_from=source)
 cfg
 
 # %% [markdown]
-# ## Fine-tune at the higher resolution
+# ## Fine-tune at the higher resolution, and the same fine-tune at the old size
 # A re-run after a crash continues from the last checkpoint.
 
 # %%
 helpers.train(cfg)
-plots.training_curves({f"fine-tune at {cfg.image_size} px": cfg.output_dir}, title="07 · Higher resolution",
+helpers.train(control)
+plots.training_curves({f"fine-tune at {control.image_size} px (05's size)": control.output_dir,
+                       f"fine-tune at {cfg.image_size} px": cfg.output_dir}, title="07 · Higher resolution",
                       folder=c.figures, name="07_training_curves")
 
 # %% [markdown]
 # ## Testing bigger, and training bigger
-# The 05 model at its own size, the same model simply tested at the higher size, and the fine-tuned model.
-# The middle one is the train/test resolution effect: random crops make objects look larger in training than in
-# a centre crop at test time, so the same weights often score higher when simply tested bigger.
+# The 05 model at its own size and simply tested at the higher size (one change: the test size; random crops
+# make objects look larger in training than in a centre crop at test time, so the same weights often score
+# higher when tested bigger), then the two fine-tunes. The deltas are against the fine-tune at 05's size: the
+# fine-tune at the higher size differs from it in the resolution alone.
 
 # %%
 before = c.evaluate(source)
 bigger = c.evaluate(source, image_size=cfg.image_size)
+same_size = c.evaluate(control.output_dir)
 test = c.evaluate(cfg.output_dir)
-plots.compare_top1({"05 model at its training size": before, f"05 model tested at {cfg.image_size} px": bigger,
-                    f"fine-tuned at {cfg.image_size} px": test},
-                   highlight=f"fine-tuned at {cfg.image_size} px", title="07 · Test top-1 and resolution",
-                   folder=c.figures, name="07_compare")
+reference = f"fine-tuned at {control.image_size} px (05's size)"
+plots.compare_top1({f"05 model at {control.image_size} px": before, f"05 model tested at {cfg.image_size} px": bigger,
+                    reference: same_size, f"fine-tuned at {cfg.image_size} px": test},
+                   reference=reference, highlight=f"fine-tuned at {cfg.image_size} px",
+                   title="07 · Test top-1 and resolution", folder=c.figures, name="07_compare")
+
+# %% [markdown]
+# What the resolution alone changed: the fine-tune at 05's size against the same fine-tune at the higher size.
 
 # %%
-plots.prediction_changes(before["predictions"], test["predictions"], labels=("05", "07"), folder=c.figures,
+plots.prediction_changes(same_size["predictions"], test["predictions"],
+                         labels=(f"{control.image_size} px", f"{cfg.image_size} px"), folder=c.figures,
                          name="07_changes")
 
 # %%
-plots.confusion_matrix(test["predictions"], title="07 · Higher resolution", folder=c.figures,
-                       name="07_confusion_matrix")
+plots.error_analysis(test["predictions"], title="07 · Higher resolution", prefix="07",
+                     compare_with="05 (the same model before the fine-tune)", folder=c.figures)
 
 # %%
-plots.top_confusions(test["predictions"], folder=c.figures, name="07_top_confusions")
-
-# %%
-plots.failure_gallery(test["predictions"], n=12, title="07 · Higher resolution", folder=c.figures,
-                      name="07_failures")
-
-# %%
-c.record("4.1", cfg.output_dir, test, reference_top1=before["top1"])
+c.record("4.1", cfg.output_dir, test, reference="the same fine-tune at the old size (07)",
+         reference_top1=same_size)
 
 # %% [markdown]
 # ## What we saw

@@ -24,31 +24,33 @@
 # +2-4% (the table: +2%, to 95.5-99.5%), about 30 more hours. The full profile trains B4 and ResNet-101 here and
 # takes the B3 of `07` as the first member.
 #
-# **Demo profile.** No new training: the members are the lite2 of `07`, the lite1 of `02` and the lite2 of `04`.
+# **Demo and medium profiles.** No new training: the members are the lite2 of `07`, the lite1 of `02` and the
+# lite2 of `04`.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
 # The members trained here (full profile only: demo and ci reuse earlier runs).
 SETTINGS = {
     "full": {"b4": dict(backbone="efficientnet_b4", pretrained="hub", image_size=380, batch_size=12, epochs=150,
                         seed=123, augment="basic"),
              "resnet101": dict(backbone="resnet101", pretrained="hub", image_size=224, batch_size=16, epochs=150,
                                seed=456, augment="basic")},
+    "medium": {},
     "demo": {},
     "ci": {},
 }
-# The members averaged: (notebook, run). Full: the plan's three models; demo, ci: three earlier runs.
+# The members averaged: (notebook, run). Full: the plan's three models; medium, demo, ci: three earlier runs.
 MEMBERS = {
     "full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
+    "medium": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
     "demo": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
     "ci": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
 }
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -87,24 +89,22 @@ analysis.averaged({label: t["predictions"] for label, t in member_tests.items()}
 
 # %% [markdown]
 # ## What the ensemble changed
-# Against its best member: photos it fixed and photos it broke.
+# What differs: averaging alone (the members are the same models). Against its best member, chosen by validation
+# top-1 (the test split chooses nothing): photos it fixed and photos it broke.
 
 # %%
-best_test = max(member_tests.values(), key=lambda t: t["top1"])  # evaluated above, each on its own
+best = analysis.best_by_val({label: m["model"] for label, m in zip(member_tests, result["members"])})
+best_test = member_tests[best]
+print(f"best member by validation top-1: {best}")
 plots.prediction_changes(best_test["predictions"], result["predictions"], labels=("best member", "ensemble"),
                          folder=c.figures, name="08_changes")
 
 # %%
-plots.confusion_matrix(result["predictions"], title="08 · Ensemble", folder=c.figures, name="08_confusion_matrix")
+plots.error_analysis(result["predictions"], title="08 · Ensemble", prefix="08",
+                     compare_with="its members' (07, 02 and 04)", folder=c.figures)
 
 # %%
-plots.top_confusions(result["predictions"], folder=c.figures, name="08_top_confusions")
-
-# %%
-plots.failure_gallery(result["predictions"], n=12, title="08 · Ensemble", folder=c.figures, name="08_failures")
-
-# %%
-c.record("4.2", member_runs, result, reference_top1=best_test["top1"])
+c.record("4.2", member_runs, result, reference_top1=best_test)
 
 # %% [markdown]
 # ## What we saw

@@ -23,31 +23,40 @@
 #
 # **What the plan expects.** A B4 teacher and a B3 student: +1-2% for the student (optional step).
 #
-# **The comparison.** The student copies the settings of a run trained alone (full: the B3 of `04`; demo: the
-# lite0 baseline of `01`) and adds the teacher, so the teacher is the only difference. Demo teacher: the lite2
-# of `07`.
+# **The comparison.** The student copies the settings of a run trained alone (full: the B3 of `04`; medium and
+# demo: the lite0 baseline of `01`) and adds the teacher, so the teacher is the only difference. The teacher is
+# the ensemble of `08` (its three members averaged), as in the README's measured ladder: a teacher must know
+# more than the student, and the ensemble is the strongest model the course has.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
 # The student's settings: exactly those of the run it is compared with (REFERENCE), plus a teacher.
 SETTINGS = {
     "full": dict(backbone="efficientnet_b3", pretrained="hub", image_size=300, batch_size=16, epochs=150,
                  warmup_epochs=5, patience=15, scheduler="cosine_restart", early_stopping=True, lr=3e-3,
                  augment="advanced", mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0),
+    "medium": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=224, batch_size=32, epochs=8,
+                   augment="basic", lr=3e-3),
     "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=112, batch_size=32, epochs=4,
                  warmup_epochs=0.5, augment="basic", lr=3e-3),
     "ci": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=64, batch_size=32, epochs=1,
                warmup_epochs=0.5, augment="basic", lr=3e-3),
 }
-REFERENCE = {"full": ("04_mixup_cutmix", "mixup"), "demo": ("01_baseline", "baseline"), "ci": ("01_baseline", "baseline")}
-TEACHER = {"full": ("08_ensemble", "b4"), "demo": ("07_high_resolution", "hires"), "ci": ("07_high_resolution", "hires")}
+REFERENCE = {"full": ("04_mixup_cutmix", "mixup"), "medium": ("01_baseline", "baseline"),
+             "demo": ("01_baseline", "baseline"), "ci": ("01_baseline", "baseline")}
+# The teacher: the ensemble of 08 (its members, averaged), per profile.
+TEACHER = {
+    "full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
+    "medium": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
+    "demo": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
+    "ci": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
+}
 TECHNIQUE = dict(kd_alpha=0.7, kd_temperature=3.0)  # loss = α · T² · KL(teacher_T ‖ student_T) + (1 - α) · CE
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -56,8 +65,8 @@ from helpers import course, engine, plots
 c = course.Course("09_distillation", profile, data_dir=data_dir, device=device, output_dir=output_dir,
                   ledger=ledger, rehearse=rehearse)
 alone = c.require(*REFERENCE[profile])
-teacher = c.require(*TEACHER[profile])
-cfg = c.config("student", {**SETTINGS[profile], **TECHNIQUE, "teacher": [str(teacher)], **overrides})
+teacher = [str(c.require(notebook, run)) for notebook, run in TEACHER[profile]]  # averaged, as in 08
+cfg = c.config("student", {**SETTINGS[profile], **TECHNIQUE, "teacher": teacher, **overrides})
 cfg
 
 # %% [markdown]
@@ -82,32 +91,27 @@ plots.training_curves({"student alone": alone, "student with the teacher": cfg.o
 # %% [markdown]
 # ## Student against teacher
 
-# %%
-from helpers import inference
+# %% [markdown]
+# What differs from the student trained alone: the teacher's soft targets in the loss; settings, data and seed
+# are the same.
 
-teachers = {inference.load_trained(t).config["backbone"]: c.evaluate(t) for t in cfg.teacher}
+# %%
+teacher_test = c.ensemble(list(cfg.teacher), tag="09-teacher")
 alone_test = c.evaluate(alone)
 test = c.evaluate(cfg.output_dir)
-plots.student_vs_teacher(teachers, (cfg.backbone, alone_test), (cfg.backbone, test), folder=c.figures,
-                         name="09_student_vs_teacher")
+plots.student_vs_teacher({f"ensemble of {len(cfg.teacher)} (08)": teacher_test}, (cfg.backbone, alone_test),
+                         (cfg.backbone, test), folder=c.figures, name="09_student_vs_teacher")
 
 # %%
 plots.prediction_changes(alone_test["predictions"], test["predictions"], labels=("alone", "distilled"),
                          folder=c.figures, name="09_changes")
 
 # %%
-plots.confusion_matrix(test["predictions"], title="09 · Distilled student", folder=c.figures,
-                       name="09_confusion_matrix")
+plots.error_analysis(test["predictions"], title="09 · Distilled student", prefix="09",
+                     compare_with="01 (the student alone) and 08 (the teacher)", folder=c.figures)
 
 # %%
-plots.top_confusions(test["predictions"], folder=c.figures, name="09_top_confusions")
-
-# %%
-plots.failure_gallery(test["predictions"], n=12, title="09 · Distilled student", folder=c.figures,
-                      name="09_failures")
-
-# %%
-c.record("4.3", cfg.output_dir, test, reference_top1=alone_test["top1"])
+c.record("4.3", cfg.output_dir, test, reference_top1=alone_test)
 
 # %% [markdown]
 # ## What we saw

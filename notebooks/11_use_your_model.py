@@ -35,16 +35,15 @@
 # ```
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv (this notebook reads runs, it records nothing)
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
 model = None  # None: the course's run with the best validation top-1; or a run folder (a list: their ensemble)
 my_photos = "data/my-photos"  # your photos: a folder (read recursively), a file or a glob pattern, e.g. "~/Pictures/food"
-TEST_PHOTOS = {"full": 8, "demo": 6, "ci": 4}  # test photos shown (one per class, the first of each)
+TEST_PHOTOS = {"full": 8, "medium": 8, "demo": 6, "ci": 4}  # test photos shown (one per class, the first of each)
 TOP_K = 5  # classes shown per photo
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers

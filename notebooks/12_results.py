@@ -23,15 +23,15 @@
 #
 # Read the demo profile's numbers with care: 10 classes and 150 test photos (one photo is 0.7 points), a few
 # epochs, stand-in models at half the resolution. They show that the pipeline works and what each picture
-# looks like, not what the techniques are worth on Food-101. Only the full profile measures that.
+# looks like, not what the techniques are worth on Food-101. The medium profile (2,525 test photos) tells the
+# techniques apart; only the full profile measures what they are worth on Food-101.
 
 # %% tags=["parameters"]
-profile = "demo"  # demo: the tiny set, CPU minutes · full: Food-101 at the plan's settings (MPS/CUDA) · ci: smoke test
-data_dir = None  # None: the profile's data (demo, ci: data/food-101-tiny; full: data/food-101)
+profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
+data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-output_dir = None  # None: runs/course-<profile>; `python -m helpers run-notebooks` passes its run folder
-ledger = None  # None: runs/ledger.csv, the results ledger of every run
-rehearse = False  # True: this chain with random weights, 2 steps a run, small images (run-notebooks --rehearse)
+# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
+output_dir, ledger, rehearse = None, None, False
 
 # %%
 from helpers import analysis, course, plots
@@ -43,9 +43,13 @@ print(f"ledger {c.ledger_path}, course run {c.output_dir}")
 analysis.format_table(table.drop(columns=["in plan table"]))
 
 # %% [markdown]
-# Every measured top-1 carries its 95% interval (Wilson, over the test photos): on 150 photos one photo is 0.7
-# points and the interval is about ±7 points wide. A gain whose reference lies inside the measured interval is
-# marked "within noise": it may be real, but this test set cannot tell.
+# Every measured top-1 carries its 95% interval (Wilson, over the test photos): on the demo's 150 photos one photo
+# is 0.7 points and the interval is about ±7 points wide; on the medium profile's 2,525 about ±1.6. A gain is
+# tested on the photos themselves: both runs saw the same test photos, so only the photos one got right and the
+# other wrong tell them apart ("fixed" and "broken"). The exact McNemar test ("paired p") asks how likely that
+# split is if the change did nothing; at p >= 0.05 the gain is marked "within noise": it may be real, but this
+# test set cannot tell. (A row without the counts falls back to whether the reference lies inside the interval.)
+# "this run trained" says what ran in this profile, which is not the plan's recipe beside it.
 
 # %%
 plots.roadmap_table(table, title=f"The plan's roadmap with the measured numbers ({profile} profile)",

@@ -33,13 +33,15 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 # The figures each notebook must save (without .png), and the ledger phases it must append.
 FIGURES = {
     "00_setup": ["00_class_samples"],
-    "01_baseline": ["01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures"],
+    "01_baseline": ["01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures",
+                    "01_batchnorm_curves", "01_batchnorm", "01_batchnorm_changes"],
     "02_b3_upgrade": ["02_training_curves", "02_compare", "02_confusion_matrix", "02_top_confusions", "02_failures"],
     "03_augmentations": ["03_augmentation_preview", "03_advanced_steps", "03_training_curves", "03_compare",
                          "03_changes", "03_confusion_matrix", "03_top_confusions", "03_failures"],
-    "04_mixup_cutmix": ["04_mix_preview", "04_training_curves", "04_compare", "04_confusion_matrix",
+    "04_mixup_cutmix": ["04_mix_preview", "04_training_curves", "04_compare", "04_changes", "04_confusion_matrix",
                         "04_top_confusions", "04_failures"],
-    "05_two_stage": ["05_training_curves", "05_compare", "05_confusion_matrix", "05_top_confusions", "05_failures"],
+    "05_two_stage": ["05_training_curves", "05_one_stage_curves", "05_compare", "05_changes", "05_confusion_matrix",
+                     "05_top_confusions", "05_failures"],
     "06_tta": ["06_tta_views", "06_tta_gain", "06_changes", "06_confusion_matrix", "06_top_confusions",
                "06_failures"],
     "07_high_resolution": ["07_training_curves", "07_compare", "07_changes", "07_confusion_matrix",
@@ -163,8 +165,11 @@ def test_notebook_opens_with_an_explanation_and_a_parameters_cell(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
-    names = {t.id for node in ast.parse(code[0].source).body if isinstance(node, ast.Assign) for t in node.targets}
+    targets = [t for node in ast.parse(code[0].source).body if isinstance(node, ast.Assign) for t in node.targets]
+    names = {n.id for t in targets for n in (t.elts if isinstance(t, ast.Tuple) else [t])}
     assert {"profile", "data_dir", "device", "output_dir", "ledger", "rehearse"} <= names
+    # the plumbing papermill sets is one line at the end of the cell, out of the learner's settings
+    assert code[0].source.rstrip().endswith("output_dir, ledger, rehearse = None, None, False")
 
 
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
@@ -187,7 +192,8 @@ def test_parameters_cells_hold_the_settings_and_the_technique_as_literals():
 
     p = parameters(NOTEBOOK_DIR / "04_mixup_cutmix.ipynb")
     assert p["TECHNIQUE"] == dict(mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0)
-    assert set(p["SETTINGS"]) == {"full", "demo", "ci"} and p["SETTINGS"]["full"]["backbone"] == "efficientnet_b3"
+    assert set(p["SETTINGS"]) == {"full", "medium", "demo", "ci"}
+    assert p["SETTINGS"]["full"]["backbone"] == "efficientnet_b3"
     source = _code_cells(NOTEBOOK_DIR / "04_mixup_cutmix.ipynb")[0].source
     assert "TECHNIQUE = dict(mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0)" in source
     # a dependency on another notebook's run is one explicit line, e.g. in 07:
@@ -200,8 +206,10 @@ def test_the_runner_reads_each_notebooks_dependencies_per_profile():
     assert required_runs(NOTEBOOK_DIR / "06_tta.ipynb", "demo") == [("05_two_stage", "stage2")]
     assert required_runs(NOTEBOOK_DIR / "08_ensemble.ipynb", "full") == [("07_high_resolution", "hires")]
     assert ("04_mixup_cutmix", "mixup") in required_runs(NOTEBOOK_DIR / "08_ensemble.ipynb", "demo")
-    assert required_runs(NOTEBOOK_DIR / "09_distillation.ipynb", "full") == [("04_mixup_cutmix", "mixup"),
-                                                                              ("08_ensemble", "b4")]
+    assert required_runs(NOTEBOOK_DIR / "09_distillation.ipynb", "full") == [
+        ("04_mixup_cutmix", "mixup"), ("07_high_resolution", "hires"), ("08_ensemble", "b4"),
+        ("08_ensemble", "resnet101")]  # the student alone, and 08's ensemble as the teacher
+    assert required_runs(NOTEBOOK_DIR / "04_mixup_cutmix.ipynb", "medium") == [("03_augmentations", "advanced")]
     assert required_runs(NOTEBOOK_DIR / "01_baseline.ipynb", "demo") == []
 
 

@@ -177,6 +177,28 @@ def _mixed():
     return images, mixed, targets, names
 
 
+def test_the_mix_preview_uses_the_trainers_mixup_at_a_fixed_weight_on_a_batch_of_different_classes():
+    import torch
+
+    from helpers.config import TrainConfig
+
+    cfg = TrainConfig(data_dir=str(TINY), image_size=64, mixup=True, cutmix=True, label_smoothing=0.1)
+    images, labels, names = engine.sample_batch(cfg, n=4, train=False, one_per_class=True)
+    assert labels.tolist() == [0, 1, 2, 3]  # one photo of each class, no augmentation
+    x = images.float() / 255
+    mixed, targets = engine.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=False)
+    assert torch.allclose(mixed, 0.6 * x + 0.4 * x.flip(0), atol=1e-6)  # image i with image N-1-i
+    on, off = 0.9 + 0.1 / 10, 0.1 / 10  # label smoothing 0.1 over 10 classes
+    assert targets[0, 0].item() == pytest.approx(0.6 * on + 0.4 * off) and targets[0, 3].item() == pytest.approx(
+        0.4 * on + 0.6 * off)
+    cut, cut_targets = engine.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=True)
+    pasted = (cut != x).any(dim=1)[0].float().mean().item()  # image 0 covered by image 3: at most 40%, the box is clipped
+    assert 0.0 < pasted <= 0.4 + 1e-6 and cut_targets[0, 3].item() == pytest.approx(pasted * on + (1 - pasted) * off,
+                                                                              abs=0.02)
+    fig = plots.mixed_batch(images, {"mixup": (mixed, targets), "CutMix": (cut, cut_targets)}, class_names=names)
+    assert len(fig.axes) == 12 and "55% Apple pie" in fig.axes[4].xaxis.label.get_text()
+
+
 def test_mixed_batch_shows_the_trainers_soft_targets():
     images, mixed, targets, names = _mixed()
     assert images.dtype.is_floating_point is False and mixed.shape == images.shape
@@ -211,6 +233,52 @@ def test_a_gain_inside_the_noise_is_marked_as_such():
     low, high = analysis.wilson(80.0, 150)
     assert analysis.gain_verdict(20.0, 60.0, low, high) == "real"
     assert analysis.gain_verdict(float("nan"), 60.0, low, high) == ""
+
+
+def test_mcnemar_is_the_exact_two_sided_binomial_test_of_fixed_against_broken():
+    from math import comb
+
+    # by hand: 10 fixed, 2 broken -> n = 12, twice the lower tail P(X <= 2) of Binomial(12, 1/2)
+    assert 2 * (comb(12, 0) + comb(12, 1) + comb(12, 2)) / 2**12 == pytest.approx(0.0386, abs=5e-5)
+    assert analysis.mcnemar(10, 2) == pytest.approx(0.038574, abs=1e-6)
+    assert analysis.mcnemar(2, 10) == analysis.mcnemar(10, 2)  # two-sided: symmetric
+    assert analysis.mcnemar(0, 0) == 1.0 and analysis.mcnemar(3, 3) == 1.0  # nothing changed / a tie: capped at 1
+    assert analysis.mcnemar(5, 0) == pytest.approx(2 / 32) and analysis.mcnemar(6, 0) == pytest.approx(2 / 64)
+    assert analysis.mcnemar(1000, 950) == pytest.approx(0.2676, abs=5e-4)  # exact on thousands of photos
+    with pytest.raises(ValueError, match="counts of photos"):
+        analysis.mcnemar(-1, 2)
+    assert analysis.paired_verdict(10, 2) == "real" and analysis.paired_verdict(6, 2) == "within noise"
+    assert analysis.paired_verdict(float("nan"), 2) == ""
+    assert "p = 0.0386 (real" in analysis.paired_text(10, 2)
+
+
+def test_paired_changes_count_the_photos_fixed_and_broken(predictions, tmp_path, capsys):
+    frame = pd.read_csv(predictions)
+    after = frame.copy()
+    after.loc[[2, 3, 7], "pred"] = after.loc[[2, 3, 7], "true"]  # three mistakes fixed
+    after.loc[0, "pred"] = B  # one right answer broken
+    after.to_csv(tmp_path / "after.csv", index=False)
+    changes = analysis.paired_changes(predictions, tmp_path / "after.csv")
+    assert (len(changes["fixed"]), len(changes["broken"]), changes["n"]) == (3, 1, 12)
+    assert changes["p"] == analysis.mcnemar(3, 1) == pytest.approx(0.625)
+    plots.prediction_changes(predictions, tmp_path / "after.csv", labels=("a", "b"), folder=tmp_path, name="ch")
+    assert "a → b: 3 fixed, 1 broken: exact McNemar p = 0.625 (within noise" in capsys.readouterr().out
+
+
+def test_the_best_member_is_chosen_by_validation_never_by_test(tmp_path):
+    import json
+
+    runs = {}
+    for name, val in (("a", 80.0), ("b", 90.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"val_top1": val}))
+        runs[name] = tmp_path / name
+    assert analysis.best_by_val(runs) == "b" and analysis.val_top1(tmp_path / "missing") != 0
+    # member a is better on test, b on validation: the deltas are taken against b
+    fig = plots.ensemble_vs_members({"top1": 70.0, "n": 150, "members": [
+        {"backbone": "a", "image_size": 96, "top1": 68.0, "model": str(runs["a"])},
+        {"backbone": "b", "image_size": 96, "top1": 60.0, "model": str(runs["b"])}]})
+    assert "+10.0 points against its best member by validation" in fig.axes[0].get_title(loc="left")
 
 
 def test_tables_are_formatted_without_nan_or_four_decimals():
@@ -292,19 +360,27 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
                          "test_n": 150, "reference_top1": 60.0})
     ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "6.1", "technique": "Linear probe",
                          "test_top1": 90.0, "test_n": 150, "reference_top1": 66.0})  # a notebook added later
+    # 3.2 and 3.3: the ledger has the photos fixed and broken, so the paired test decides
+    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "3.2", "test_top1": 66.7,
+                         "test_n": 150, "reference_top1": 60.0, "fixed": 12, "broken": 2})
+    ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "3.3", "test_top1": 60.7,
+                         "test_n": 150, "reference_top1": 60.0, "fixed": 5, "broken": 4})
     c = course.Course("12_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
     table = c.results().set_index("phase")
     assert list(table.index) == [*course.ROADMAP, "6.1"] and table.loc["6.1", "technique"] == "Linear probe"
     assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)
     assert (table.loc["2.1", "95% low"], table.loc["2.1", "95% high"]) == pytest.approx(analysis.wilson(66.0, 150))
     assert table.loc["2.1", "gain is"] == "within noise" and table.loc["6.1", "gain is"] == "real"
+    assert table.loc["3.2", "paired p"] == pytest.approx(analysis.mcnemar(12, 2)) and table.loc["3.2", "gain is"] == "real"
+    assert table.loc["3.3", "gain is"] == "within noise" and not analysis.is_number(table.loc["2.1", "paired p"])
+    assert analysis.format_table(table.reset_index()).set_index("phase").loc["3.2", "paired p"] == "0.0129"
     assert table.loc["2.1", "plan: top-1"] == "82-86%"
-    assert table.loc["baseline", "trained"] == "tf_efficientnet_lite0 @112, 4 epochs"
+    assert table.loc["baseline", "trained"] == "lite0 @112 px, 4 epochs"
     assert table.loc["baseline", "technique"] == "Baseline"  # the plan's B0 recipe is its own column
     assert table.loc["3.1", "source"] == "an earlier course run" and table.loc["4.2", "source"] == "not measured"
     paths = c.save_results(c.results())
     markdown = paths["markdown"].read_text()
-    assert "| 2.1 | Upgrade to B3 | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
+    assert "| 2.1 | Larger backbone | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
     with pytest.raises(UserError, match="not in the plan's roadmap"):
         c.record("6.2", tmp_path, {"top1": 1.0})
     fig = plots.roadmap_table(c.results(), folder=tmp_path, name="table")

@@ -89,3 +89,40 @@ def test_cli_reports_bad_input_in_one_paragraph(tmp_path, capsys):
     assert err.startswith("error: --short-side must be at least 32") and err.count("\n") == 1
     assert main(["prepare", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y"),
                  "--short-side", "64"]) == 2
+
+
+META = Path(__file__).resolve().parents[2] / "shared" / "data" / "food-101-meta"
+
+
+@pytest.mark.skipif(not (META / "train.txt").is_file(), reason="the full official lists are in ../shared/data")
+def test_the_medium_subset_is_a_fixed_tenth_of_every_class_of_the_official_lists():
+    from helpers.prepare import official_subset
+
+    chosen = official_subset(META, 75, 25)
+    assert (len(chosen["train"]), len(chosen["test"])) == (7575, 2525)  # 101 classes x (75 + 25)
+    for split, per_class in (("train", 75), ("test", 25)):
+        official = (META / f"{split}.txt").read_text().split()
+        classes = {}
+        for i in chosen[split]:
+            classes.setdefault(i.split("/")[0], []).append(i)
+        assert len(classes) == 101 and {len(v) for v in classes.values()} == {per_class}
+        assert set(chosen[split]) <= set(official)
+        for c, ids in classes.items():  # the first ids of the class in sorted order: the same for everyone
+            assert ids == sorted(i for i in official if i.startswith(c + "/"))[:per_class]
+    assert chosen["train"][0] == "apple_pie/1005649" and official_subset(META, 75, 25) == chosen
+    assert not set(chosen["train"]) & set(chosen["test"])
+
+
+def test_prepare_per_class_copies_only_the_chosen_photos_with_their_lists(tmp_path):
+    out = tmp_path / "medium"
+    summary = prepare_dataset(TINY, out, short_side=SHORT, workers=1, per_class=(6, 2))
+    splits = load_splits("food-101", out)
+    train = (out / "meta" / "train.txt").read_text().split()
+    assert len(splits.class_names) == 10 and len(train) == 60 and len(splits.test) == 20
+    assert summary["images"] == 80 and len(list((out / "images").rglob("*.jpg"))) == 80
+    assert train[:6] == sorted(i for i in (TINY / "meta" / "train.txt").read_text().split()
+                               if i.startswith("apple_pie/"))[:6]
+    with pytest.raises(UserError, match="per-class"):
+        prepare_dataset(TINY, out, short_side=SHORT, workers=1, per_class=(5, 2))  # other settings, same --out
+    with pytest.raises(UserError, match="fewer than 500 train ids"):
+        prepare_dataset(TINY, tmp_path / "too-many", short_side=SHORT, workers=1, per_class=(500, 2))

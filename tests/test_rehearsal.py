@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import course
@@ -58,9 +59,73 @@ def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
              for run in ("07_high_resolution/hires", "08_ensemble/b4", "08_ensemble/resnet101")}
     assert sizes == {"07_high_resolution/hires": 96, "08_ensemble/b4": 95, "08_ensemble/resnet101": 56}
     student = yaml.safe_load((out / "models" / "09_distillation" / "student" / "config.yaml").read_text())
-    assert student["teacher"] == [str(out / "models" / "08_ensemble" / "b4")]
+    assert student["teacher"] == [str(out / "models" / n / r) for n, r in
+                                  (("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101"))]
     with open(out / "ledger.csv") as f:
         rows = {r["phase"]: r for r in csv.DictReader(f)}
     assert set(rows) >= {"baseline", "2.1", "2.2", "3.1", "3.2", "3.3", "3.4", "3.5", "4.1", "4.2", "4.3"}
     assert rows["4.2"]["backbone"] == "ensemble of 3" and rows["baseline"]["profile"] == "full-rehearsal"
     assert all(int(float(r["test_n"])) == 101 for r in rows.values())
+
+
+def _configured_runs(notebook: Path) -> set[str]:
+    """The run names a notebook trains: the literal first arguments of its `c.config("name", ...)` calls."""
+    import ast
+
+    tree = ast.parse(notebook.with_suffix(".py").read_text())
+    return {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "config" and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+@pytest.mark.parametrize("profile", ["medium", "full"])
+def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
+    """Every notebook has settings for the profile that make valid configs, in the rehearsal and as they are
+    (medium: with the offline lite weights), and every run a notebook needs is trained by an earlier notebook:
+    the static half of a rehearsal, in seconds."""
+    from helpers.config import TrainConfig, make_config
+    from helpers.environment import parameters
+    from helpers.notebooks import required_runs
+
+    made: set[tuple[str, str]] = set()
+    for name in course.notebooks():
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        p = parameters(path)
+        for key, value in p.items():
+            if isinstance(value, dict) and "demo" in value:
+                assert profile in value, f"{name}: {key} has no {profile} entry"
+        fields = set(TrainConfig.__dataclass_fields__)
+        extras = {}  # the notebook's technique literals (TECHNIQUE, RECIPE, SCHEDULE, STAGE2, ...) over the settings
+        for key, value in p.items():
+            if key.isupper() and isinstance(value, dict) and value and set(value) <= fields:
+                extras.update(value)
+        settings = p.get("SETTINGS", {}).get(profile, {})
+        runs = settings if all(isinstance(v, dict) for v in settings.values()) else {"run": settings}
+        for values in runs.values():
+            if not values:
+                continue
+            if profile == "medium":
+                assert values["pretrained"] == "offline" and values["backbone"].startswith("tf_efficientnet_lite")
+            make_config({**values, **extras, "dataset": "food-101", "data_dir": str(THUMBS)})
+            make_config({**course.rehearsal({**values, **extras}), "dataset": "food-101", "data_dir": str(THUMBS)})
+        for needed in required_runs(path, profile):
+            assert needed in made, f"{name} needs {needed}, which no earlier notebook trains in {profile}"
+        made |= {(name, run) for run in _configured_runs(path) | set(runs if profile == "full" else ())}
+
+
+def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
+    out = tmp_path / "rehearsal-medium"
+    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "medium",
+                          "--out", str(out), "--only", "01", "-p", "ledger", str(out / "ledger.csv")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    state = json.loads((out / "state.json").read_text())
+    assert state["profile"] == "medium" and state["parameters"]["rehearse"] is True
+    cfg = yaml.safe_load((out / "models" / "01_baseline" / "baseline" / "config.yaml").read_text())
+    assert (cfg["backbone"], cfg["pretrained"], cfg["max_steps"], cfg["image_size"]) == \
+        ("tf_efficientnet_lite0", "none", 2, 56)  # medium's 224 px, a quarter of it
+    assert Path(cfg["data_dir"]) == THUMBS
+    with open(out / "ledger.csv") as f:
+        assert [r["profile"] for r in csv.DictReader(f)] == ["medium-rehearsal"]
+    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "demo"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--rehearse rehearses the full profile" in res.stderr
