@@ -511,10 +511,11 @@ _announced: set[str] = set()
 
 
 def _announce_skip(path: str, exc: BaseException) -> None:
-    """Log why an image is skipped, once per file and process (the callers list the skipped paths)."""
+    """Log why an image is skipped, once per file and process, at INFO: the callers list the skipped paths and
+    warn once per discovery (a night with many bad photos must not fill the log with one warning each)."""
     if path not in _announced:
         _announced.add(path)
-        _logger.warning("Skipped an unreadable image: %s", exc)
+        _logger.info("Skipped an unreadable image: %s", exc)
 
 
 def index_seed(seed: int, epoch: int, index: int) -> int:

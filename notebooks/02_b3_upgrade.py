@@ -147,10 +147,11 @@ expectations.table(c, phases=["2.1", "2.2"])
 
 # %% [markdown]
 # ## Try it
-# 1. `train_alternative = False` (from `True`; run by the tests): skips the ResNet-50 stand-in and saves its training
-#    time. Notebook 08's demo ensemble uses that run as a member: drop it from 08's `MEMBERS` too (08's first Try it).
-# 2. `TECHNIQUE["lr"] = 1e-3` (from `3e-3`): a bigger backbone often wants a lower rate. Compare the B3 stand-in's
-#    test top-1 and its training curves.
+# 1. `train_alternative = False` (from `True`): skips the ResNet-50 stand-in and saves its training time. Notebook
+#    08's demo ensemble and 09's teacher use that run as a member: drop it from 08's `MEMBERS` (08's first Try it)
+#    and from 09's `TEACHER` too.
+# 2. `TECHNIQUE["lr"] = 1e-3` (from `3e-3`; run by the tests): a bigger backbone often wants a lower rate. Compare
+#    the B3 stand-in's test top-1 and its training curves.
 # 3. `SETTINGS["demo"]["b3"]["image_size"] = 160` (from `128`): how much of the bigger backbone's gain is resolution?
 
 # %% [markdown]

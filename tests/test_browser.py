@@ -418,7 +418,11 @@ def test_every_cell_ran_without_an_error(ui_run):
 
 
 def test_the_progress_bar_moves_during_training(ui_run):
-    samples = ui_run["bar"]  # (seconds since open, done, total)
+    samples = []  # (seconds since open, done, total) of the first bar: 01 trains a second run (BatchNorm) after it
+    for sample in ui_run["bar"]:
+        if samples and sample[1] < samples[-1][1]:
+            break
+        samples.append(sample)
     middle = sorted({done for _, done, total in samples if 0 < done < total})
     assert len(middle) >= 2, f"the bar showed {samples}: it did not move mid-epoch (see {ui_run['shots']})"
     assert [done for _, done, _ in samples] == sorted(done for _, done, _ in samples)

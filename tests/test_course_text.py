@@ -172,11 +172,6 @@ def test_every_try_it_changes_a_literal_of_the_parameters_cell(path):
             assert "ci" in params[change.name], f"{path.name}: the tested change needs a ci entry"
 
 
-def _check_02(out: Path) -> None:
-    assert (out / "models" / "02_b3_upgrade" / "b3" / "best.pt").is_file()
-    assert not (out / "models" / "02_b3_upgrade" / "resnet50").exists()
-
-
 def _check_06(out: Path) -> None:
     names = sorted(p.name for p in (out / "predictions").glob("06_tta-*"))
     assert any(n.endswith("-tta4.csv") for n in names) and not any("tta2" in n for n in names), names
@@ -189,7 +184,7 @@ def _check_08(out: Path) -> None:
 
 
 # The effect of a tested change that is not a training setting in a run's config.yaml.
-SPECIAL = {"02_b3_upgrade": _check_02, "06_tta": _check_06, "08_ensemble": _check_08}
+SPECIAL = {"06_tta": _check_06, "08_ensemble": _check_08}
 
 
 def _config_values(out: Path, notebook: str, key: str) -> list[Any]:
