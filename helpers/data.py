@@ -562,9 +562,17 @@ def default_num_workers() -> int:
 
 
 def worker_init(worker_id: int) -> None:
-    """Each DataLoader worker: one OpenCV thread (the workers are the parallelism; OpenCV's own pool in every
-    worker oversubscribes the cores). Top-level, so macOS's spawned workers can pickle it."""
+    """Each spawned DataLoader worker (macOS): one OpenCV thread (the workers are the parallelism; OpenCV's own
+    pool in every worker oversubscribes the cores). Top-level, so the spawned workers can pickle it. Forked
+    workers (Linux) do not call it: OpenCV's pool copied by fork can hang in setNumThreads (seen in the test
+    suite: a worker blocked there for 12 minutes)."""
     cv2.setNumThreads(1)
+
+
+def _spawned_workers() -> bool:
+    import multiprocessing
+
+    return sys.platform == "darwin" or multiprocessing.get_start_method() != "fork"
 
 
 MAC_EVAL_WORKERS = 2  # macOS: workers of a validation/test loader (spawned per pass, each a fresh Python + torch)
@@ -593,5 +601,5 @@ def make_loader(
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None, drop_last=False,
-        worker_init_fn=worker_init if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 and _spawned_workers() else None,
     )

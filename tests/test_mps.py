@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -209,9 +210,12 @@ def test_loader_workers_on_macos(monkeypatch):
     assert evaluation.num_workers == data.MAC_EVAL_WORKERS and not evaluation.persistent_workers
     assert training.num_workers == 4 and training.persistent_workers
     assert pickle.loads(pickle.dumps(training.worker_init_fn)) is data.worker_init  # spawn pickles it
-    monkeypatch.setattr(sys, "platform", "linux")
-    threads = data.make_loader(_Threads(), batch_size=2, shuffle=False, seed=0, num_workers=1)
-    assert [int(t) for batch in threads for t in batch] == [1, 1, 1, 1]  # cv2.setNumThreads(1) in the worker
+    monkeypatch.setattr(sys, "platform", "linux")  # forked workers: no cv2.setNumThreads (it can hang after fork)
+    forked = data.make_loader(_Threads(), batch_size=2, shuffle=False, seed=0, num_workers=1)
+    assert forked.worker_init_fn is None and len([t for batch in forked for t in batch]) == 4
+    code = "import cv2; from helpers.data import worker_init; worker_init(0); print(cv2.getNumThreads())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert res.stdout.strip() == "1"  # what a spawned worker runs first
 
 
 def test_atomic_writes_use_f_fullfsync_on_macos(monkeypatch, tmp_path):
