@@ -101,18 +101,27 @@ def parameters(notebook: Any) -> dict[str, Any]:
         for node in body:
             target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
                 node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
-            if not isinstance(target, ast.Name):
-                continue
-            try:
-                values[target.id] = _literal(node.value)
-            except (ValueError, TypeError, SyntaxError, RecursionError):
-                line = ast.get_source_segment(cell.source, node) or target.id
-                raise UserError(
-                    f"{where}: line {node.lineno} of its parameters cell, `{line.splitlines()[0][:100]}`, is not a "
-                    f"literal. Settings are literals (papermill and -p replace them): write e.g. "
-                    f"`{target.id} = 1`, and compute with it in a later cell."
-                ) from None
+            pairs = [(target, node.value)]
+            if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) \
+                    and len(target.elts) == len(node.value.elts):  # the plumbing line: a, b, c = None, None, False
+                pairs = list(zip(target.elts, node.value.elts))
+            for name, value in pairs:
+                if isinstance(name, ast.Name):
+                    values[name.id] = _parameter_value(value, name.id, node, cell.source, where)
     return values
+
+
+def _parameter_value(value: ast.AST, name: str, node: ast.AST, source: str, where: str) -> Any:
+    """One parameter's literal, or a UserError naming its line."""
+    try:
+        return _literal(value)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        line = ast.get_source_segment(source, node) or name
+        raise UserError(
+            f"{where}: line {node.lineno} of its parameters cell, `{line.splitlines()[0][:100]}`, is not a "
+            f"literal. Settings are literals (papermill and -p replace them): write e.g. "
+            f"`{name} = 1`, and compute with it in a later cell."
+        ) from None
 
 
 def _literal(node: ast.AST) -> Any:

@@ -158,3 +158,13 @@ def test_sigint_stops_run_notebooks_and_the_way_to_continue_it_works(tmp_path):
     res = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert '"00_sleep": "done"' in res.stdout
+
+
+def test_the_plumbing_line_of_a_parameters_cell_is_read_as_parameters():
+    """`output_dir, ledger, rehearse = None, None, False` ends each parameters cell: -p ledger must be accepted."""
+    from helpers.environment import parameters
+
+    for path in sorted((ROOT / "notebooks").glob("[01]*.ipynb")):
+        values = parameters(path)
+        assert {"output_dir", "ledger", "rehearse"} <= set(values), path.name
+        assert values["ledger"] is None and values["rehearse"] is False
