@@ -127,13 +127,18 @@ def test_two_identical_features_commands_at_once_the_second_exits_2(small, whole
     out = tmp_path / "feats"
     first = _popen(_features_args(small, out))
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "features.json").exists():
-        time.sleep(0.05)
-    second = run_cli(*_features_args(small, out))
+    while time.time() < deadline and not (out / ".lock").exists() and first.poll() is None:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # frozen while it holds the lock: the second surely starts "at once"
+    try:
+        assert first.poll() is None and (out / ".lock").exists(), "the first command ended before it was frozen"
+        second = run_cli(*_features_args(small, out))
+    finally:
+        first.send_signal(signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
     assert second.returncode == 2 and "is in use by process" in second.stderr, second.stderr[-2000:]
-    assert "Traceback" not in second.stderr
+    assert f"process {first.pid} " in second.stderr and "Traceback" not in second.stderr
     assert _files(out) == _files(whole)
 
 

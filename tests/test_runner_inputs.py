@@ -90,6 +90,11 @@ def test_parameters_are_found_however_the_tag_is_quoted_and_in_every_tagged_cell
     assert parameters(ipynb) == {"epochs": 1, "sizes": {"a": [1, 2], "b": -3.5}, "ledger": None}
 
 
+def test_statements_that_set_nothing_in_a_parameters_cell_are_not_settings(tmp_path):
+    ipynb = _pair(tmp_path, "00_pass", 'pass\n"a docstring"\nepochs = 2\n')
+    assert parameters(ipynb) == {"epochs": 2}
+
+
 def test_a_parameters_cell_that_is_not_literal_is_refused_naming_the_line(tmp_path):
     ipynb = _pair(tmp_path / "nb", "00_call", 'profile = "demo"\nepochs = int("1")\n')
     with pytest.raises(UserError, match=r'line 2 of its parameters cell, `epochs = int\("1"\)`, is not a literal'):
