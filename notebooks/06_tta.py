@@ -99,8 +99,9 @@ from helpers import expectations
 expectations.table(c, phases=["3.4"])
 
 # %% [markdown]
-# **How to read it.** In the demo run behind the README's figures, 6 views scored 70.7% (62.9-77.4) against 68.0%
-# for one view: +2.7 points, 4 photos net, within noise. TTA compares the same model on the same photos, so the
+# **How to read it.** In the demo run behind the README's figures, 6 views scored 56.7% (48.7-64.3) against 57.3%
+# for one view: -0.7 points, 4 photos fixed and 5 broken, McNemar p = 1, within noise (an earlier demo run, with a
+# stronger model from 05, measured +2.7 points). TTA compares the same model on the same photos, so the
 # McNemar test under the changes figure is exactly the right test: it ignores the photos both settings get right
 # or wrong and asks whether the fixed and broken ones split unevenly.
 #

@@ -125,8 +125,9 @@ expectations.table(c, phases=["4.1"])
 # %% [markdown]
 # **How to read it.** The comparison figure separates two effects: the 05 model simply *tested* at the higher size
 # (the train/test resolution effect, no training at all), and the model *fine-tuned* there. In the demo run behind
-# the README's figures the fine-tuned model scored 67.3% against 68.0% for the 05 model at its own size: -0.7
-# points, within noise. The McNemar line under the changes figure is the paired test.
+# the README's figures the model fine-tuned at 160 px scored 66.7% against 67.3% for the same fine-tune at 05's
+# 128 px: -0.7 points, 12 photos fixed and 13 broken, McNemar p = 1, within noise. The McNemar line under the
+# changes figure is the paired test.
 #
 # **Why the demo shows little.** 128 → 160 px is a small step, the demo's photos are at most 224 px (little fine
 # texture to gain), and the 2-epoch fine-tune at lr 3e-4 on 360 photos moves the model little. The README measured

@@ -251,7 +251,7 @@ def test_the_solutions_notebook_answers_every_question_and_is_no_course_notebook
 
 def test_expectations_put_the_plan_a_published_figure_and_this_run_side_by_side(tmp_path):
     c = course.Course("12_results", "demo", output_dir=str(tmp_path / "run"), ledger=str(tmp_path / "ledger.csv"))
-    # The demo's mixup run of the README's figures: 82 of 150 photos, against 3.2's 70.0%.
+    # An earlier demo run's mixup result: 82 of 150 photos, against 3.2's 70.0%.
     ledger.append(c.ledger_path, dict(course=str(c.output_dir), profile="demo", notebook="04_mixup_cutmix",
                                       phase="3.3", technique="Mixup/CutMix", test_top1=100 * 82 / 150, test_n=150,
                                       reference_top1=70.0))

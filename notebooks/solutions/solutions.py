@@ -22,7 +22,7 @@
 
 # %% [markdown]
 # ## 01 · Baseline
-# 1. The table's `this run` column prints it, e.g. 63.3% (55.4-70.6) in the demo run: a half-width of about 7.6
+# 1. The table's `this run` column prints it, e.g. 64.7% (56.7-71.9) in the demo run: a half-width of about 7.6
 #    points, which is about 11 of the 150 test photos (one photo is 0.67 points).
 # 2. The new head starts random, so its first gradients are large and point in arbitrary directions; flowing back
 #    into the pretrained backbone they would damage features that took ImageNet to learn. One epoch with the backbone
@@ -51,8 +51,9 @@
 # 2. A bigger model needs more steps to adapt all its parameters and more data to show its extra capacity: over 4
 #    epochs on 360 photos both models are far from converged, so the difference in capacity hardly shows.
 # 3. The interval is about one model's accuracy against the photos' sampling; the gain compares two models on the
-#    same photos. What matters is how many photos each model fixed and broke: 8 net could be 8 fixed and 0 broken
-#    (clear) or 30 fixed and 22 broken (chance). McNemar's test uses exactly those counts.
+#    same photos. What matters is how many photos each model fixed and broke: 7 net could be 7 fixed and 0 broken
+#    (clear) or 23 fixed and 16 broken (chance: the demo run's split, p = 0.34). McNemar's test uses exactly those
+#    counts.
 # 4. Each model is used at the input size it was designed and pretrained for: ResNet-50 at 224 px, B3 at 300 px.
 # 5. EfficientNet-B7: 93.0% on Food-101 (Tan & Le 2019, Table 5; B4: 91.5%). The plan's ladder of B3, B4 and
 #    ResNet-101 should therefore top out near 93%; 95%+ needs stronger pretrained features (notebook 10).
@@ -111,7 +112,7 @@
 #    regularising it.
 # 4. Only more head-only epochs (the default already gives one, and the x0.1 backbone rate). So the effect of a
 #    separate stage is small unless the head needs more than one epoch to settle.
-# 5. It compared stage 2 with 04's mixup run, which had collapsed to 54.7%: the "gain" measured 04's collapse.
+# 5. It compared stage 2 with 04's mixup run, which had collapsed to 52.7%: the "gain" measured 04's collapse.
 #    Stage 2 also changed the learning rate, the epochs and the schedule, so the comparison changed several things.
 # 6. On validation: stop stage 1 when its validation top-1 stops rising (early stopping), or try 1, 2, 4 epochs and
 #    compare their validation curves.
