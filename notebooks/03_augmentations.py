@@ -131,11 +131,12 @@ expectations.table(c, phases=["3.1", "3.2"])
 # **How to read it.** In the demo run behind the README's figures, 3.1 (restarts, warmup, early stopping) scored
 # 62.7%, -6.7 against the B3 stand-in of 02 (2 photos fixed, 12 broken: McNemar p = 0.013, a real loss), and 3.2
 # (advanced augmentation) 70.0%, +7.3 against 3.1 (21 fixed, 10 broken: p = 0.071, within noise). The McNemar line
-# under the "photos fixed and broken" figure is the paired test of 3.2 against 3.1. 3.1's loss has a plain cause:
-# with cycles of 2 epochs in a 5-epoch run, the rate jumps back up at each restart, so the run ends part-way down a
-# cycle instead of annealed to a low rate (look at its learning-rate curve), and early stopping on 40 validation
-# photos picks among noisy epochs. (An earlier demo run measured 66.7%, -2.0: the same settings move by several
-# points between runs of this size.)
+# under the "photos fixed and broken" figure is the paired test of 3.2 against 3.1. 3.1's loss has a plain cause
+# in the training curves: with cycles of 2 epochs the rate is low only at the ends of epochs 2 and 4 (the last
+# epoch ends part-way down a cycle), and the kept checkpoint is the best by validation top-1 on 40 photos, where
+# epochs 2 and 4 tied at 65.0% and the earlier was kept: the tested model trained 2 epochs, against 4 for 02's
+# lite2. (An earlier demo run measured 66.7%, -2.0: the same settings move by several points between runs of this
+# size.)
 #
 # **Why the demo cannot show these techniques.** Both are about long training. A schedule with warm restarts pays
 # off over 150 epochs with several cycles; the demo has 5 epochs and cycles of 2. Strong augmentation is a
