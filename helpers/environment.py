@@ -101,7 +101,7 @@ def parameters(notebook: Any) -> dict[str, Any]:
         for node in body:
             target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
                 node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
-            if target is None:  # `pass`, a bare expression, a comment-only statement: not a setting
+            if target is None:  # `pass`, a bare expression (a docstring), `x += 1`: not a setting
                 continue
             pairs = [(target, node.value)]
             if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) \

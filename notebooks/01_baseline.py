@@ -143,7 +143,8 @@ expectations.table(c, phases=["baseline"])
 # %% [markdown]
 # **How to read it.** The demo run behind the README's figures scored 64.7% (95% interval 56.7-71.9) on 150 test
 # photos of 10 classes; the same run with BatchNorm statistics updated scored 55.3% (15 photos fixed, 29 broken:
-# McNemar p = 0.049, a real loss). On 150 photos one photo is 0.67 points and the 95% interval is about ±7 points wide, so every
+# McNemar p = 0.049, a real loss). On 150 photos one photo is 0.67 points and the 95% interval is about ±7 points
+# wide, so every
 # later notebook's comparison with this number needs a paired test: the McNemar line printed under each "photos
 # fixed and broken" figure counts the photos that changed and says how likely such a split is by chance.
 #

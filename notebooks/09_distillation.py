@@ -127,10 +127,10 @@ expectations.table(c, phases=["4.3"])
 # is the only difference; the McNemar line under the changes figure is the paired test of "distilled" against
 # "alone". In the demo run behind the README's figures the teacher was 08's ensemble (72.7%) and the student scored
 # 64.0% against 64.7% alone: -0.7 points, 8 photos fixed and 9 broken, McNemar p = 1, within noise; an earlier demo
-# run, whose teacher was the single lite2 of 07 (67.3%), gave 62.7% against 63.3%. Four epochs on 360 photos are
-# too few for the softer targets to pay off. The README's ladder distilled
-# the ensemble of lite0, lite1 and lite2 (84.8%) into lite0 and gained +1.6 points on food-101-mini; this notebook
-# now uses an ensemble teacher too.
+# run, whose teacher was the single lite2 of 07 (67.3%), gave 62.7% against 63.3%. A likely reason for both: four
+# epochs on 360 photos leave the softer targets little time to pay off. The README's ladder distilled the ensemble
+# of lite0, lite1 and lite2 (84.8%) into lite0 and gained +1.6 points on food-101-mini; this notebook now uses an
+# ensemble teacher too.
 #
 # **Why distillation can help.** The teacher's softened probabilities say which wrong classes are close (a steak
 # photo that looks a bit like a filet mignon): a richer target than the one-hot label, and a regulariser. It needs
