@@ -9,35 +9,37 @@
 Importing the package has no side effects; heavy modules load when their functions are called.
 """
 
-from .config import TrainConfig, UserError, make_config
-from .utils import get_device, seed_everything
+from .base.config import TrainConfig, make_config
+from .base.devices import get_device, seed_everything
+from .base.errors import UserError
 
 __all__ = ["TrainConfig", "UserError", "make_config", "train", "evaluate", "ensemble", "predict", "get_device", "seed_everything"]
 
 
 def train(config: TrainConfig) -> dict:
-    """Train with `config` (see helpers.engine.fit); returns the summary written to summary.json."""
-    from .engine import fit
+    """Train with `config` (helpers.training.engine.fit, with the runs that --teacher and --init-from name loaded
+    by helpers.use.runs.train); returns the summary written to summary.json."""
+    from .use.runs import train as _train
 
-    return fit(config)
+    return _train(config)
 
 
 def evaluate(checkpoint: str, **kwargs) -> dict:
-    """Evaluate a trained model (see helpers.inference.evaluate)."""
-    from .inference import evaluate as _evaluate
+    """Evaluate a trained model (see helpers.use.inference.evaluate)."""
+    from .use.inference import evaluate as _evaluate
 
     return _evaluate(checkpoint, **kwargs)
 
 
 def ensemble(models: list[str], **kwargs) -> dict:
-    """Evaluate the softmax average of several trained models (see helpers.inference.ensemble)."""
-    from .inference import ensemble as _ensemble
+    """Evaluate the softmax average of several trained models (see helpers.use.inference.ensemble)."""
+    from .use.inference import ensemble as _ensemble
 
     return _ensemble(models, **kwargs)
 
 
 def predict(model_or_run, photos, **kwargs):
-    """Top-k classes of photos (files, folders, globs) as a pandas table (see helpers.predict_photos.predict)."""
-    from .predict_photos import predict as _predict
+    """Top-k classes of photos (files, folders, globs) as a pandas table (see helpers.use.predict.predict)."""
+    from .use.predict import predict as _predict
 
     return _predict(model_or_run, photos, **kwargs)

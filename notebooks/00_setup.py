@@ -48,7 +48,7 @@ download = False  # full: fetch Food-101 (about 5 GB) with torchvision when data
 output_dir, ledger, rehearse = None, None, False
 
 # %%
-from helpers import course, environment, plots
+from helpers.course import course, environment, previews
 
 c = course.Course("00_setup", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -75,8 +75,8 @@ environment.weights_status(c.root / "notebooks", profile)
 
 # %%
 samples = environment.sample_images(c.data_dir, "train")
-plots.class_samples(samples, cols=5 if len(samples) <= 20 else 10, folder=c.figures, name="00_class_samples",
-                    title=f"One training photo per class ({len(samples)} classes)")
+previews.class_samples(samples, cols=5 if len(samples) <= 20 else 10, folder=c.figures, name="00_class_samples",
+                       title=f"One training photo per class ({len(samples)} classes)")
 
 # %% [markdown]
 # ## What to expect: the plan, the published figures and this run
@@ -85,7 +85,7 @@ plots.class_samples(samples, cols=5 if len(samples) <= 20 else 10, folder=c.figu
 # ImageNet), and this profile's figure from the results ledger once the notebook has run:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c)
 
@@ -101,7 +101,7 @@ expectations.table(c)
 # **And the plan differs from print.** The plan's baseline (75-80%) is below published fine-tunes of similar
 # models (about 90%), and its final 95.5-99.5% is above the best published EfficientNet on Food-101 (B7: 93.0%):
 # the plan's ladder tops out near 93%. Notebook `10_beyond_95` takes the routes that pass 95% in print.
-
+#
 # **Does the device train like the CPU?** The doctor (`python -m helpers doctor` on the command line) runs a few
 # training steps of a small model on the device and on the CPU from the same weights and batch, compares the
 # losses, gradients and updated weights, checks that batches reach the device intact, and measures the
@@ -109,7 +109,7 @@ expectations.table(c)
 # naming what differs and the setting that avoids it.
 
 # %%
-from helpers import doctor
+from helpers.commands import doctor
 
 DOCTOR = {"full": dict(backbone="efficientnet_b0", image_size=224, batch_size=16, steps=3, bench_steps=5),
           "demo": dict(backbone="tf_efficientnet_lite0", image_size=112, batch_size=8, steps=2, bench_steps=2),

@@ -64,7 +64,7 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import analysis, course, plots, widgets
+from helpers.course import analysis, course, failures, plots, widgets
 
 c = course.Course("01_baseline", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -93,7 +93,7 @@ plots.training_curves({"baseline": cfg.output_dir}, title="01 · Baseline traini
 test = c.evaluate(cfg.output_dir)
 print(f"test top-1 {analysis.with_interval(test['top1'], test['n'])} (with its 95% interval), "
       f"top-5 {test['top5']:.1f}% on {test['n']} photos")
-plots.error_analysis(test["predictions"], title="01 · Baseline", prefix="01", folder=c.figures)
+failures.error_analysis(test["predictions"], title="01 · Baseline", prefix="01", folder=c.figures)
 
 # %%
 c.record("baseline", cfg.output_dir, test)
@@ -120,8 +120,8 @@ plots.compare_top1({"BatchNorm statistics frozen (the default)": test,
                    name="01_batchnorm")
 
 # %%
-plots.prediction_changes(test["predictions"], bn_test["predictions"], labels=("frozen", "updated"),
-                         folder=c.figures, name="01_batchnorm_changes")
+failures.prediction_changes(test["predictions"], bn_test["predictions"], labels=("frozen", "updated"),
+                            folder=c.figures, name="01_batchnorm_changes")
 
 # %% [markdown]
 # Pick a class or a confused pair and page through its failures (interactive in JupyterLab):
@@ -136,7 +136,7 @@ widgets.failure_explorer(test["predictions"])
 # "not measured yet" means the ledger has no row of this profile yet):
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["baseline"])
 

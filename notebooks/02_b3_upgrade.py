@@ -59,7 +59,7 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, plots, widgets
+from helpers.course import course, failures, plots, widgets
 
 c = course.Course("02_b3_upgrade", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -93,8 +93,8 @@ plots.compare_top1({"baseline (01)": baseline, **tests}, highlight=next(iter(run
 
 # %%
 test = tests[next(iter(runs))]  # B3
-plots.error_analysis(test["predictions"], title="02 · B3", prefix="02", compare_with="01 (the baseline)",
-                     folder=c.figures)
+failures.error_analysis(test["predictions"], title="02 · B3", prefix="02", compare_with="01 (the baseline)",
+                        folder=c.figures)
 
 # %%
 c.record("2.1", b3.output_dir, test, reference_top1=baseline)
@@ -113,7 +113,7 @@ widgets.failure_explorer(test["predictions"])
 # This run's two backbones beside the plan's figures and published full-scale ones:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["2.1", "2.2"])
 

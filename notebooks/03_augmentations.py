@@ -50,7 +50,7 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, plots, widgets
+from helpers.course import course, failures, plots, previews, widgets
 
 c = course.Course("03_augmentations", profile, data_dir=data_dir, device=device, output_dir=output_dir,
                   ledger=ledger, rehearse=rehearse)
@@ -64,14 +64,14 @@ advanced
 # preset on its own.
 
 # %%
-from helpers import environment
+from helpers.course import environment
 
 photos = environment.sample_images(c.data_dir, "train")
-plots.augmentation_preview(photos[0][0], size=advanced.image_size, folder=c.figures, name="03_augmentation_preview")
+previews.augmentation_preview(photos[0][0], size=advanced.image_size, folder=c.figures, name="03_augmentation_preview")
 
 # %%
-plots.transform_steps(photos[1][0], preset="advanced", size=advanced.image_size, folder=c.figures,
-                      name="03_advanced_steps")
+previews.transform_steps(photos[1][0], preset="advanced", size=advanced.image_size, folder=c.figures,
+                         name="03_advanced_steps")
 
 # %% [markdown]
 # ## Train both runs
@@ -100,12 +100,12 @@ plots.compare_top1({"B3 (02)": b3, **tests}, highlight="3.2 advanced", title="03
 
 # %%
 test = tests["3.2 advanced"]
-plots.prediction_changes(tests["3.1 schedule"]["predictions"], test["predictions"], labels=("3.1", "3.2"),
-                         folder=c.figures, name="03_changes")
+failures.prediction_changes(tests["3.1 schedule"]["predictions"], test["predictions"], labels=("3.1", "3.2"),
+                            folder=c.figures, name="03_changes")
 
 # %%
-plots.error_analysis(test["predictions"], title="03 · Advanced augmentation", prefix="03",
-                     compare_with="02 (B3 with the basic recipe)", folder=c.figures)
+failures.error_analysis(test["predictions"], title="03 · Advanced augmentation", prefix="03",
+                        compare_with="02 (B3 with the basic recipe)", folder=c.figures)
 
 # %%
 c.record("3.1", schedule.output_dir, tests["3.1 schedule"], reference_top1=b3)
@@ -123,7 +123,7 @@ widgets.augmentation_explorer(photos, size=advanced.image_size)
 # This run's two steps beside the plan's figures and the published ones:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["3.1", "3.2"])
 

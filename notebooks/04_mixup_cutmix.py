@@ -51,7 +51,9 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, engine, plots
+from helpers.course import course, failures, plots, previews
+from helpers.data import loaders
+from helpers.training import recipe
 
 c = course.Course("04_mixup_cutmix", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -62,8 +64,8 @@ cfg
 # %% [markdown]
 # ## What the trainer sees
 # Four test photos of different classes, without any other augmentation, through the trainer's own `Mixup`
-# (`engine.make_mixup(cfg)`, the object `helpers.train` uses) with its weight fixed instead of drawn
-# (`engine.mix_fixed`): image *i* is mixed with image *N-1-i*. **Mixup** at λ = 0.6 blends 60% of one photo with
+# (`recipe.make_mixup(cfg)`, the object `helpers.train` uses) with its weight fixed instead of drawn
+# (`recipe.mix_fixed`): image *i* is mixed with image *N-1-i*. **Mixup** at λ = 0.6 blends 60% of one photo with
 # 40% of the other; **CutMix** at λ = 0.6 pastes a box of about 40% of the area (less where the box is clipped at
 # the border) and labels by the area actually pasted. Under each mixed image its soft target, the two largest
 # shares: label smoothing 0.1 keeps 1% on each of the other classes, so 60/40 shows as 55% / 37%.
@@ -72,11 +74,11 @@ cfg
 # with a faint ghost of another), with CutMix's α = 1.0 any share is as likely as any other.
 
 # %%
-images, labels, class_names = engine.sample_batch(cfg, n=4, train=False, one_per_class=True)
-mixes = {"mixup, λ = 0.6": engine.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=False),
-         "CutMix, λ = 0.6": engine.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=True)}
-plots.mixed_batch(images, mixes, class_names=class_names, folder=c.figures, name="04_mix_preview",
-                  title="Mixup and CutMix at a fixed λ = 0.6 (the trainer's Mixup): photo 1 mixed with 4, 2 with 3; "
+images, labels, class_names = loaders.sample_batch(cfg, n=4, train=False, one_per_class=True)
+mixes = {"mixup, λ = 0.6": recipe.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=False),
+         "CutMix, λ = 0.6": recipe.mix_fixed(cfg, images, labels, len(class_names), lam=0.6, cutmix=True)}
+previews.mixed_batch(images, mixes, class_names=class_names, folder=c.figures, name="04_mix_preview",
+                     title="Mixup and CutMix at a fixed λ = 0.6 (the trainer's Mixup): photo 1 mixed with 4, 2 with 3; "
                         "the soft targets below")
 
 # %% [markdown]
@@ -100,12 +102,12 @@ plots.compare_top1({"3.2 advanced augmentation (03)": without, "3.3 mixup + CutM
                    name="04_compare")
 
 # %%
-plots.prediction_changes(without["predictions"], test["predictions"], labels=("3.2", "3.3"), folder=c.figures,
-                         name="04_changes")
+failures.prediction_changes(without["predictions"], test["predictions"], labels=("3.2", "3.3"), folder=c.figures,
+                            name="04_changes")
 
 # %%
-plots.error_analysis(test["predictions"], title="04 · Mixup and CutMix", prefix="04",
-                     compare_with="03 (the same recipe without mixing)", folder=c.figures)
+failures.error_analysis(test["predictions"], title="04 · Mixup and CutMix", prefix="04",
+                        compare_with="03 (the same recipe without mixing)", folder=c.figures)
 
 # %%
 c.record("3.3", cfg.output_dir, test, reference_top1=without)
@@ -115,7 +117,7 @@ c.record("3.3", cfg.output_dir, test, reference_top1=without)
 # This run's mixing beside the plan's figure and the published one:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["3.3"])
 

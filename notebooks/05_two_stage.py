@@ -70,8 +70,9 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import analysis, course, engine, plots
-from helpers.utils import get_device
+from helpers.base.devices import get_device
+from helpers.course import analysis, course, failures, plots
+from helpers.training import engine, recipe
 
 c = course.Course("05_two_stage", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -95,13 +96,13 @@ helpers.train(stage1)
 # %% [markdown]
 # ## Stage 2: everything learns, the backbone ten times slower
 # Stage 2 starts from stage 1's best weights (`start_from`) with its own optimizer. Its optimizer groups, as the
-# trainer builds them (`engine.make_optimizer`): the backbone at a tenth of the head's rate, no weight decay on
+# trainer builds them (`recipe.make_optimizer`): the backbone at a tenth of the head's rate, no weight decay on
 # biases and norm weights.
 
 # %%
 stage2 = c.config("stage2", {**SETTINGS[profile]["stage2"], **STAGE2, **overrides}, start_from=stage1.output_dir)
 model, _ = engine.build_model(stage2, c.class_names(), state=None, device=get_device("cpu"))
-analysis.optimizer_groups(engine.make_optimizer(model, stage2, get_device("cpu")))
+analysis.optimizer_groups(recipe.make_optimizer(model, stage2, get_device("cpu")))
 
 # %%
 helpers.train(stage2)
@@ -130,12 +131,12 @@ plots.compare_top1(tests, highlight="two stages", title="05 · Test top-1: one s
 
 # %%
 test, reference = tests["two stages"], tests["one stage, same epochs and rate"]
-plots.prediction_changes(reference["predictions"], test["predictions"], labels=("one stage", "two stages"),
-                         folder=c.figures, name="05_changes")
+failures.prediction_changes(reference["predictions"], test["predictions"], labels=("one stage", "two stages"),
+                            folder=c.figures, name="05_changes")
 
 # %%
-plots.error_analysis(test["predictions"], title="05 · Two-stage", prefix="05",
-                     compare_with="the one-stage run above (and 04)", folder=c.figures)
+failures.error_analysis(test["predictions"], title="05 · Two-stage", prefix="05",
+                        compare_with="the one-stage run above (and 04)", folder=c.figures)
 
 # %%
 c.record("3.5", stage2.output_dir, test, reference_top1=reference)
@@ -145,7 +146,7 @@ c.record("3.5", stage2.output_dir, test, reference_top1=reference)
 # This run's two-stage model beside the plan's figure and the published one:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["3.5"])
 

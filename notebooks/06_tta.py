@@ -37,7 +37,7 @@ model = None  # None: 05_two_stage's stage-2 model; or a run folder
 output_dir, ledger, rehearse = None, None, False
 
 # %%
-from helpers import analysis, course, plots
+from helpers.course import analysis, course, failures, plots, previews
 
 c = course.Course("06_tta", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -49,11 +49,12 @@ print(f"model {model}, views {views}")
 # ## The views of one photo
 
 # %%
-from helpers import environment, inference
+from helpers.course import environment
+from helpers.use import runs
 
 photo = environment.sample_images(c.data_dir, "test")[0][0]
-plots.tta_views(photo, views=max(views), size=inference.load_trained(model).data_config["image_size"],
-                folder=c.figures, name="06_tta_views")
+previews.tta_views(photo, views=max(views), size=runs.load_trained(model).data_config["image_size"],
+                   folder=c.figures, name="06_tta_views")
 
 # %% [markdown]
 # ## Accuracy against the number of views
@@ -79,12 +80,12 @@ analysis.averaged({f"{v} view(s)": t["predictions"] for v, t in tests.items() if
 
 # %%
 plain, test = tests[views[0]], tests[max(views)]
-plots.prediction_changes(plain["predictions"], test["predictions"], labels=("1 view", f"{max(views)} views"),
-                         folder=c.figures, name="06_changes")
+failures.prediction_changes(plain["predictions"], test["predictions"], labels=("1 view", f"{max(views)} views"),
+                            folder=c.figures, name="06_changes")
 
 # %%
-plots.error_analysis(test["predictions"], title=f"06 · TTA, {max(views)} views", prefix="06",
-                     compare_with="05 (the same model, one view)", folder=c.figures)
+failures.error_analysis(test["predictions"], title=f"06 · TTA, {max(views)} views", prefix="06",
+                        compare_with="05 (the same model, one view)", folder=c.figures)
 
 # %%
 c.record("3.4", model, test, reference_top1=plain)
@@ -94,7 +95,7 @@ c.record("3.4", model, test, reference_top1=plain)
 # This run's TTA beside the plan's figure and the published one:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["3.4"])
 

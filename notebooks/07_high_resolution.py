@@ -56,14 +56,15 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, inference, plots
+from helpers.course import course, failures, plots
+from helpers.use import runs
 
 c = course.Course("07_high_resolution", profile, data_dir=data_dir, device=device, output_dir=output_dir,
                   ledger=ledger, rehearse=rehearse)
 source = c.require("05_two_stage", "stage2")
 cfg = c.config("hires", {**SETTINGS[profile], **TECHNIQUE, **overrides}, start_from=source)
 # the control: the same fine-tune at the size 05's model was trained at
-source_size = inference.load_trained(source).config["image_size"]
+source_size = runs.load_trained(source).config["image_size"]
 control = c.config("same-size", {**SETTINGS[profile], **TECHNIQUE, **overrides, "image_size": source_size},
                    start_from=source)
 cfg
@@ -101,13 +102,13 @@ plots.compare_top1({f"05 model at {control.image_size} px": before, f"05 model t
 # What the resolution alone changed: the fine-tune at 05's size against the same fine-tune at the higher size.
 
 # %%
-plots.prediction_changes(same_size["predictions"], test["predictions"],
-                         labels=(f"{control.image_size} px", f"{cfg.image_size} px"), folder=c.figures,
-                         name="07_changes")
+failures.prediction_changes(same_size["predictions"], test["predictions"],
+                            labels=(f"{control.image_size} px", f"{cfg.image_size} px"), folder=c.figures,
+                            name="07_changes")
 
 # %%
-plots.error_analysis(test["predictions"], title="07 · Higher resolution", prefix="07",
-                     compare_with="05 (the same model before the fine-tune)", folder=c.figures)
+failures.error_analysis(test["predictions"], title="07 · Higher resolution", prefix="07",
+                        compare_with="05 (the same model before the fine-tune)", folder=c.figures)
 
 # %%
 c.record("4.1", cfg.output_dir, test, reference="the same fine-tune at the old size (07)",
@@ -118,7 +119,7 @@ c.record("4.1", cfg.output_dir, test, reference="the same fine-tune at the old s
 # This run's higher resolution beside the plan's figure and the published one:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["4.1"])
 

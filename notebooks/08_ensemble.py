@@ -54,7 +54,7 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import analysis, course, plots
+from helpers.course import analysis, course, failures, plots
 
 c = course.Course("08_ensemble", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -96,12 +96,12 @@ analysis.averaged({label: t["predictions"] for label, t in member_tests.items()}
 best = analysis.best_by_val({label: m["model"] for label, m in zip(member_tests, result["members"])})
 best_test = member_tests[best]
 print(f"best member by validation top-1: {best}")
-plots.prediction_changes(best_test["predictions"], result["predictions"], labels=("best member", "ensemble"),
-                         folder=c.figures, name="08_changes")
+failures.prediction_changes(best_test["predictions"], result["predictions"], labels=("best member", "ensemble"),
+                            folder=c.figures, name="08_changes")
 
 # %%
-plots.error_analysis(result["predictions"], title="08 · Ensemble", prefix="08",
-                     compare_with="its members' (07, 02 and 04)", folder=c.figures)
+failures.error_analysis(result["predictions"], title="08 · Ensemble", prefix="08",
+                        compare_with="its members' (07, 02 and 04)", folder=c.figures)
 
 # %%
 c.record("4.2", member_runs, result, reference_top1=best_test)
@@ -111,7 +111,7 @@ c.record("4.2", member_runs, result, reference_top1=best_test)
 # This run's ensemble beside the plan's figure and the published ceiling:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["4.2"])
 

@@ -60,7 +60,8 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, engine, plots
+from helpers.course import course, failures, plots
+from helpers.use import runs
 
 c = course.Course("09_distillation", profile, data_dir=data_dir, device=device, output_dir=output_dir,
                   ledger=ledger, rehearse=rehearse)
@@ -72,11 +73,11 @@ cfg
 # %% [markdown]
 # ## The loss on one batch
 # The two terms of the distillation loss on one training batch, with the trainer's own `Teacher`, criterion and
-# `kd_loss` (`engine.distillation_terms`), for the student trained alone: the hard term is its ordinary loss on
+# `kd_loss` (`runs.distillation_terms`), for the student trained alone: the hard term is its ordinary loss on
 # the labels, the soft term how far its softened outputs are from the teacher's.
 
 # %%
-engine.distillation_terms(cfg, alone)
+runs.distillation_terms(cfg, alone)
 
 # %% [markdown]
 # ## Train the student with the teacher
@@ -103,12 +104,12 @@ plots.student_vs_teacher({f"ensemble of {len(cfg.teacher)} (08)": teacher_test},
                          (cfg.backbone, test), folder=c.figures, name="09_student_vs_teacher")
 
 # %%
-plots.prediction_changes(alone_test["predictions"], test["predictions"], labels=("alone", "distilled"),
-                         folder=c.figures, name="09_changes")
+failures.prediction_changes(alone_test["predictions"], test["predictions"], labels=("alone", "distilled"),
+                            folder=c.figures, name="09_changes")
 
 # %%
-plots.error_analysis(test["predictions"], title="09 · Distilled student", prefix="09",
-                     compare_with="01 (the student alone) and 08 (the teacher)", folder=c.figures)
+failures.error_analysis(test["predictions"], title="09 · Distilled student", prefix="09",
+                        compare_with="01 (the student alone) and 08 (the teacher)", folder=c.figures)
 
 # %%
 c.record("4.3", cfg.output_dir, test, reference_top1=alone_test)
@@ -118,7 +119,7 @@ c.record("4.3", cfg.output_dir, test, reference_top1=alone_test)
 # This run's student beside the plan's figure and the published one:
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["4.3"])
 

@@ -90,8 +90,9 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import analysis, course, plots, probe, probe_figures
-from helpers.features import extract_features
+from helpers.course import analysis, course, failures, plots, probe_figures
+from helpers.use import probe
+from helpers.use.features import extract_features
 
 c = course.Course("10_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -196,8 +197,8 @@ plots.compare_top1(results, highlight=analysis.best_by_val(by_val), folder=c.fig
 # The failures of the fine-tuned model (LP-FT), fixed in advance as the route shown here:
 
 # %%
-plots.failure_gallery(lpft["predictions"], n=12, title="10 · Fine-tuned from the probe's head (LP-FT)",
-                      folder=c.figures, name="10_failures")
+failures.failure_gallery(lpft["predictions"], n=12, title="10 · Fine-tuned from the probe's head (LP-FT)",
+                         folder=c.figures, name="10_failures")
 
 # %% [markdown]
 # ## 6. Record
@@ -212,7 +213,7 @@ c.record("5.2", ft.output_dir, lpft, reference_top1=c.evaluate(probe_dir[finetun
 # This run's two rows beside the published figures (this track is past the plan, so the plan has none):
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c, phases=["5.1", "5.2"])
 

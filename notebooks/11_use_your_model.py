@@ -47,7 +47,8 @@ output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
-from helpers import course, environment, export, predict_figures, runs, widgets
+from helpers.course import course, environment, predict_figures, widgets
+from helpers.use import export, runs
 
 c = course.Course("11_use_your_model", profile, data_dir=data_dir, device=device, output_dir=output_dir,
                   ledger=ledger, rehearse=rehearse)

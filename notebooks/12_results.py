@@ -34,7 +34,7 @@ device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 output_dir, ledger, rehearse = None, None, False
 
 # %%
-from helpers import analysis, course, plots
+from helpers.course import analysis, course, plots
 
 c = course.Course("12_results", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
                   rehearse=rehearse)
@@ -68,7 +68,7 @@ c.save_results(table)
 # published full-scale figure (with its source) and this run's top-1 with its 95% interval.
 
 # %%
-from helpers import expectations
+from helpers.course import expectations
 
 expectations.table(c)
 
@@ -86,7 +86,7 @@ expectations.table(c)
 # Every ledger row of this profile, newest last (all course runs):
 
 # %%
-from helpers import ledger
+from helpers.course import ledger
 
 history = ledger.read(c.ledger_path)
 analysis.format_table(history[history["profile"].astype(str) == profile].tail(30))

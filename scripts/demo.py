@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import helpers  # noqa: E402
-from helpers.config import UserError  # noqa: E402
+from helpers.base.errors import UserError  # noqa: E402
 
 
 def main() -> int:

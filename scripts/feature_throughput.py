@@ -21,8 +21,8 @@ import time
 import timm
 import torch
 
-from helpers.mps_check import watch
-from helpers.utils import amp_dtype, autocast, get_device, synchronize
+from helpers.base.devices import amp_dtype, autocast, get_device, synchronize
+from helpers.base.mps_check import watch
 
 MODELS = ("vit_so400m_patch14_siglip_384", "vit_large_patch14_clip_quickgelu_336", "eva02_base_patch14_448",
           "tf_efficientnet_lite0")

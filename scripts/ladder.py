@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import helpers  # noqa: E402
-from helpers.config import TrainConfig  # noqa: E402
-from helpers.environment import parameters  # noqa: E402
+from helpers.base.config import TrainConfig
+from helpers.course.parameters import parameters
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

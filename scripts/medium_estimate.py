@@ -25,7 +25,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.environment import parameters
+from helpers.course.parameters import parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, VAL, TEST = 6818, 757, 2525  # 75 train photos of 101 classes, 10% held out for validation; 25 test

@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from helpers.batch_size import BatchPlan, auto_batch, find_batch_size, plan_accumulation, step_peak_bytes
-from helpers.config import UserError
+from helpers.base.errors import UserError
+from helpers.training.batch_size import BatchPlan, auto_batch, find_batch_size, plan_accumulation, step_peak_bytes
 
 SIZE = 64
 

@@ -7,11 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import augment
-from helpers.bench import BaselineDataset, baseline_transform, format_table, run_bench
-from helpers.cli import main
-from helpers.config import UserError
-from helpers.data import ImageDataset, jpeg_size, load_splits, read_image
+from helpers.base.errors import UserError
+from helpers.commands.bench import BaselineDataset, baseline_transform, format_table, run_bench
+from helpers.commands.cli import main
+from helpers.data import augment
+from helpers.data.images import jpeg_size, read_image
+from helpers.data.loaders import ImageDataset
+from helpers.data.splits import load_splits
 
 from .conftest import ROOT, TINY
 

@@ -31,7 +31,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import progress, widgets
+from helpers.base import progress
+from helpers.course import widgets
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "01_baseline"

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import widgets
+from helpers.course import widgets
 
 from .conftest import FAST
 from .test_browser import _git, _kernelspec, _wait, browser, lab, page, shots  # noqa: F401 - fixtures used here

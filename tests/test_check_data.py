@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.check_data import check_dataset
-from helpers.cli import main
+from helpers.commands.cli import main
+from helpers.data.check_data import check_dataset
 
 from .conftest import TINY, run_cli
 

@@ -4,7 +4,7 @@
   and every ensemble member is checked, and a member that lists the same classes in another order gives the
   same ensemble as the original.
 - Settings from the command line and YAML files are checked against the TrainConfig field types.
-- `helpers.cli.main`: 0 done, 2 the user's input or environment, 130 interrupted, 1 a bug.
+- `helpers.commands.cli.main`: 0 done, 2 the user's input or environment, 130 interrupted, 1 a bug.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import checkpoint, cli
-from helpers.cli import main
-from helpers.config import TrainConfig, UserError, make_config
-from helpers.engine import Teacher
-from helpers.inference import evaluate
-from helpers.models import create_model, grow_head
+from helpers.base.config import TrainConfig, make_config
+from helpers.base.errors import UserError
+from helpers.commands import cli
+from helpers.commands.cli import main
+from helpers.training import checkpoint
+from helpers.training.distill import Teacher
+from helpers.training.models import create_model, grow_head
+from helpers.use.inference import evaluate
+from helpers.use.runs import load_teachers
 
 from .conftest import TINY
 
@@ -111,8 +114,8 @@ def test_every_teacher_is_checked_and_matched_by_class_name(trained_run, tmp_pat
     reordered = _reordered(trained_run, tmp_path / "reordered.pt", list(range(len(CLASSES)))[::-1])
     student = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "image_size": 96}
     x = torch.randn(2, 3, 96, 96)
-    same = Teacher((str(trained_run), str(trained_run)), student, torch.device("cpu"), class_names=CLASSES)
-    mixed = Teacher((str(trained_run), str(reordered)), student, torch.device("cpu"), class_names=CLASSES)
+    same = Teacher(load_teachers([trained_run, trained_run]), student, class_names=CLASSES)
+    mixed = Teacher(load_teachers([trained_run, reordered]), student, class_names=CLASSES)
     with torch.no_grad():
         torch.testing.assert_close(mixed(x), same(x))
 

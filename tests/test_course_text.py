@@ -23,10 +23,11 @@ import nbformat
 import pytest
 import yaml
 
-from helpers import course, expectations, ledger
-from helpers.config import TrainConfig
-from helpers.environment import parameters
-from helpers.notebooks import execute, find_notebooks
+from helpers.base.config import TrainConfig
+from helpers.course import course, expectations, ledger
+from helpers.course.execute import execute
+from helpers.course.parameters import parameters
+from helpers.course.runner import find_notebooks
 
 from .test_notebooks import _make_subset
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import augment
-from helpers.check_data import check_dataset
-from helpers.config import UserError
-from helpers.data import EpochSampler, ImageDataset, load_splits, read_image, stratified_split
+from helpers.base.errors import UserError
+from helpers.data import augment
+from helpers.data.check_data import check_dataset
+from helpers.data.images import read_image
+from helpers.data.loaders import EpochSampler, ImageDataset
+from helpers.data.splits import load_splits, stratified_split
 
 from .conftest import TINY
 
@@ -110,7 +112,7 @@ def test_augmentation_depends_only_on_the_sample_seed():
 
 
 def test_truncate_rows_keeps_earlier_epochs_and_restarts_an_emptied_log(tmp_path):
-    from helpers.metrics import append_row, truncate_rows
+    from helpers.training.metrics import append_row, truncate_rows
 
     log = tmp_path / "metrics.csv"
     for epoch in (1, 2, 3):

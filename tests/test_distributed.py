@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import distributed
+from helpers.base import distributed
 
 from .conftest import ROOT, cli_flags
 
@@ -54,9 +54,10 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    from helpers import checkpoint
-    from helpers.data import EpochSampler, load_splits
-    from helpers.models import create_model
+    from helpers.data.loaders import EpochSampler
+    from helpers.data.splits import load_splits
+    from helpers.training import checkpoint
+    from helpers.training.models import create_model
 
     from .test_faults import make_micro
 

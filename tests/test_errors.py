@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from helpers import checkpoint
-from helpers.config import UserError
+from helpers.base.errors import UserError
+from helpers.training import checkpoint
 
 from .conftest import TINY, run_cli
 

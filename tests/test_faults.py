@@ -37,10 +37,12 @@ import torch
 from PIL import Image
 
 import helpers
-from helpers import checkpoint, engine
-from helpers.cli import main
-from helpers.config import TrainConfig, UserError
-from helpers.data import BadImageError, load_splits, read_image
+from helpers.base.config import TrainConfig
+from helpers.base.errors import UserError
+from helpers.commands.cli import main
+from helpers.data.images import BadImageError, read_image
+from helpers.data.splits import load_splits
+from helpers.training import checkpoint, engine, recipe, weights
 
 from .conftest import ROOT, TINY, cli_flags
 
@@ -445,7 +447,7 @@ def test_real_nan_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(tmp_
 
 
 def test_nan_policy_skip_drops_only_the_bad_step(tmp_path, monkeypatch, caplog):
-    real = engine.make_criterion
+    real = recipe.make_criterion
 
     def make_criterion(mixing, smoothing):
         criterion, calls = real(mixing, smoothing), {"n": 0}
@@ -573,7 +575,7 @@ def test_crafted_pickles_run_no_code_anywhere_a_file_is_loaded(micro, tmp_path, 
         _clean_error(code, capsys.readouterr().err, "Refused to load")
     assert not marker.exists()
     with pytest.raises(UserError, match="Refused"):
-        checkpoint.load_state_dict_file(zipped)
+        weights.load_state_dict_file(zipped)
     torch.load(zipped, weights_only=False)  # unprotected loading does run the payload: the files are real
     assert marker.exists()
 
@@ -581,10 +583,10 @@ def test_crafted_pickles_run_no_code_anywhere_a_file_is_loaded(micro, tmp_path, 
 def test_safetensors_weights_load_without_pickle(tmp_path):
     from safetensors.torch import save_file
 
-    weights = {"classifier.weight": torch.randn(10, 1280), "classifier.bias": torch.zeros(10)}
-    save_file(weights, str(tmp_path / "w.safetensors"))
-    loaded = checkpoint.load_state_dict_file(tmp_path / "w.safetensors")
-    torch.testing.assert_close(loaded["classifier.weight"], weights["classifier.weight"])
+    tensors = {"classifier.weight": torch.randn(10, 1280), "classifier.bias": torch.zeros(10)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    loaded = weights.load_state_dict_file(tmp_path / "w.safetensors")
+    torch.testing.assert_close(loaded["classifier.weight"], tensors["classifier.weight"])
 
 
 def test_run_records_seed_versions_device_and_commit(baseline):

@@ -15,8 +15,8 @@ import pytest
 import timm
 import torch
 
-from helpers.data import load_splits
-from helpers.features import embed_samples, feature_model, read_split
+from helpers.data.splits import load_splits
+from helpers.use.features import embed_samples, feature_model, read_split
 
 from .conftest import ROOT, TINY, run_cli
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.data import load_splits
+from helpers.data.splits import load_splits
 
 from .conftest import ROOT, TINY, run_cli
 from .test_features import _features_args, _files, _small_set
@@ -152,7 +152,7 @@ def test_unreadable_photos_are_skipped_and_listed_or_refused_with_strict_data(tm
     result = json.loads(done.stdout.strip().splitlines()[-1])
     rel = os.path.relpath(bad, data)
     assert result["skipped"] == [rel] and rel in done.stderr
-    from helpers.features import read_split
+    from helpers.use.features import read_split
 
     features, labels, meta = read_split(out, "test")
     assert features.shape[0] == len(labels) == 19 and meta["skipped"] == [rel] and rel not in meta["paths"]

@@ -10,8 +10,9 @@ import timm
 import torch
 from timm.utils import ModelEmaV3
 
-from helpers import engine
-from helpers.config import TrainConfig, UserError
+from helpers.base.config import TrainConfig
+from helpers.base.errors import UserError
+from helpers.training import recipe
 
 from .conftest import TINY, run_cli
 
@@ -30,17 +31,17 @@ def _block_of(model: torch.nn.Module) -> dict[int, int | str]:
 
 def test_layer_decay_rates_reach_the_optimizer_through_the_schedule():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=DEPTH, img_size=32, num_classes=5)
-    opt = engine.make_optimizer(model, TrainConfig(lr=LR, layer_decay=DECAY, optimizer="sgd"), torch.device("cpu"))
-    sched = engine.make_scheduler(opt, kind="cosine", epochs=10, steps_per_epoch=10, warmup_epochs=1, lr=LR,
+    opt = recipe.make_optimizer(model, TrainConfig(lr=LR, layer_decay=DECAY, optimizer="sgd"), torch.device("cpu"))
+    sched = recipe.make_scheduler(opt, kind="cosine", epochs=10, steps_per_epoch=10, warmup_epochs=1, lr=LR,
                                   min_lr=0.0, restart_epochs=0)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     block_of = _block_of(model)
-    engine.hold_backbone(opt, True)  # the head warmup: only the head moves
+    recipe.hold_backbone(opt, True)  # the head warmup: only the head moves
     sched.step_update(5)
     for g in opt.param_groups:
         part = block_of.get(id(g["params"][0]))
         assert g["lr"] > 0 if part == "head" else g["lr"] == 0.0, g["name"]
-    engine.hold_backbone(opt, False)
+    recipe.hold_backbone(opt, False)
     sched.step_update(30)
     scheduled = next(g["lr"] for g in opt.param_groups if block_of.get(id(g["params"][0])) == "head")
     assert 0 < scheduled < LR  # cosine-decayed after the warmup
@@ -71,7 +72,7 @@ def test_ema_decay_warmup_follows_a_short_run():
     a fixed 0.998 stays near its first copy (0.05)."""
     model = torch.nn.Linear(2, 2, bias=False)
     torch.nn.init.zeros_(model.weight)
-    ema, fixed = engine.make_ema(model, 0.998), ModelEmaV3(model, decay=0.998)
+    ema, fixed = recipe.make_ema(model, 0.998), ModelEmaV3(model, decay=0.998)
     for step in range(1, 21):
         with torch.no_grad():
             model.weight.fill_(step / 20)
@@ -86,7 +87,7 @@ def test_pretrained_file_of_a_timm_model_goes_through_timms_loader_and_adapts_th
     body loads, the classifier is a fresh 10-class one."""
     from safetensors.torch import save_file
 
-    from helpers.models import create_model
+    from helpers.training.models import create_model
 
     source = create_model("tf_efficientnet_lite0", 1000, pretrained="offline")
     path = tmp_path / "model.safetensors"

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from helpers import ledger
-from helpers.config import UserError
+from helpers.base.errors import UserError
+from helpers.course import ledger
 
 ROWS = [{"course": "c1", "profile": "ci", "notebook": "01_baseline", "phase": "baseline", "technique": "a, b",
          "test_top1": 60.5, "reference_top1": 55.0},
@@ -75,7 +75,7 @@ def test_a_cut_off_last_row_never_gets_the_next_row_glued_onto_it(tmp_path, capl
     data = path.read_bytes()
     os.truncate(path, len(data) - 30)  # a write killed mid-row: the row's end and its line end are gone
     cut = path.read_bytes()
-    with caplog.at_level(logging.WARNING, logger="helpers.ledger"):
+    with caplog.at_level(logging.WARNING, logger="helpers.course.ledger"):
         assert len(ledger.read(path)) == 2  # the cut-off row is left out, never read with a wrong number
         ledger.append(path, {"course": "c1", "profile": "ci", "phase": "3.1", "test_top1": 80.0})
     after = ledger.read(path)
@@ -92,7 +92,7 @@ def test_rows_run_together_by_an_older_version_are_read_without_them_and_no_pars
     header, first, second, _ = path.read_bytes().decode().split("\r\n")
     glued = "\r\n".join([header, first, second[:-20] + second, ""])  # a cut-off row, the next one glued onto it
     path.write_bytes(glued.encode())
-    with caplog.at_level(logging.WARNING, logger="helpers.ledger"):
+    with caplog.at_level(logging.WARNING, logger="helpers.course.ledger"):
         frame = ledger.read(path)
     assert frame["phase"].tolist() == ["baseline"] and "more fields than its header" in caplog.text
 

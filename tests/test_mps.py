@@ -12,9 +12,13 @@ import pytest
 import torch
 
 import helpers
-from helpers import cli, data, distributed, doctor, engine, io, mps_check, utils
-from helpers.config import TrainConfig, UserError
-from helpers.metrics import Sums, topk_correct
+from helpers.base import devices, distributed, io, mps_check
+from helpers.base.config import TrainConfig
+from helpers.base.errors import UserError
+from helpers.commands import cli, doctor
+from helpers.data import loaders
+from helpers.training import engine, recipe
+from helpers.training.metrics import Sums, topk_correct
 
 from .conftest import FAST, ROOT, run_cli
 
@@ -43,7 +47,7 @@ def test_float64_in_a_models_forward_fails_the_run_under_the_check(monkeypatch, 
         helpers.train(TrainConfig(**SMALL, output_dir=str(tmp_path / "run")))
     message = str(caught.value)
     assert "aten._to_copy" in message and "float64" in message
-    assert "helpers.engine._forward" in message and "engine.train_one_epoch" in message
+    assert "helpers.training.engine._forward" in message and "engine.train_one_epoch" in message
 
 
 def test_float64_in_a_models_forward_passes_without_the_check(monkeypatch, tmp_path, no_check_mps):
@@ -58,7 +62,7 @@ def test_non_blocking_copy_of_unpinned_memory_is_refused(check_mps):
         with mps_check.watch("test"):
             batch.to("cpu", non_blocking=True)
     with mps_check.watch("test"):  # the package's copy: non_blocking only from pinned memory
-        assert torch.equal(utils.to_device(batch, torch.device("cpu")), batch)
+        assert torch.equal(devices.to_device(batch, torch.device("cpu")), batch)
 
 
 def test_a_violation_caught_by_the_code_still_stops_the_region(check_mps):
@@ -94,7 +98,7 @@ def test_the_check_is_off_without_the_variable(no_check_mps):
 
 
 def test_cli_violation_is_exit_1_naming_the_operator_and_function(tmp_path):
-    script = ("import sys, torch; from helpers import cli, engine\n"
+    script = ("import sys, torch; from helpers.commands import cli; from helpers.training import engine\n"
               "engine.DeviceTotals.add = lambda self, l, y, loss: self.loss.add_(loss.double().sum())\n"
               "sys.exit(cli.main(sys.argv[1:]))\n")
     import subprocess
@@ -139,20 +143,20 @@ def test_fused_adamw_only_on_cuda():
 
     model = timm.create_model("test_efficientnet", num_classes=3)
     for kind, fused in (("cpu", False), ("mps", False), ("cuda", True)):
-        assert utils.fused_adamw(torch.device(kind)) is fused
-    optimizer = engine.make_optimizer(model, TrainConfig(), torch.device("mps"))
+        assert devices.fused_adamw(torch.device(kind)) is fused
+    optimizer = recipe.make_optimizer(model, TrainConfig(), torch.device("mps"))
     assert not optimizer.defaults["fused"]
 
 
 def test_channels_last_off_by_default_on_mps_and_compile_warns(caplog):
-    assert not utils.channels_last_for(torch.device("mps"))
-    assert utils.channels_last_for(torch.device("cpu")) and utils.channels_last_for(torch.device("cuda"))
-    assert utils.channels_last_for(torch.device("mps"), True)  # asked for: as asked
+    assert not devices.channels_last_for(torch.device("mps"))
+    assert devices.channels_last_for(torch.device("cpu")) and devices.channels_last_for(torch.device("cuda"))
+    assert devices.channels_last_for(torch.device("mps"), True)  # asked for: as asked
     assert TrainConfig().channels_last is None
     parser = cli.build_parser()
     assert parser.parse_args(["train", "--no-channels-last"]).channels_last is False
-    assert utils.compile_for(torch.device("cpu"), True)
-    assert not utils.compile_for(torch.device("mps"), True)
+    assert devices.compile_for(torch.device("cpu"), True)
+    assert not devices.compile_for(torch.device("mps"), True)
     assert "--compile on MPS" in caplog.text
 
 
@@ -164,7 +168,7 @@ def test_torchrun_with_mps_is_refused(monkeypatch):
 
 
 def test_bench_device_decode_on_mps_is_refused(monkeypatch):
-    from helpers.bench import run_bench
+    from helpers.commands.bench import run_bench
 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     with pytest.raises(UserError, match="--device-decode"):
@@ -177,7 +181,7 @@ def test_feature_throughput_syncs_mps_and_reads_ru_maxrss_per_platform(monkeypat
     spec.loader.exec_module(script)
     calls = []
     monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps"))
-    utils.synchronize(torch.device("mps"))
+    devices.synchronize(torch.device("mps"))
     assert calls == ["mps"]
     import resource
 
@@ -205,15 +209,15 @@ class _Threads(torch.utils.data.Dataset):
 
 def test_loader_workers_on_macos(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
-    evaluation = data.make_loader(_Threads(), batch_size=2, shuffle=False, seed=0, num_workers=4)
-    training = data.make_loader(_Threads(), batch_size=2, shuffle=True, seed=0, num_workers=4)
-    assert evaluation.num_workers == data.MAC_EVAL_WORKERS and not evaluation.persistent_workers
+    evaluation = loaders.make_loader(_Threads(), batch_size=2, shuffle=False, seed=0, num_workers=4)
+    training = loaders.make_loader(_Threads(), batch_size=2, shuffle=True, seed=0, num_workers=4)
+    assert evaluation.num_workers == loaders.MAC_EVAL_WORKERS and not evaluation.persistent_workers
     assert training.num_workers == 4 and training.persistent_workers
-    assert pickle.loads(pickle.dumps(training.worker_init_fn)) is data.worker_init  # spawn pickles it
+    assert pickle.loads(pickle.dumps(training.worker_init_fn)) is loaders.worker_init  # spawn pickles it
     monkeypatch.setattr(sys, "platform", "linux")  # forked workers: no cv2.setNumThreads (it can hang after fork)
-    forked = data.make_loader(_Threads(), batch_size=2, shuffle=False, seed=0, num_workers=1)
+    forked = loaders.make_loader(_Threads(), batch_size=2, shuffle=False, seed=0, num_workers=1)
     assert forked.worker_init_fn is None and len([t for batch in forked for t in batch]) == 4
-    code = "import cv2; from helpers.data import worker_init; worker_init(0); print(cv2.getNumThreads())"
+    code = "import cv2; from helpers.data.loaders import worker_init; worker_init(0); print(cv2.getNumThreads())"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert res.stdout.strip() == "1"  # what a spawned worker runs first
 
@@ -239,9 +243,9 @@ def test_atomic_writes_use_f_fullfsync_on_macos(monkeypatch, tmp_path):
 
 
 def test_user_error_lives_at_the_bottom():
-    from helpers import config, errors
+    from helpers.base import errors
 
-    assert config.UserError is errors.UserError is io.UserError
+    assert errors.UserError is errors.UserError is io.UserError
 
 
 def test_run_info_and_ledger_record_the_mac(monkeypatch):
@@ -249,14 +253,14 @@ def test_run_info_and_ledger_record_the_mac(monkeypatch):
 
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     monkeypatch.setattr(platform, "mac_ver", lambda: ("14.5", ("", "", ""), "arm64"))
-    monkeypatch.setattr(utils, "_sysctl", lambda name: "Apple M2 Pro")
-    info = utils.run_info(torch.device("cpu"), 42)
+    monkeypatch.setattr(devices, "_sysctl", lambda name: "Apple M2 Pro")
+    info = devices.run_info(torch.device("cpu"), 42)
     assert info["macos"] == "14.5" and info["chip"] == "Apple M2 Pro"
-    from helpers import course
+    from helpers.course import course
 
     assert course._device_name("cpu") == "cpu (Apple M2 Pro, macOS 14.5)"  # the ledger's device column
     monkeypatch.setattr(platform, "system", lambda: "Linux")
-    assert "macos" not in utils.run_info(torch.device("cpu"), 42) and course._device_name("cpu") == "cpu"
+    assert "macos" not in devices.run_info(torch.device("cpu"), 42) and course._device_name("cpu") == "cpu"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,7 +301,7 @@ def test_doctor_catches_a_corrupting_copy(monkeypatch, capsys):
         out.view(-1)[0] += 1  # one pixel (or label) changed on the way
         return out
 
-    monkeypatch.setattr(utils, "to_device", corrupting)
+    monkeypatch.setattr(devices, "to_device", corrupting)
     assert cli.main([*DOCTOR[:-1], "0"]) == 2
     captured = capsys.readouterr()
     assert "| batches copied to the device intact | 0/2 |" in captured.out

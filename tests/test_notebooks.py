@@ -22,9 +22,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import course
-from helpers.config import UserError
-from helpers.notebooks import parse_value, select
+from helpers.base.errors import UserError
+from helpers.course import course
+from helpers.course.runner import parse_value, select
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "food-101-tiny"
@@ -188,7 +188,7 @@ def test_notebook_imports_only_helpers_and_defines_no_code_of_its_own(path):
 
 
 def test_parameters_cells_hold_the_settings_and_the_technique_as_literals():
-    from helpers.environment import parameters
+    from helpers.course.parameters import parameters
 
     p = parameters(NOTEBOOK_DIR / "04_mixup_cutmix.ipynb")
     assert p["TECHNIQUE"] == dict(mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0)
@@ -201,7 +201,7 @@ def test_parameters_cells_hold_the_settings_and_the_technique_as_literals():
 
 
 def test_the_runner_reads_each_notebooks_dependencies_per_profile():
-    from helpers.notebooks import required_runs
+    from helpers.course.runner import required_runs
 
     assert required_runs(NOTEBOOK_DIR / "06_tta.ipynb", "demo") == [("05_two_stage", "stage2")]
     assert required_runs(NOTEBOOK_DIR / "08_ensemble.ipynb", "full") == [("07_high_resolution", "hires")]
@@ -317,7 +317,7 @@ def test_every_notebook_appends_its_ledger_row(course_run, subset):
 
 
 def test_rerunning_a_notebook_with_other_settings_names_them(course_run, subset):
-    from helpers.environment import parameters
+    from helpers.course.parameters import parameters
 
     out, _ = course_run
     p = parameters(NOTEBOOK_DIR / "01_baseline.ipynb")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from helpers.check_data import check_dataset
-from helpers.data import load_splits
+from helpers.data.check_data import check_dataset
+from helpers.data.splits import load_splits
 
 from .conftest import ROOT, TINY, run_cli
 from .test_features import _features_args
@@ -72,7 +72,7 @@ def test_a_40000_px_png_is_skipped_and_named_by_check_data_train_and_features(tm
 
 def test_a_20000_px_png_is_refused_without_decoding(tmp_path):
     path = huge_png(tmp_path / "big.png", 20000)
-    code = ("import resource, sys; from helpers.data import BadImageError, read_image\n"
+    code = ("import resource, sys; from helpers.data.images import BadImageError, read_image\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n    read_image(sys.argv[1]); print('decoded')\n"
             "except BadImageError as exc:\n    print(exc)\n"

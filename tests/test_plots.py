@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import analysis, course, engine, ledger, notebooks, plots, widgets
-from helpers.config import UserError
+from helpers.base.errors import UserError
+from helpers.course import analysis, course, failures, ledger, plots, previews, runner, widgets
+from helpers.data import loaders, splits
+from helpers.training import engine, recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "food-101-tiny"
@@ -105,19 +107,19 @@ def test_every_figure_function_returns_a_figure_and_saves_a_real_png(tmp_path, p
     out = tmp_path / "figures"
     calls = {
         "curves": lambda: plots.training_curves({"a": run_dir, "b": run_dir}, sequential=True, folder=out, name="curves"),
-        "cm": lambda: plots.confusion_matrix(predictions, folder=out, name="cm"),
-        "top": lambda: plots.top_confusions(predictions, folder=out, name="top"),
-        "gallery": lambda: plots.failure_gallery(predictions, n=4, folder=out, name="gallery"),
-        "changes": lambda: plots.prediction_changes(predictions, predictions, folder=out, name="changes"),
-        "samples": lambda: plots.class_samples(photos, folder=out, name="samples"),
-        "augment": lambda: plots.augmentation_preview(photos[0][0], size=96, n=3, folder=out, name="augment"),
-        "steps": lambda: plots.transform_steps(photos[1][0], size=96, folder=out, name="steps"),
-        "mix": lambda: plots.mixed_batch(*_mixed(), folder=out, name="mix"),
+        "cm": lambda: failures.confusion_matrix(predictions, folder=out, name="cm"),
+        "top": lambda: failures.top_confusions(predictions, folder=out, name="top"),
+        "gallery": lambda: failures.failure_gallery(predictions, n=4, folder=out, name="gallery"),
+        "changes": lambda: failures.prediction_changes(predictions, predictions, folder=out, name="changes"),
+        "samples": lambda: previews.class_samples(photos, folder=out, name="samples"),
+        "augment": lambda: previews.augmentation_preview(photos[0][0], size=96, n=3, folder=out, name="augment"),
+        "steps": lambda: previews.transform_steps(photos[1][0], size=96, folder=out, name="steps"),
+        "mix": lambda: previews.mixed_batch(*_mixed(), folder=out, name="mix"),
         "compare": lambda: plots.compare_top1({"a": {"top1": 50.0, "n": 150}, "b": 55.5, "c": float("nan")}, folder=out,
                                               name="compare"),
         "tta": lambda: plots.tta_gain({1: {"top1": 50.0, "n": 150}, 2: {"top1": 51.0, "n": 150}}, folder=out,
                                       name="tta"),
-        "views": lambda: plots.tta_views(photos[2][0], views=4, size=96, folder=out, name="views"),
+        "views": lambda: previews.tta_views(photos[2][0], views=4, size=96, folder=out, name="views"),
         "ensemble": lambda: plots.ensemble_vs_members(
             {"top1": 60.0, "members": [{"backbone": "x", "image_size": 96, "top1": 55.0},
                                        {"backbone": "y", "image_size": 64, "top1": 50.0}]}, folder=out, name="ensemble"),
@@ -131,7 +133,7 @@ def test_every_figure_function_returns_a_figure_and_saves_a_real_png(tmp_path, p
 
 
 def test_figure_text_does_not_overlap(predictions, run_dir):
-    fig = plots.failure_gallery(predictions, n=5, cols=3)
+    fig = failures.failure_gallery(predictions, n=5, cols=3)
     texts = [t for ax in fig.axes for t in (ax.title, ax._left_title, ax.xaxis.label) if t.get_text()]
     assert len(texts) == 10 and _texts_overlap(fig, texts) == []
     fig = plots.training_curves(run_dir)
@@ -150,18 +152,18 @@ def test_confusion_matrix_of_101_classes_shows_every_name_whole(tmp_path):
         pred = int(probs.argmax())
         rows.append([f"x{i}.jpg", names[true], names[pred], probs[pred], *probs])
     frame = pd.DataFrame(rows, columns=["path", "true", "pred", "confidence", *[f"p_{n}" for n in names]])
-    fig = plots.confusion_matrix(frame, folder=tmp_path, name="cm101")
+    fig = failures.confusion_matrix(frame, folder=tmp_path, name="cm101")
     width, height = _png(tmp_path / "cm101.png", min_side=1500)
     ax = fig.axes[0]
     labels = ax.get_yticklabels()
-    assert [t.get_text() for t in labels] == [plots.pretty(n) for n in names]
+    assert [t.get_text() for t in labels] == [splits.pretty(n) for n in names]
     assert _texts_overlap(fig, labels) == [] and _texts_overlap(fig, ax.get_xticklabels()) == []
     assert min(t.get_fontsize() for t in labels) >= 6
 
 
 def test_compact_copy_is_smaller_and_keeps_the_picture(tmp_path, predictions):
-    plots.failure_gallery(predictions, n=4, folder=tmp_path, name="gallery")
-    small = notebooks.compact_copy(tmp_path / "gallery.png", tmp_path / "small" / "gallery.png", max_width=600)
+    failures.failure_gallery(predictions, n=4, folder=tmp_path, name="gallery")
+    small = runner.compact_copy(tmp_path / "gallery.png", tmp_path / "small" / "gallery.png", max_width=600)
     assert small.stat().st_size < (tmp_path / "gallery.png").stat().st_size
     with Image.open(small) as image:
         assert image.width == 600
@@ -169,33 +171,33 @@ def test_compact_copy_is_smaller_and_keeps_the_picture(tmp_path, predictions):
 
 def _mixed():
     """A real batch of the tiny set through the trainer's own Mixup/CutMix."""
-    from helpers.config import TrainConfig
+    from helpers.base.config import TrainConfig
 
     cfg = TrainConfig(data_dir=str(TINY), image_size=64, mixup=True, cutmix=True, label_smoothing=0.1)
-    images, labels, names = engine.sample_batch(cfg, n=6)
-    mixed, targets = engine.make_mixup(cfg, len(names))(images.float() / 255, labels)
+    images, labels, names = loaders.sample_batch(cfg, n=6)
+    mixed, targets = recipe.make_mixup(cfg, len(names))(images.float() / 255, labels)
     return images, mixed, targets, names
 
 
 def test_the_mix_preview_uses_the_trainers_mixup_at_a_fixed_weight_on_a_batch_of_different_classes():
     import torch
 
-    from helpers.config import TrainConfig
+    from helpers.base.config import TrainConfig
 
     cfg = TrainConfig(data_dir=str(TINY), image_size=64, mixup=True, cutmix=True, label_smoothing=0.1)
-    images, labels, names = engine.sample_batch(cfg, n=4, train=False, one_per_class=True)
+    images, labels, names = loaders.sample_batch(cfg, n=4, train=False, one_per_class=True)
     assert labels.tolist() == [0, 1, 2, 3]  # one photo of each class, no augmentation
     x = images.float() / 255
-    mixed, targets = engine.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=False)
+    mixed, targets = recipe.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=False)
     assert torch.allclose(mixed, 0.6 * x + 0.4 * x.flip(0), atol=1e-6)  # image i with image N-1-i
     on, off = 0.9 + 0.1 / 10, 0.1 / 10  # label smoothing 0.1 over 10 classes
     assert targets[0, 0].item() == pytest.approx(0.6 * on + 0.4 * off) and targets[0, 3].item() == pytest.approx(
         0.4 * on + 0.6 * off)
-    cut, cut_targets = engine.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=True)
+    cut, cut_targets = recipe.mix_fixed(cfg, images, labels, len(names), lam=0.6, cutmix=True)
     pasted = (cut != x).any(dim=1)[0].float().mean().item()  # image 0 covered by image 3: at most 40%, the box is clipped
     assert 0.0 < pasted <= 0.4 + 1e-6 and cut_targets[0, 3].item() == pytest.approx(pasted * on + (1 - pasted) * off,
                                                                               abs=0.02)
-    fig = plots.mixed_batch(images, {"mixup": (mixed, targets), "CutMix": (cut, cut_targets)}, class_names=names)
+    fig = previews.mixed_batch(images, {"mixup": (mixed, targets), "CutMix": (cut, cut_targets)}, class_names=names)
     assert len(fig.axes) == 12 and "55% Apple pie" in fig.axes[4].xaxis.label.get_text()
 
 
@@ -203,7 +205,7 @@ def test_mixed_batch_shows_the_trainers_soft_targets():
     images, mixed, targets, names = _mixed()
     assert images.dtype.is_floating_point is False and mixed.shape == images.shape
     assert targets.sum(dim=1).tolist() == pytest.approx([1.0] * len(images))
-    fig = plots.mixed_batch(images, mixed, targets, names, n=6)
+    fig = previews.mixed_batch(images, mixed, targets, names, n=6)
     labels = [ax.xaxis.label.get_text() for ax in fig.axes[6:]]
     assert len(labels) == 6
     for label, row in zip(labels, targets):
@@ -261,7 +263,7 @@ def test_paired_changes_count_the_photos_fixed_and_broken(predictions, tmp_path,
     changes = analysis.paired_changes(predictions, tmp_path / "after.csv")
     assert (len(changes["fixed"]), len(changes["broken"]), changes["n"]) == (3, 1, 12)
     assert changes["p"] == analysis.mcnemar(3, 1) == pytest.approx(0.625)
-    plots.prediction_changes(predictions, tmp_path / "after.csv", labels=("a", "b"), folder=tmp_path, name="ch")
+    failures.prediction_changes(predictions, tmp_path / "after.csv", labels=("a", "b"), folder=tmp_path, name="ch")
     assert "a → b: 3 fixed, 1 broken: exact McNemar p = 0.625 (within noise" in capsys.readouterr().out
 
 
@@ -424,12 +426,12 @@ def test_lr_schedule_from_a_checkpoint_saved_mid_epoch(tmp_path):
     """last.pt after 2 whole epochs of 10 steps and 5 steps into the third: 10 steps per epoch, 3 epochs drawn."""
     import torch
 
-    from helpers.config import TrainConfig
-    from helpers.engine import _config_dict
+    from helpers.base.config import TrainConfig
+    from helpers.training.run_folder import config_dict
 
     cfg = TrainConfig(epochs=4, warmup_epochs=1, lr=1e-2)
-    torch.save({"config": _config_dict(cfg), "epoch": 2, "step": 5, "num_updates": 25}, tmp_path / "last.pt")
-    x, lr = engine.lr_schedule(tmp_path)
+    torch.save({"config": config_dict(cfg), "epoch": 2, "step": 5, "num_updates": 25}, tmp_path / "last.pt")
+    x, lr = recipe.lr_schedule(tmp_path)
     assert len(x) == 31 and x[-1] == 3.0 and x[10] == 1.0
     assert int(np.argmax(lr)) == 9  # the warmup rises for exactly one epoch, steps 0-9
 
@@ -444,7 +446,7 @@ def test_averaged_shows_each_members_probabilities_and_their_mean(predictions):
 def test_stage_one_freezes_the_backbone_and_stage_two_splits_the_learning_rates():
     import torch
 
-    from helpers.config import TrainConfig
+    from helpers.base.config import TrainConfig
 
     cfg = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", freeze_backbone=True, lr=1e-2)
     model, _ = engine.build_model(cfg, [f"class {i}" for i in range(10)], None, torch.device("cpu"))
@@ -452,6 +454,6 @@ def test_stage_one_freezes_the_backbone_and_stage_two_splits_the_learning_rates(
     assert params.loc["backbone", "trainable"] == 0 and params.loc["head", "trainable"] == 1280 * 10 + 10
     stage2 = TrainConfig(backbone="tf_efficientnet_lite0", pretrained="none", lr=1e-3, backbone_lr_ratio=0.1)
     model, _ = engine.build_model(stage2, [f"class {i}" for i in range(10)], None, torch.device("cpu"))
-    groups = analysis.optimizer_groups(engine.make_optimizer(model, stage2, torch.device("cpu")))
+    groups = analysis.optimizer_groups(recipe.make_optimizer(model, stage2, torch.device("cpu")))
     assert groups.loc["head", "lr"] == pytest.approx(1e-3) and groups.loc["backbone", "lr"] == pytest.approx(1e-4)
     assert groups["parameters"].sum() == sum(p.numel() for p in model.parameters())

@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 
 import helpers
-from helpers import cli, export
-from helpers.data import load_splits, read_image
-from helpers.features import extract_features
-from helpers.probe import train_probe
+from helpers.commands import cli
+from helpers.data.images import read_image
+from helpers.data.splits import load_splits
+from helpers.use import export
+from helpers.use.features import extract_features
+from helpers.use.probe import train_probe
 
 from .conftest import TINY, run_cli
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.cli import main
-from helpers.config import UserError
-from helpers.data import load_splits, read_image
-from helpers.prepare import MANIFEST, prepare_dataset
+from helpers.base.errors import UserError
+from helpers.commands.cli import main
+from helpers.data.images import read_image
+from helpers.data.prepare import MANIFEST, prepare_dataset
+from helpers.data.splits import load_splits
 
 from .conftest import TINY
 
@@ -96,7 +97,7 @@ META = Path(__file__).resolve().parents[2] / "shared" / "data" / "food-101-meta"
 
 @pytest.mark.skipif(not (META / "train.txt").is_file(), reason="the full official lists are in ../shared/data")
 def test_the_medium_subset_is_a_fixed_tenth_of_every_class_of_the_official_lists():
-    from helpers.prepare import official_subset
+    from helpers.data.prepare import official_subset
 
     chosen = official_subset(META, 75, 25)
     assert (len(chosen["train"]), len(chosen["test"])) == (7575, 2525)  # 101 classes x (75 + 25)

@@ -13,13 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import helpers
-from helpers.augment import eval_transform
-from helpers.data import ImageDataset, load_splits
-from helpers.engine import Teacher
-from helpers.features import extract_features
-from helpers.inference import init_state, load_trained
-from helpers.models import create_model
-from helpers.probe import fit_logreg, load_probe_data
+from helpers.data.augment import eval_transform
+from helpers.data.loaders import ImageDataset
+from helpers.data.splits import load_splits
+from helpers.training.distill import Teacher
+from helpers.training.models import create_model
+from helpers.use.features import extract_features
+from helpers.use.probe import fit_logreg, load_probe_data
+from helpers.use.runs import init_state, load_trained
 
 from .conftest import TINY, run_cli
 
@@ -66,12 +67,12 @@ def test_the_probe_run_is_a_model(probe_run, features, tmp_path):
     both = helpers.ensemble([str(run), str(run)], dataset="food-101", data_dir=str(TINY), num_workers=0, device="cpu")
     assert both["top1"] == pytest.approx(on_photos["top1"])
     trained = load_trained(run)
-    teacher = Teacher((str(run),), trained.data_config, torch.device("cpu"))
+    teacher = Teacher([trained], trained.data_config)
     # --init-from: the backbone's pretrained weights and the probe's head folded with the mean feature norm m:
     # logits - b are the probe's logits - b scaled by |f| / m for each photo (what the README says), so most,
     # not all, predictions are the probe's.
     model = create_model("tf_efficientnet_lite0", 10)
-    weights, class_names = init_state(run, model, "tf_efficientnet_lite0")
+    weights, class_names = init_state(run, "tf_efficientnet_lite0")
     assert class_names == trained.class_names
     model.load_state_dict(weights)
     model.eval()
@@ -91,8 +92,8 @@ def test_the_probe_run_is_a_model(probe_run, features, tmp_path):
               f"to {float(scale.max()):.2f}")
         assert len(x) * 0.9 <= agree <= len(x)
         torch.testing.assert_close(teacher(x), probe_logits)
-    with pytest.raises(helpers.config.UserError, match="probe on tf_efficientnet_lite0"):
-        init_state(run, create_model("tf_efficientnet_lite1", 10), "tf_efficientnet_lite1")
+    with pytest.raises(helpers.base.errors.UserError, match="probe on tf_efficientnet_lite0"):
+        init_state(run, "tf_efficientnet_lite1")
 
 
 def _rewrite(folder: Path, split: str, change) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.models import create_model
+from helpers.training.models import create_model
 
 from .conftest import ROOT, run_cli
 from .test_features import _features_args, _small_set

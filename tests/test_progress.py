@@ -10,9 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from helpers import progress
-from helpers.config import UserError
-from helpers.progress import LineBar, output_mode, progress_bar
+from helpers.base import progress
+from helpers.base.errors import UserError
+from helpers.base.progress import LineBar, output_mode, progress_bar
 
 
 class _Tty(io.StringIO):
@@ -53,7 +53,7 @@ def test_a_log_gets_whole_lines_every_tenth_and_no_carriage_returns(monkeypatch)
 
 def test_in_a_kernel_the_bar_is_the_widget_and_leaves_no_stale_text(tmp_path):
     """Run bars in a real kernel as papermill does (nbclient, widget state stored) and read the saved notebook."""
-    code = ("from helpers.progress import output_mode, progress_bar\n"
+    code = ("from helpers.base.progress import output_mode, progress_bar\n"
             "print(output_mode())\n"
             "with progress_bar(total=4, desc='epoch 1', leave=False) as bar:\n"
             "    bar.update(4)\n"

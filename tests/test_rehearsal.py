@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import course
+from helpers.course import course
 
 ROOT = Path(__file__).resolve().parents[1]
 THUMBS = ROOT / "data" / "food-101-thumbs"
@@ -82,9 +82,9 @@ def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
     """Every notebook has settings for the profile that make valid configs, in the rehearsal and as they are
     (medium: with the offline lite weights), and every run a notebook needs is trained by an earlier notebook:
     the static half of a rehearsal, in seconds."""
-    from helpers.config import TrainConfig, make_config
-    from helpers.environment import parameters
-    from helpers.notebooks import required_runs
+    from helpers.base.config import TrainConfig, make_config
+    from helpers.course.parameters import parameters
+    from helpers.course.runner import required_runs
 
     made: set[tuple[str, str]] = set()
     for name in course.notebooks():

@@ -15,8 +15,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from helpers.config import UserError
-from helpers.environment import parameters
+from helpers.base.errors import UserError
+from helpers.course.parameters import parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# ---
@@ -167,7 +167,7 @@ def test_sigint_stops_run_notebooks_and_the_way_to_continue_it_works(tmp_path):
 
 def test_the_plumbing_line_of_a_parameters_cell_is_read_as_parameters():
     """`output_dir, ledger, rehearse = None, None, False` ends each parameters cell: -p ledger must be accepted."""
-    from helpers.environment import parameters
+    from helpers.course.parameters import parameters
 
     for path in sorted((ROOT / "notebooks").glob("[01]*.ipynb")):
         values = parameters(path)

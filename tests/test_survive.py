@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import checkpoint
-from helpers.cli import main
-from helpers.lock import LOCK_NAME, FolderBusyError, locked_output, run_lock
+from helpers.base.lock import LOCK_NAME, FolderBusyError, run_lock
+from helpers.commands.cli import main
+from helpers.training import checkpoint
+from helpers.training.engine import locked_output
 
 from .conftest import ROOT
 from .test_faults import (
@@ -99,7 +100,7 @@ def test_the_lock_is_released_when_the_holder_returns_or_raises_in_the_same_proc
         (Path(cfg.output_dir) / "partial.txt").write_text("x")
         raise RuntimeError("boom")
 
-    from helpers.config import TrainConfig
+    from helpers.base.config import TrainConfig
 
     cfg = TrainConfig(output_dir=str(folder))
     for _ in range(2):  # a cell re-run after a failure must not find its own stale lock
@@ -107,7 +108,7 @@ def test_the_lock_is_released_when_the_holder_returns_or_raises_in_the_same_proc
             failing(cfg)
     assert sorted(p.name for p in folder.iterdir()) == ["partial.txt"]
 
-    from helpers.inference import write_predictions
+    from helpers.training.metrics import write_predictions
 
     with run_lock(folder):  # a run trains into the folder: evaluate --predictions there is refused
         with pytest.raises(FolderBusyError, match="the folder of --predictions"):

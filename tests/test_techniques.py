@@ -11,11 +11,15 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 
 import helpers
-from helpers import augment, checkpoint, engine, inference
-from helpers.config import TrainConfig, UserError
-from helpers.data import ImageDataset, load_splits, make_loader
-from helpers.losses import kd_loss
-from helpers.models import create_model, data_config
+from helpers.base.config import TrainConfig
+from helpers.base.errors import UserError
+from helpers.data import augment
+from helpers.data.loaders import ImageDataset, make_loader
+from helpers.data.splits import load_splits
+from helpers.training import checkpoint, distill, evaluation, metrics, recipe
+from helpers.training.distill import kd_loss
+from helpers.training.models import create_model, data_config
+from helpers.use import inference, runs
 
 from .conftest import FAST, TINY
 
@@ -34,8 +38,8 @@ def test_frozen_backbone_is_bit_identical_after_a_stage1_epoch(tmp_path):
 
 def test_backbone_and_head_get_their_own_learning_rates_through_the_schedule():
     model = create_model("tf_efficientnet_lite0", 10)
-    opt = engine.make_optimizer(model, TrainConfig(lr=1e-2, backbone_lr_ratio=0.1), torch.device("cpu"))
-    sched = engine.make_scheduler(opt, kind="cosine", epochs=4, steps_per_epoch=10, warmup_epochs=1, lr=1e-2,
+    opt = recipe.make_optimizer(model, TrainConfig(lr=1e-2, backbone_lr_ratio=0.1), torch.device("cpu"))
+    sched = recipe.make_scheduler(opt, kind="cosine", epochs=4, steps_per_epoch=10, warmup_epochs=1, lr=1e-2,
                                   min_lr=0.0, restart_epochs=0)
     head_params = {id(p) for p in model.get_classifier().parameters()}
     for t in (5, 10, 25):
@@ -51,7 +55,7 @@ def test_backbone_and_head_get_their_own_learning_rates_through_the_schedule():
 
 
 def test_mixup_targets_sum_to_one_and_images_follow_the_formula():
-    mix = engine.make_mixup(TrainConfig(mixup=True, label_smoothing=0.1), num_classes=5)
+    mix = recipe.make_mixup(TrainConfig(mixup=True, label_smoothing=0.1), num_classes=5)
     x = torch.rand(4, 3, 8, 8)
     y = torch.tensor([0, 1, 2, 3])
     mix._params_per_batch = lambda: (0.3, False)  # fix lambda
@@ -62,7 +66,7 @@ def test_mixup_targets_sum_to_one_and_images_follow_the_formula():
 
 
 def test_cutmix_pastes_a_box_and_mixes_targets_by_its_area():
-    mix = engine.make_mixup(TrainConfig(cutmix=True, label_smoothing=0.0), num_classes=4)
+    mix = recipe.make_mixup(TrainConfig(cutmix=True, label_smoothing=0.0), num_classes=4)
     x = torch.arange(2 * 1 * 10 * 10, dtype=torch.float32).view(2, 1, 10, 10)
     y = torch.tensor([0, 1])
     mix._params_per_batch = lambda: (0.75, True)
@@ -74,13 +78,13 @@ def test_cutmix_pastes_a_box_and_mixes_targets_by_its_area():
 
 
 def test_tta_with_one_view_equals_plain_evaluation(trained_run):
-    trained = inference.load_trained(trained_run)
+    trained = runs.load_trained(trained_run)
     samples = load_splits("food-101", TINY).test[:24]
     probs, _ = inference.tta_probs(trained, samples, tta=1, num_workers=0)
     d = trained.data_config
     loader = make_loader(ImageDataset(samples, augment.eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"])),
                          batch_size=8, shuffle=False, seed=0, num_workers=0)
-    logits, _, _ = inference.predict_logits(trained.model, loader, torch.device("cpu"))
+    logits, _, _ = evaluation.predict_logits(trained.model, loader, torch.device("cpu"))
     torch.testing.assert_close(probs, logits.softmax(1))
     two, _ = inference.tta_probs(trained, samples, tta=2, num_workers=0)
     assert not torch.allclose(two, probs)  # the mirrored view changes something
@@ -94,9 +98,9 @@ def test_ensemble_of_one_is_the_model_and_of_two_the_mean_softmax(trained_run, t
     other = tmp_path / "other"
     helpers.train(TrainConfig(**dict(FAST, image_size=64), epochs=1, seed=7, output_dir=str(other)))
     samples = load_splits("food-101", TINY).test
-    pa, labels = inference.tta_probs(inference.load_trained(trained_run), samples, num_workers=0)
-    pb, _ = inference.tta_probs(inference.load_trained(other), samples, num_workers=0)
-    expected = inference.metrics_from_probs((pa + pb) / 2, labels)
+    pa, labels = inference.tta_probs(runs.load_trained(trained_run), samples, num_workers=0)
+    pb, _ = inference.tta_probs(runs.load_trained(other), samples, num_workers=0)
+    expected = metrics.metrics_from_probs((pa + pb) / 2, labels)
     two = helpers.ensemble([str(trained_run), str(other)], **kw)
     assert two["top1"] == pytest.approx(expected["top1"]) and two["top5"] == pytest.approx(expected["top5"])
     assert [m["image_size"] for m in two["members"]] == [96, 64]  # each member used its own input size
@@ -120,9 +124,9 @@ def test_kd_loss_matches_the_formula_and_only_the_student_gets_gradients():
 
 def test_teacher_converts_the_batch_to_its_own_preprocessing(trained_run):
     student = {"image_size": 64, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    teacher = engine.Teacher((str(trained_run),), student, torch.device("cpu"))
+    teacher = distill.Teacher(runs.load_teachers([trained_run]), student)
     x = torch.randn(2, 3, 64, 64)
-    direct = inference.load_trained(trained_run).model
+    direct = runs.load_trained(trained_run).model
     t_cfg = teacher.data[0]
     pixels = x * torch.tensor(student["std"]).view(1, 3, 1, 1) + torch.tensor(student["mean"]).view(1, 3, 1, 1)
     expected_in = (pixels - torch.tensor(t_cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(t_cfg["std"]).view(1, 3, 1, 1)
@@ -178,7 +182,7 @@ def test_ensemble_test_dir_evaluates_every_image_of_a_class_folder_tree(trained_
     import json
     import shutil
 
-    from helpers.cli import main
+    from helpers.commands.cli import main
 
     splits = load_splits("food-101", TINY)
     test_dir = tmp_path / "test"

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import helpers
-from helpers import checkpoint, engine
-from helpers.cli import build_parser
-from helpers.config import TrainConfig, UserError, make_config
+from helpers.base.config import TrainConfig, make_config
+from helpers.base.errors import UserError
+from helpers.commands.cli import build_parser
+from helpers.training import checkpoint, engine, recipe
 
 from .conftest import FAST
 
@@ -118,7 +119,7 @@ def _lrs(kind, **kw):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     args = dict(kind=kind, epochs=10, steps_per_epoch=10, warmup_epochs=1, lr=1.0, min_lr=0.0, restart_epochs=0) | kw
-    sched = engine.make_scheduler(opt, **args)
+    sched = recipe.make_scheduler(opt, **args)
     out = []
     for t in range(100):
         sched.step_update(t)
@@ -139,15 +140,15 @@ def test_scheduler_and_warmup_flags_shape_the_learning_rate():
 
 
 def test_optimizer_lr_ratio_and_label_smoothing_flags():
-    model = helpers.models.create_model("tf_efficientnet_lite0", 10, pretrained="none")
+    model = helpers.training.models.create_model("tf_efficientnet_lite0", 10, pretrained="none")
     cfg = TrainConfig(lr=1e-2, backbone_lr_ratio=0.1, optimizer="sgd")
-    opt = engine.make_optimizer(model, cfg, torch.device("cpu"))
+    opt = recipe.make_optimizer(model, cfg, torch.device("cpu"))
     assert isinstance(opt, torch.optim.SGD)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["head"] == pytest.approx(1e-2) and lrs["backbone"] == pytest.approx(1e-3)
-    assert isinstance(engine.make_optimizer(model, TrainConfig(), torch.device("cpu")), torch.optim.AdamW)
+    assert isinstance(recipe.make_optimizer(model, TrainConfig(), torch.device("cpu")), torch.optim.AdamW)
     logits, target = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
-    assert engine.make_criterion(False, 0.3)(logits, target) > engine.make_criterion(False, 0.0)(logits, target)
+    assert recipe.make_criterion(False, 0.3)(logits, target) > recipe.make_criterion(False, 0.0)(logits, target)
 
 
 def test_early_stopping_stops_on_validation(tmp_path):
@@ -179,8 +180,8 @@ def test_init_from_grows_the_head_and_keeps_old_rows(trained_run, tmp_path, tiny
     with open(tiny_copy / "meta/test.txt", "a") as f:
         f.write("\n".join(ids[10:]) + "\n")
     old = checkpoint.load(trained_run)["model"]
-    model = helpers.models.create_model("tf_efficientnet_lite0", 11)
-    grown = helpers.models.grow_head(model, old)
+    model = helpers.training.models.create_model("tf_efficientnet_lite0", 11)
+    grown = helpers.training.models.grow_head(model, old)
     assert grown["classifier.weight"].shape[0] == 11
     torch.testing.assert_close(grown["classifier.weight"][:10], old["classifier.weight"])
     out = tmp_path / "more"
@@ -204,8 +205,8 @@ def test_download_flag_fetches_with_torchvision(tmp_path, monkeypatch, tiny_copy
     (tmp_path / "dl").mkdir()
     monkeypatch.setattr(torchvision.datasets, "Food101", FakeFood101)
     with pytest.raises(UserError, match="--download"):
-        helpers.data.load_splits("food-101", tmp_path / "dl")
-    splits = helpers.data.load_splits("food-101", tmp_path / "dl", download=True)
+        helpers.data.splits.load_splits("food-101", tmp_path / "dl")
+    splits = helpers.data.splits.load_splits("food-101", tmp_path / "dl", download=True)
     assert calls == [True] and len(splits.test) == 150
 
 
@@ -215,8 +216,8 @@ def test_output_folder_with_another_run_is_refused(trained_run):
 
 
 def test_batch_size_auto_keeps_the_effective_batch_within_a_memory_cap(tmp_path, monkeypatch):
-    from helpers import batch_size
-    from helpers.models import create_model
+    from helpers.training import batch_size
+    from helpers.training.models import create_model
 
     model = create_model("tf_efficientnet_lite0", 10)
     fits_8 = batch_size.step_peak_bytes(model, 8, 64, "cpu")

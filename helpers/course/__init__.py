@@ -1,0 +1,11 @@
+"""The course wing: what the notebooks need beside the library.
+
+course (the Course class: a notebook's run folders, the runs it needs, ledger rows, results), runner and
+execute (`run-notebooks`: papermill, headless), pairing (jupytext pairs), parameters (parameters cells read
+without running them), environment (00_setup's checks), ledger (the results ledger CSV), analysis (intervals,
+McNemar, tables), expectations (plan vs published vs measured), plots (figure style, curves, comparisons,
+roadmap), failures (confusion matrix, failure gallery), previews (techniques on real photos), predict_figures,
+probe_figures, widgets (ipywidgets explorers).
+
+May import: use, training, data, base.
+"""

@@ -1,0 +1,195 @@
+"""Executing one notebook headlessly with papermill, for `run-notebooks` (`runner.py`): its kernel checked, its
+output echoed cell by cell into a log (lines that matter also to the terminal), and a failure summarised as the
+notebook, the cell and its failing line (`NotebookFailure`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..base.errors import UserError
+
+KERNEL = "food101"  # the kernel every notebook names: the project's environment
+# Notebook output lines worth showing in the terminal (the rest is in the notebook's log).
+ECHO = re.compile(r"epoch \d+/\d+ |Test top-1|Resuming|Starting a new stage|Early stopping|Ledger |rror")
+
+
+class NotebookFailure(Exception):
+    """A notebook stopped with an error; `where` names the cell, `summary` is one line."""
+
+    def __init__(self, where: str, error: str, executed: Path, log: Path):
+        self.where, self.error, self.executed, self.log = where, error, executed, log
+        self.summary = f"{where}: {error}"
+        super().__init__(self.summary)
+
+
+class _Echo(logging.Handler):
+    """Writes papermill's log of a notebook (cells, outputs) to a file and shows progress lines in the terminal."""
+
+    def __init__(self, log_file, cells: list[str]):
+        super().__init__(logging.INFO)
+        self.file = log_file
+        self.cells = cells  # the first source line of each cell of the executed notebook ("" for markdown)
+        self.code_total = sum(1 for c in cells if c)
+        self.code_seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.file.write(message if message.endswith("\n") else message + "\n")
+        self.file.flush()
+        cell = re.match(r"Executing Cell (\d+)", message)
+        if cell:
+            index = int(cell.group(1)) - 1
+            line = self.cells[index] if index < len(self.cells) else ""
+            if line:
+                self.code_seen += 1
+                _say(f"{'':9}cell {self.code_seen}/{self.code_total}: {line[:90]}")
+            return
+        if message.startswith("Ending Cell"):
+            return
+        for part in re.split(r"[\r\n]+", message):
+            if ECHO.search(part) and "%|" not in part:
+                _say(f"{'':11}{part.strip()[:150]}")
+
+
+def _cell_lines(source: Path) -> tuple[list[str], int]:
+    """First code line of every cell of the notebook as papermill will run it (with the injected parameters
+    cell after the `parameters` cell), and the index of that injected cell."""
+    import nbformat
+
+    nb = nbformat.read(source, as_version=4)
+    lines, injected = [], -1
+    for cell in nb.cells:
+        first = next((ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        lines.append(first.strip() if cell.cell_type == "code" else "")
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []) and injected < 0:
+            injected = len(lines)
+            lines.append("(injected parameters)")
+    return lines, injected
+
+
+def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str | None = None,
+            cell_timeout: int | None = None) -> None:
+    """Run one notebook with papermill into `output`, logging everything it prints to `log`.
+
+    Args:
+        kernel: the Jupyter kernel (None: the notebook's own kernelspec, else `food101`).
+
+    Raises:
+        UserError: the kernel is not installed (with how to install it).
+        NotebookFailure: the notebook raised, its kernel died or a cell timed out; names the cell.
+    """
+    import nbformat
+    import papermill
+
+    kernel = kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get("name") or KERNEL
+    check_kernel(kernel)
+
+    lines, injected = _cell_lines(source)
+    logger = logging.getLogger("papermill")
+    saved = (logger.level, logger.propagate)
+    env = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND")}
+    with open(log, "a") as log_file:
+        log_file.write(f"=== {source.name} {time.strftime('%Y-%m-%d %H:%M:%S')} parameters {parameters}\n")
+        handler = _Echo(log_file, lines)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        # The kernel imports helpers from the project, and draws figures inline (not with a backend set here).
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(cwd)] + ([env["PYTHONPATH"]] if env["PYTHONPATH"] else []))
+        os.environ.pop("MPLBACKEND", None)
+        # The kernel process inherits file descriptor 2: send its own messages (start-up warnings, a crash) to
+        # the log rather than into the progress lines.
+        sys.stderr.flush()
+        terminal_stderr = os.dup(2)
+        os.dup2(log_file.fileno(), 2)
+        try:
+            papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel,
+                                       cwd=str(cwd), log_output=True, progress_bar=False,
+                                       execution_timeout=cell_timeout, request_save_on_cell_execute=True)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # papermill and nbclient raise many types: execution, dead kernel, timeout
+            where = _failed_cell(output, lines, injected, exc)
+            error = _error_text(exc)
+            log_file.write(f"=== FAILED in {where}: {error}\n")
+            raise NotebookFailure(where, error, output, log) from exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(terminal_stderr, 2)
+            os.close(terminal_stderr)
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
+            for key, value in env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _error_text(exc: Exception) -> str:
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}".strip()
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
+
+
+def _failed_cell(output: Path, lines: list[str], injected: int, exc: Exception) -> str:
+    """Name the failing cell by its number in the notebook as a person opens it, its In [n] and first line."""
+    index = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    if index is None and output.is_file():  # dead kernel or timeout: the cell papermill marked as running/failed
+        import nbformat
+
+        nb = nbformat.read(output, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.metadata.get("papermill", {}).get("status") in ("running", "failed"):
+                index, count = i, cell.get("execution_count")
+                break
+    if index is None:
+        return "the kernel, before any cell ran"
+    line = lines[index] if index < len(lines) else ""
+    if index == injected:
+        return f"the injected parameters cell (In [{count}])"
+    number = index if injected >= 0 and index > injected else index + 1
+    where = f"In [{count}]"
+    failing = _failing_line(exc)
+    if failing:
+        where += f", line {failing[0]}"
+        line = failing[1]
+    return f"cell {number} ({where}) `{line[:100]}`"
+
+
+def _failing_line(exc: Exception) -> tuple[int, str] | None:
+    """The line of the cell that raised, from IPython's traceback ("Cell In[3], line 5")."""
+    source = getattr(exc, "source", None)
+    traceback = "\n".join(getattr(exc, "traceback", None) or [])
+    match = re.search(r"Cell In\s*\[\d+\], line (\d+)", re.sub(r"\x1b\[[0-9;]*m", "", traceback))
+    if not source or not match:
+        return None
+    number = int(match.group(1))
+    lines = source.splitlines()
+    return (number, lines[number - 1].strip()) if 0 < number <= len(lines) else None
+
+
+def check_kernel(name: str) -> None:
+    """Raise a UserError saying how to register the kernel when Jupyter does not know `name`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if name not in KernelSpecManager().find_kernel_specs():
+        raise UserError(
+            f"The Jupyter kernel {name!r} is not installed, and the notebooks run in it. Register this environment "
+            f"as that kernel with `make install`, or: {sys.executable} -m ipykernel install --sys-prefix --name "
+            f"{KERNEL} --display-name \"Food-101 workbook (.venv)\" (or give --kernel NAME)."
+        )
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
