@@ -44,14 +44,11 @@ profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an e
 data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 download = False  # full: fetch Food-101 (about 5 GB) with torchvision when data_dir has no dataset
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 from helpers.course import course, environment, previews
 
-c = course.Course("00_setup", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
+c = course.Course("00_setup", profile, data_dir=data_dir, device=device)
 environment.environment(device)
 
 # %% [markdown]
@@ -113,9 +110,8 @@ from helpers.commands import doctor
 
 DOCTOR = {"full": dict(backbone="efficientnet_b0", image_size=224, batch_size=16, steps=3, bench_steps=5),
           "demo": dict(backbone="tf_efficientnet_lite0", image_size=112, batch_size=8, steps=2, bench_steps=2),
-          "medium": dict(backbone="tf_efficientnet_lite0", image_size=224, batch_size=16, steps=3, bench_steps=5),
-          "ci": dict(backbone="tf_efficientnet_lite0", image_size=64, batch_size=4, steps=2, bench_steps=1)}
-check = doctor.run_doctor(device=device, data_dir=str(c.data_dir), **DOCTOR["ci" if rehearse else profile])
+          "medium": dict(backbone="tf_efficientnet_lite0", image_size=224, batch_size=16, steps=3, bench_steps=5)}
+check = doctor.run_doctor(device=device, data_dir=str(c.data_dir), **(DOCTOR["demo"] if c.rehearse else c.pick(DOCTOR)))
 print(doctor.format_table(check))
 if check["disagreements"]:
     raise doctor.DeviceDisagrees(" ".join(check["disagreements"]))

@@ -54,21 +54,16 @@ SETTINGS = {
     "medium": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=224, batch_size=32, epochs=8),
     "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=112, batch_size=32, epochs=4,
                  warmup_epochs=0.5),
-    "ci": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=64, batch_size=32, epochs=1,
-               warmup_epochs=0.5),
 }
 TECHNIQUE = dict(augment="basic", lr=3e-3)  # the plan's baseline: AdamW, cosine schedule, "current augmentations"
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import analysis, course, failures, plots, widgets
 
-c = course.Course("01_baseline", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-cfg = c.config("baseline", {**SETTINGS[profile], **TECHNIQUE, **overrides})
+c = course.Course("01_baseline", profile, data_dir=data_dir, device=device)
+cfg = c.config("baseline", {**c.pick(SETTINGS), **TECHNIQUE, **overrides})
 cfg
 
 # %% [markdown]
@@ -106,7 +101,7 @@ c.record("baseline", cfg.output_dir, test)
 # it gathered from augmented batches.
 
 # %%
-bn_cfg = c.config("baseline-bn-updated", {**SETTINGS[profile], **TECHNIQUE, **overrides, "freeze_bn": False})
+bn_cfg = c.config("baseline-bn-updated", {**c.pick(SETTINGS), **TECHNIQUE, **overrides, "freeze_bn": False})
 helpers.train(bn_cfg)
 plots.training_curves({"BatchNorm statistics frozen": cfg.output_dir, "updated": bn_cfg.output_dir},
                       title="01 · BatchNorm statistics frozen or updated", folder=c.figures,

@@ -46,24 +46,17 @@ SETTINGS = {
                         warmup_epochs=0.5),
              "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=112, batch_size=32,
                               epochs=4, warmup_epochs=0.5)},
-    "ci": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32, epochs=1,
-                      warmup_epochs=0.5),
-           "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=64, batch_size=32,
-                            epochs=1, warmup_epochs=0.5)},
 }
 TECHNIQUE = dict(augment="basic", lr=3e-3)  # the baseline's recipe: only the backbone changes
 train_alternative = True  # False: skip the ResNet-50 alternative (2.2)
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import course, failures, plots, widgets
 
-c = course.Course("02_b3_upgrade", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-b3 = c.config("b3", {**SETTINGS[profile]["b3"], **TECHNIQUE, **overrides})
+c = course.Course("02_b3_upgrade", profile, data_dir=data_dir, device=device)
+b3 = c.config("b3", {**c.pick(SETTINGS)["b3"], **TECHNIQUE, **overrides})
 b3
 
 # %% [markdown]
@@ -74,7 +67,7 @@ b3
 helpers.train(b3)
 runs = {f"B3 ({b3.backbone} @{b3.image_size})": b3.output_dir}  # the model this profile uses for it
 if train_alternative:
-    alternative = c.config("resnet50", {**SETTINGS[profile]["resnet50"], **TECHNIQUE, **overrides})
+    alternative = c.config("resnet50", {**c.pick(SETTINGS)["resnet50"], **TECHNIQUE, **overrides})
     helpers.train(alternative)
     runs[f"ResNet-50 alternative ({alternative.backbone} @{alternative.image_size})"] = alternative.output_dir
 plots.training_curves(runs, title="02 · B3 and the alternative", folder=c.figures, name="02_training_curves")

@@ -39,23 +39,18 @@ SETTINGS = {
                    warmup_epochs=1, patience=4, restart_epochs=5),
     "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=5,
                  warmup_epochs=1, patience=4, restart_epochs=2),
-    "ci": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32, epochs=1,
-               warmup_epochs=0.5, patience=4, restart_epochs=2),
 }
 SCHEDULE = dict(scheduler="cosine_restart", early_stopping=True, lr=3e-3)  # 3.1: restarts, warmup, early stopping
 AUGMENT = {"3.1": "basic", "3.2": "advanced"}  # 3.2: the same run with the plan's advanced augmentation
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import course, failures, plots, previews, widgets
 
-c = course.Course("03_augmentations", profile, data_dir=data_dir, device=device, output_dir=output_dir,
-                  ledger=ledger, rehearse=rehearse)
-schedule = c.config("schedule", {**SETTINGS[profile], **SCHEDULE, "augment": AUGMENT["3.1"], **overrides})
-advanced = c.config("advanced", {**SETTINGS[profile], **SCHEDULE, "augment": AUGMENT["3.2"], **overrides})
+c = course.Course("03_augmentations", profile, data_dir=data_dir, device=device)
+schedule = c.config("schedule", {**c.pick(SETTINGS), **SCHEDULE, "augment": AUGMENT["3.1"], **overrides})
+advanced = c.config("advanced", {**c.pick(SETTINGS), **SCHEDULE, "augment": AUGMENT["3.2"], **overrides})
 advanced
 
 # %% [markdown]

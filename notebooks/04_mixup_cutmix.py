@@ -40,14 +40,10 @@ SETTINGS = {
                    warmup_epochs=1, patience=4, restart_epochs=5),
     "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=5,
                  warmup_epochs=1, patience=4, restart_epochs=2),
-    "ci": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32, epochs=1,
-               warmup_epochs=0.5, patience=4, restart_epochs=2),
 }
 RECIPE = dict(scheduler="cosine_restart", early_stopping=True, lr=3e-3, augment="advanced")  # 3.2's run
 TECHNIQUE = dict(mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0)  # one of the two per batch
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -55,9 +51,8 @@ from helpers.course import course, failures, plots, previews
 from helpers.data import loaders
 from helpers.training import recipe
 
-c = course.Course("04_mixup_cutmix", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-cfg = c.config("mixup", {**SETTINGS[profile], **RECIPE, **TECHNIQUE, **overrides})
+c = course.Course("04_mixup_cutmix", profile, data_dir=data_dir, device=device)
+cfg = c.config("mixup", {**c.pick(SETTINGS), **RECIPE, **TECHNIQUE, **overrides})
 without_run = c.require("03_augmentations", "advanced")  # 3.2: the same recipe without mixing
 cfg
 

@@ -56,17 +56,11 @@ SETTINGS = {
                             epochs=1, lr=1e-2, warmup_epochs=0.5),
              "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32,
                             epochs=3, lr=1e-3, warmup_epochs=0.5)},
-    "ci": {"stage1": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32,
-                          epochs=1, lr=1e-2, warmup_epochs=0.5),
-           "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=64, batch_size=32,
-                          epochs=1, lr=1e-3, warmup_epochs=0.5)},
 }
 STAGE1 = dict(freeze_backbone=True, augment="advanced")  # only the new head learns
 STAGE2 = dict(augment="advanced", mixup=True, cutmix=True, backbone_lr_ratio=0.1,  # 3.6: backbone at lr / 10
               head_warmup_epochs=0)  # its head is trained already
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -74,9 +68,8 @@ from helpers.base.devices import get_device
 from helpers.course import analysis, course, failures, plots
 from helpers.training import engine, recipe
 
-c = course.Course("05_two_stage", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-stage1 = c.config("stage1", {**SETTINGS[profile]["stage1"], **STAGE1, **overrides})
+c = course.Course("05_two_stage", profile, data_dir=data_dir, device=device)
+stage1 = c.config("stage1", {**c.pick(SETTINGS)["stage1"], **STAGE1, **overrides})
 stage1
 
 # %% [markdown]
@@ -100,7 +93,7 @@ helpers.train(stage1)
 # biases and norm weights.
 
 # %%
-stage2 = c.config("stage2", {**SETTINGS[profile]["stage2"], **STAGE2, **overrides}, start_from=stage1.output_dir)
+stage2 = c.config("stage2", {**c.pick(SETTINGS)["stage2"], **STAGE2, **overrides}, start_from=stage1.output_dir)
 model, _ = engine.build_model(stage2, c.class_names(), state=None, device=get_device("cpu"))
 analysis.optimizer_groups(recipe.make_optimizer(model, stage2, get_device("cpu")))
 
@@ -116,7 +109,7 @@ plots.training_curves({"stage 1 (frozen backbone)": stage1.output_dir, "stage 2 
 # first stage alone.
 
 # %%
-one_stage = c.config("one-stage", {**SETTINGS[profile]["stage2"], **STAGE2, **overrides,
+one_stage = c.config("one-stage", {**c.pick(SETTINGS)["stage2"], **STAGE2, **overrides,
                                    "epochs": stage1.epochs + stage2.epochs})
 helpers.train(one_stage)
 plots.training_curves({"one stage": one_stage.output_dir, "stage 1 then stage 2": stage2.output_dir},

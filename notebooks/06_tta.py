@@ -31,18 +31,15 @@ profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an e
 data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 # The numbers of views compared, fixed in advance; the ledger takes the largest.
-VIEWS = {"full": [1, 2, 4, 6], "medium": [1, 2, 4, 6], "demo": [1, 2, 4, 6], "ci": [1, 2]}
+VIEWS = {"full": [1, 2, 4, 6], "medium": [1, 2, 4, 6], "demo": [1, 2, 4, 6]}
 model = None  # None: 05_two_stage's stage-2 model; or a run folder
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 from helpers.course import analysis, course, failures, plots, previews
 
-c = course.Course("06_tta", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
+c = course.Course("06_tta", profile, data_dir=data_dir, device=device)
 model = model or c.require("05_two_stage", "stage2")
-views = VIEWS[profile]
+views = c.pick(VIEWS)
 print(f"model {model}, views {views}")
 
 # %% [markdown]

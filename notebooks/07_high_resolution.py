@@ -46,26 +46,21 @@ SETTINGS = {
                    lr=3e-4, warmup_epochs=0.5, augment="light"),
     "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=160, batch_size=32, epochs=2,
                  lr=3e-4, warmup_epochs=0.5, augment="light"),
-    "ci": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=80, batch_size=32, epochs=1,
-               lr=3e-4, warmup_epochs=0.5, augment="light"),
 }
 TECHNIQUE = dict(head_warmup_epochs=0)  # fine-tune the trained two-stage model at a higher resolution
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import course, failures, plots
 from helpers.use import runs
 
-c = course.Course("07_high_resolution", profile, data_dir=data_dir, device=device, output_dir=output_dir,
-                  ledger=ledger, rehearse=rehearse)
+c = course.Course("07_high_resolution", profile, data_dir=data_dir, device=device)
 source = c.require("05_two_stage", "stage2")
-cfg = c.config("hires", {**SETTINGS[profile], **TECHNIQUE, **overrides}, start_from=source)
+cfg = c.config("hires", {**c.pick(SETTINGS), **TECHNIQUE, **overrides}, start_from=source)
 # the control: the same fine-tune at the size 05's model was trained at
 source_size = runs.load_trained(source).config["image_size"]
-control = c.config("same-size", {**SETTINGS[profile], **TECHNIQUE, **overrides, "image_size": source_size},
+control = c.config("same-size", {**c.pick(SETTINGS), **TECHNIQUE, **overrides, "image_size": source_size},
                    start_from=source)
 cfg
 

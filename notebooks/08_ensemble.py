@@ -39,26 +39,21 @@ SETTINGS = {
                                seed=456, augment="basic")},
     "medium": {},
     "demo": {},
-    "ci": {},
 }
 # The members averaged: (notebook, run). Full: the plan's three models; medium, demo, ci: three earlier runs.
 MEMBERS = {
     "full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
     "medium": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
     "demo": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
-    "ci": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
 }
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import analysis, course, failures, plots
 
-c = course.Course("08_ensemble", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-to_train = [c.config(run, {**settings, **overrides}) for run, settings in SETTINGS[profile].items()]
+c = course.Course("08_ensemble", profile, data_dir=data_dir, device=device)
+to_train = [c.config(run, {**settings, **overrides}) for run, settings in c.pick(SETTINGS).items()]
 [cfg.backbone for cfg in to_train]
 
 # %% [markdown]
@@ -68,7 +63,7 @@ to_train = [c.config(run, {**settings, **overrides}) for run, settings in SETTIN
 # %%
 for cfg in to_train:
     helpers.train(cfg)
-member_runs = [c.require(notebook, run) for notebook, run in MEMBERS[profile]]
+member_runs = [c.require(notebook, run) for notebook, run in c.pick(MEMBERS)]
 member_runs
 
 # %% [markdown]

@@ -41,33 +41,27 @@ SETTINGS = {
                    augment="basic", lr=3e-3),
     "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=112, batch_size=32, epochs=4,
                  warmup_epochs=0.5, augment="basic", lr=3e-3),
-    "ci": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=64, batch_size=32, epochs=1,
-               warmup_epochs=0.5, augment="basic", lr=3e-3),
 }
 REFERENCE = {"full": ("04_mixup_cutmix", "mixup"), "medium": ("01_baseline", "baseline"),
-             "demo": ("01_baseline", "baseline"), "ci": ("01_baseline", "baseline")}
+             "demo": ("01_baseline", "baseline")}
 # The teacher: the ensemble of 08 (its members, averaged), per profile.
 TEACHER = {
     "full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
     "medium": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
     "demo": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
-    "ci": [("07_high_resolution", "hires"), ("02_b3_upgrade", "resnet50"), ("04_mixup_cutmix", "mixup")],
 }
 TECHNIQUE = dict(kd_alpha=0.7, kd_temperature=3.0)  # loss = α · T² · KL(teacher_T ‖ student_T) + (1 - α) · CE
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import course, failures, plots
 from helpers.use import runs
 
-c = course.Course("09_distillation", profile, data_dir=data_dir, device=device, output_dir=output_dir,
-                  ledger=ledger, rehearse=rehearse)
-alone = c.require(*REFERENCE[profile])
-teacher = [str(c.require(notebook, run)) for notebook, run in TEACHER[profile]]  # averaged, as in 08
-cfg = c.config("student", {**SETTINGS[profile], **TECHNIQUE, "teacher": teacher, **overrides})
+c = course.Course("09_distillation", profile, data_dir=data_dir, device=device)
+alone = c.require(*c.pick(REFERENCE))
+teacher = [str(c.require(notebook, run)) for notebook, run in c.pick(TEACHER)]  # averaged, as in 08
+cfg = c.config("student", {**c.pick(SETTINGS), **TECHNIQUE, "teacher": teacher, **overrides})
 cfg
 
 # %% [markdown]

@@ -65,16 +65,15 @@ backbones = {
                "lite2": ("tf_efficientnet_lite2", "offline", 260)},
     "demo": {"lite0": ("tf_efficientnet_lite0", "offline", 112), "lite1": ("tf_efficientnet_lite1", "offline", 112),
              "lite2": ("tf_efficientnet_lite2", "offline", 112)},
-    "ci": {"lite0": ("tf_efficientnet_lite0", "offline", 64), "lite1": ("tf_efficientnet_lite1", "offline", 64)},
 }
-views = {"full": 2, "medium": 1, "demo": 1, "ci": 1}  # 2: each photo's features averaged with its mirror's
+views = {"full": 2, "medium": 1, "demo": 1}  # 2: each photo's features averaged with its mirror's
 ensemble_of = {"full": ["SigLIP SO400M/384", "CLIP ViT-L/14@336"], "medium": ["lite0", "lite1", "lite2"],
-               "demo": ["lite0", "lite1", "lite2"], "ci": ["lite0", "lite1"]}  # the probes combined (concatenated features, and mean softmax)
+               "demo": ["lite0", "lite1", "lite2"]}  # the probes combined (concatenated features, and mean softmax)
 # Also averaged with the probes when they are trained in this course: (notebook, run) of notebook 08's members
 with_members = {"full": [("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")],
-                "medium": [], "demo": [], "ci": []}
+                "medium": [], "demo": []}
 # The fine-tune from a probe's head (LP-FT) with layer-wise lr decay: the probe it starts from and its settings
-finetune_from = {"full": "EVA-02-B/448", "medium": "lite0", "demo": "lite0", "ci": "lite0"}
+finetune_from = {"full": "EVA-02-B/448", "medium": "lite0", "demo": "lite0"}
 finetune = {
     "full": dict(image_size=448, batch_size=32, epochs=10, lr=5e-4, layer_decay=0.65, weight_decay=0.05,
                  warmup_epochs=1, head_warmup_epochs=0, model_ema=True, drop_path_rate=0.1, augment="basic"),
@@ -82,11 +81,7 @@ finetune = {
                    warmup_epochs=0.5),
     "demo": dict(image_size=112, batch_size=32, epochs=1, lr=1e-3, layer_decay=0.8, head_warmup_epochs=0,
                  warmup_epochs=0.5, num_workers=0),
-    "ci": dict(image_size=64, batch_size=32, epochs=1, lr=1e-3, layer_decay=0.8, head_warmup_epochs=0,
-               num_workers=0),
 }
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
@@ -94,10 +89,9 @@ from helpers.course import analysis, course, failures, plots, probe_figures
 from helpers.use import probe
 from helpers.use.features import extract_features
 
-c = course.Course("10_beyond_95", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-chosen = backbones[profile]
-if rehearse:  # random weights at the rehearsal's image size (as c.config gives the fine-tune): the wiring only
+c = course.Course("10_beyond_95", profile, data_dir=data_dir, device=device)
+chosen = c.pick(backbones)
+if c.rehearse:  # random weights at the rehearsal's image size (as c.config gives the fine-tune): the wiring only
     chosen = {k: (name.split(".")[0], "none", course.rehearsal({"image_size": size})["image_size"])
               for k, (name, _, size) in chosen.items()}
 folder = {label: c.run_dir("10_beyond_95", "features-" + label.split()[0].replace("/", "_")) for label in chosen}
@@ -115,7 +109,7 @@ chosen  # label: (timm model, weights, image size)
 for label, (name, weights, size) in chosen.items():  # the log gives each backbone's images/s
     if not (folder[label] / "test.safetensors").exists():
         extract_features(dataset="food-101", data_dir=str(c.data_dir), backbone=name, pretrained=weights,
-                         image_size=size, views=views[profile], output_dir=folder[label], device=device,
+                         image_size=size, views=c.pick(views), output_dir=folder[label], device=device,
                          num_workers=c.num_workers)
 
 # %% [markdown]
@@ -129,10 +123,10 @@ for label in chosen:
     if not (probe_dir[label] / "summary.json").exists():
         probe.train_probe([folder[label]], probe_dir[label], device=device)
     probes[label] = probe_dir[label]
-combo = " + ".join(ensemble_of[profile])
+combo = " + ".join(c.pick(ensemble_of))
 combo_dir = c.run_dir("10_beyond_95", "probe-concat")
 if not (combo_dir / "summary.json").exists():
-    probe.train_probe([folder[label] for label in ensemble_of[profile]], combo_dir, device=device)
+    probe.train_probe([folder[label] for label in c.pick(ensemble_of)], combo_dir, device=device)
 probes[f"one probe on {combo}"] = combo_dir
 tested = {k: probe.read_summary(v) for k, v in probes.items()}  # test top-1, top-5 and n, val top-1, chosen L2
 tested
@@ -160,15 +154,15 @@ probe_figures.probe_batch(b["features"], b["weight"], b["logits"], b["labels"], 
 # members when they are trained.
 
 # %%
-members08 = [c.run_dir(nb, run) for nb, run in with_members[profile]]
+members08 = [c.run_dir(nb, run) for nb, run in c.pick(with_members)]
 members08 = [m for m in members08 if (m / "best.pt").is_file()]  # trained in this course (notebook 08 has run)
-ensemble = c.ensemble([probes[label] for label in ensemble_of[profile]], tag="10_probe_ensemble")
+ensemble = c.ensemble([probes[label] for label in c.pick(ensemble_of)], tag="10_probe_ensemble")
 combinations = {f"one probe on {combo} (concatenated)": tested[f"one probe on {combo}"],
-                f"mean softmax of the {len(ensemble_of[profile])} probes": ensemble}
+                f"mean softmax of the {len(c.pick(ensemble_of))} probes": ensemble}
 if members08:
-    with_08 = c.ensemble([probes[label] for label in ensemble_of[profile]] + members08, tag="10_with_08")
+    with_08 = c.ensemble([probes[label] for label in c.pick(ensemble_of)] + members08, tag="10_with_08")
     combinations[f"probes + notebook 08's {len(members08)} members"] = with_08
-probe_figures.members_vs_ensembles({f"probe {k}": tested[k] for k in ensemble_of[profile]},
+probe_figures.members_vs_ensembles({f"probe {k}": tested[k] for k in c.pick(ensemble_of)},
                                    combinations, folder=c.figures, name="10_members_vs_ensemble")
 
 # %% [markdown]
@@ -178,16 +172,16 @@ probe_figures.members_vs_ensembles({f"probe {k}": tested[k] for k in ensemble_of
 # lr x R^(D - k): the stem barely moves, the last blocks and the head learn most.
 
 # %%
-name, weights, _ = chosen[finetune_from[profile]]
-ft = c.config("lpft", dict(backbone=name, pretrained=weights, init_from=str(probe_dir[finetune_from[profile]]),
-                           **finetune[profile]))
+name, weights, _ = chosen[c.pick(finetune_from)]
+ft = c.config("lpft", dict(backbone=name, pretrained=weights, init_from=str(probe_dir[c.pick(finetune_from)]),
+                           **c.pick(finetune)))
 summary = helpers.train(ft)
 lpft = c.evaluate(ft.output_dir, tag="10_lpft")
-results = {f"probe {finetune_from[profile]}": tested[finetune_from[profile]],
-           f"fine-tune from the probe's head (LP-FT), {finetune_from[profile]}": lpft, **combinations}
+results = {f"probe {c.pick(finetune_from)}": tested[c.pick(finetune_from)],
+           f"fine-tune from the probe's head (LP-FT), {c.pick(finetune_from)}": lpft, **combinations}
 # highlighted: the route with the best validation top-1 among those that have one (the test split chooses nothing)
-by_val = {f"probe {finetune_from[profile]}": probe_dir[finetune_from[profile]],
-          f"fine-tune from the probe's head (LP-FT), {finetune_from[profile]}": ft.output_dir,
+by_val = {f"probe {c.pick(finetune_from)}": probe_dir[c.pick(finetune_from)],
+          f"fine-tune from the probe's head (LP-FT), {c.pick(finetune_from)}": ft.output_dir,
           f"one probe on {combo} (concatenated)": combo_dir}
 plots.compare_top1(results, highlight=analysis.best_by_val(by_val), folder=c.figures, name="10_routes",
                    title=f"10 · The routes of this notebook on the {profile} profile's data (test top-1; green: the "
@@ -205,8 +199,8 @@ failures.failure_gallery(lpft["predictions"], n=12, title="10 · Fine-tuned from
 # Two rows of the roadmap's track past the plan: 5.1 (the probes' ensemble) and 5.2 (the LP-FT fine-tune).
 
 # %%
-c.record("5.1", [probes[label] for label in ensemble_of[profile]], ensemble)
-c.record("5.2", ft.output_dir, lpft, reference_top1=c.evaluate(probe_dir[finetune_from[profile]]))
+c.record("5.1", [probes[label] for label in c.pick(ensemble_of)], ensemble)
+c.record("5.2", ft.output_dir, lpft, reference_top1=c.evaluate(probe_dir[c.pick(finetune_from)]))
 
 # %% [markdown]
 # ## What we saw

@@ -40,18 +40,15 @@ data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/f
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 model = None  # None: the course's run with the best validation top-1; or a run folder (a list: their ensemble)
 my_photos = "data/my-photos"  # your photos: a folder (read recursively), a file or a glob pattern, e.g. "~/Pictures/food"
-TEST_PHOTOS = {"full": 8, "medium": 8, "demo": 6, "ci": 4}  # test photos shown (one per class, the first of each)
+TEST_PHOTOS = {"full": 8, "medium": 8, "demo": 6}  # test photos shown (one per class, the first of each)
 TOP_K = 5  # classes shown per photo
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
 import helpers
 from helpers.course import course, environment, predict_figures, widgets
 from helpers.use import export, runs
 
-c = course.Course("11_use_your_model", profile, data_dir=data_dir, device=device, output_dir=output_dir,
-                  ledger=ledger, rehearse=rehearse)
+c = course.Course("11_use_your_model", profile, data_dir=data_dir, device=device)
 photos = str(c.project_path(my_photos))  # a relative path is taken from the project root
 trained_runs = c.trained_runs()
 trained_runs
@@ -68,7 +65,7 @@ print(f"the model: {best}")
 # each photo exactly as `evaluate` does, so on labelled photos its top-1 is `evaluate`'s.
 
 # %%
-samples = environment.sample_images(c.data_dir, "test")[: TEST_PHOTOS[profile]]
+samples = environment.sample_images(c.data_dir, "test")[: c.pick(TEST_PHOTOS)]
 table = helpers.predict(trained, [p for p, _ in samples], top_k=TOP_K, device=device)
 table.insert(1, "true", [name for _, name in samples])
 table[["path", "true", "class", "probability"]]

@@ -30,15 +30,12 @@
 profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
 data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/food-101-medium, full: data/food-101)
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
-# Set by `run-notebooks` (papermill passes them) and the tests; leave them: run folder, ledger, --rehearse
-output_dir, ledger, rehearse = None, None, False
 
 # %%
-from helpers.course import analysis, course, plots
+from helpers.course import analysis, course, plots, roadmap
 
-c = course.Course("12_results", profile, data_dir=data_dir, device=device, output_dir=output_dir, ledger=ledger,
-                  rehearse=rehearse)
-table = c.results()
+c = course.Course("12_results", profile, data_dir=data_dir, device=device)
+table = roadmap.results(c)
 print(f"ledger {c.ledger_path}, course run {c.output_dir}")
 analysis.format_table(table.drop(columns=["in plan table"]))
 
@@ -60,7 +57,7 @@ plots.roadmap_chart(table, title=f"Expected (plan, Food-101) against measured ({
                     folder=c.figures, name="12_roadmap")
 
 # %%
-c.save_results(table)
+roadmap.save_results(c, table)
 
 # %% [markdown]
 # ## The plan, the published figures and this run

@@ -99,8 +99,7 @@ def _make_clone(base: Path) -> Path:
         shutil.copyfile(ROOT / name, repo / name)
     target = repo / f"{NOTEBOOK}.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / f"{NOTEBOOK}.ipynb"), str(target), prepare_only=True,
-                               parameters={"profile": "ci", "output_dir": str(base / "course"),
-                                           "ledger": str(base / "ledger.csv")}, progress_bar=False)
+                               parameters={"profile": "ci"}, progress_bar=False)
     nb = nbformat.read(target, as_version=4)
     nb.metadata.kernelspec = _kernelspec()  # the notebooks' contract; explicit for a notebook that still says python3
     nb.cells.append(nbformat.v4.new_code_cell(f"import sys\nprint({PREFIX_MARK!r} + sys.prefix)"))
@@ -193,6 +192,8 @@ def lab(clone, tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "HELPERS_PROGRESS": "",
+           # where the notebooks' runs and ledger go (Course reads them, as run-notebooks sets them for a kernel)
+           "HELPERS_COURSE_DIR": str(clone.parent / "course"), "HELPERS_LEDGER": str(clone.parent / "ledger.csv"),
            "PYTHONPATH": os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
                                                           else []))}
     log = open(home / "lab.log", "w")
@@ -458,7 +459,7 @@ def test_an_executed_notebook_shows_the_explorers_picture_without_running(ui_run
     It runs in the course folder of the run above, whose trained model it reuses (the notebook re-tests it)."""
     out = lab["root"].parent / "course"
     res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--profile", "ci", "--only", "01",
-                          "--out", str(out), "-p", "ledger", str(tmp_path / "ledger.csv")], cwd=ROOT,
+                          "--out", str(out), "--ledger", str(tmp_path / "ledger.csv")], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     executed = lab["root"] / "executed_01.ipynb"

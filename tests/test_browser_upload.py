@@ -42,8 +42,7 @@ def clone(tmp_path_factory) -> Path:
     _git(repo, "init", "-q")
     target = repo / f"{NOTEBOOK}.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / f"{NOTEBOOK}.ipynb"), str(target), prepare_only=True,
-                               parameters={"profile": "ci", "output_dir": str(base / "course"),
-                                           "ledger": str(base / "ledger.csv"), "model": str(trained_run),
+                               parameters={"profile": "ci", "model": str(trained_run),
                                            "my_photos": str(ROOT / "data" / "my-photos")}, progress_bar=False)
     nb = nbformat.read(target, as_version=4)
     nb.metadata.kernelspec = _kernelspec()

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from helpers.base.config import TrainConfig
-from helpers.course import course, expectations, ledger
+from helpers.course import course, expectations, ledger, roadmap
 from helpers.course.execute import execute
 from helpers.course.parameters import parameters
 from helpers.course.runner import find_notebooks
@@ -84,11 +84,11 @@ def _try_its(path: Path) -> list[TryIt]:
     return found
 
 
-def _changed(path: Path, change: TryIt, profile: str | None = None) -> Any:
-    """The parameter's new value: the notebook's literal with the change applied (the profile key swapped for
-    `profile` when given, so a demo Try it runs in ci)."""
+def _changed(path: Path, change: TryIt) -> Any:
+    """The parameter's new value: the notebook's literal with the change applied (a demo Try it runs in ci too:
+    the ci profile reads the demo's literals)."""
     value = parameters(path)[change.name]
-    keys = [profile if profile and k == "demo" else k for k in change.keys]
+    keys = change.keys
     if not keys:
         return _plain(change.value)
     root = value = _plain(copy.deepcopy(value))
@@ -169,8 +169,7 @@ def test_every_try_it_changes_a_literal_of_the_parameters_cell(path):
                                             f"{change.was!r}"
         if change.name == "overrides":
             assert set(change.value) <= FIELDS, change.value
-        if change.tested and "demo" in change.keys:
-            assert "ci" in params[change.name], f"{path.name}: the tested change needs a ci entry"
+        assert "ci" not in change.keys, f"{path.name}: the ci profile runs the demo's literals"
 
 
 def _check_06(out: Path) -> None:
@@ -192,20 +191,21 @@ def _config_values(out: Path, notebook: str, key: str) -> list[Any]:
     return [yaml.safe_load(p.read_text()).get(key) for p in sorted((out / "models" / notebook).glob("*/config.yaml"))]
 
 
-def test_one_try_it_per_notebook_runs_in_the_ci_profile_and_takes_effect(tmp_path):
+def test_one_try_it_per_notebook_runs_in_the_ci_profile_and_takes_effect(tmp_path, monkeypatch):
     """Notebooks 01-10 in course order, each with its tested Try it, on a five-class subset (ci profile)."""
     subset = _make_subset(tmp_path / "food-101-subset")
     out = tmp_path / "course"
     (out / "executed").mkdir(parents=True)
     (out / "logs").mkdir()
+    monkeypatch.setenv("HELPERS_COURSE_DIR", str(out))  # as run-notebooks tells the kernel
+    monkeypatch.setenv("HELPERS_LEDGER", str(out / "ledger.csv"))
     seconds = {}
     for path in TECHNIQUE_NOTEBOOKS:
         change = next(c for c in _try_its(path) if c.tested)
-        value = _changed(path, change, profile="ci")
+        value = _changed(path, change)
         t0 = time.perf_counter()
         execute(path, out / "executed" / path.name, out / "logs" / f"{path.stem}.log", cwd=ROOT,
-                parameters={"profile": "ci", "output_dir": str(out), "data_dir": str(subset),
-                            "ledger": str(out / "ledger.csv"), change.name: value})
+                parameters={"profile": "ci", "data_dir": str(subset), change.name: value})
         seconds[path.stem] = round(time.perf_counter() - t0, 1)
         injected = next(c.source for c in nbformat.read(out / "executed" / path.name, as_version=4).cells
                         if "injected-parameters" in c.metadata.get("tags", []))
@@ -257,7 +257,7 @@ def test_expectations_put_the_plan_a_published_figure_and_this_run_side_by_side(
                                       phase="3.3", technique="Mixup/CutMix", test_top1=100 * 82 / 150, test_n=150,
                                       reference_top1=70.0))
     table = expectations.table(c).set_index("phase")
-    assert list(table.index) == list(course.ROADMAP)
+    assert list(table.index) == list(roadmap.ROADMAP)
     mix = table.loc["3.3"]
     assert mix["plan (Food-101)"] == "+3% → 88.5-92.5%"
     assert mix["this run (demo)"] == "54.7% (46.7-62.4)"  # the Wilson interval the demo's figure shows

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from helpers.base.errors import UserError
-from helpers.course import analysis, course, failures, ledger, plots, previews, runner, widgets
+from helpers.course import analysis, course, failures, ledger, plots, previews, roadmap, runner, widgets
 from helpers.data import loaders, splits
 from helpers.training import engine, recipe
 
@@ -368,8 +368,8 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
     ledger.append(path, {"course": str(tmp_path / "c"), "profile": "demo", "phase": "3.3", "test_top1": 60.7,
                          "test_n": 150, "reference_top1": 60.0, "fixed": 5, "broken": 4})
     c = course.Course("12_results", "demo", output_dir=str(tmp_path / "c"), ledger=str(path))
-    table = c.results().set_index("phase")
-    assert list(table.index) == [*course.ROADMAP, "6.1"] and table.loc["6.1", "technique"] == "Linear probe"
+    table = roadmap.results(c).set_index("phase")
+    assert list(table.index) == [*roadmap.ROADMAP, "6.1"] and table.loc["6.1", "technique"] == "Linear probe"
     assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)
     assert (table.loc["2.1", "95% low"], table.loc["2.1", "95% high"]) == pytest.approx(analysis.wilson(66.0, 150))
     assert table.loc["2.1", "gain is"] == "within noise" and table.loc["6.1", "gain is"] == "real"
@@ -380,14 +380,14 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
     assert table.loc["baseline", "trained"] == "lite0 @112 px, 4 epochs"
     assert table.loc["baseline", "technique"] == "Baseline"  # the plan's B0 recipe is its own column
     assert table.loc["3.1", "source"] == "an earlier course run" and table.loc["4.2", "source"] == "not measured"
-    paths = c.save_results(c.results())
+    paths = roadmap.save_results(c, roadmap.results(c))
     markdown = paths["markdown"].read_text()
     assert "| 2.1 | Larger backbone | B3, 100 epochs |" in markdown and "nan" not in markdown.lower()
     with pytest.raises(UserError, match="not in the plan's roadmap"):
         c.record("6.2", tmp_path, {"top1": 1.0})
-    fig = plots.roadmap_table(c.results(), folder=tmp_path, name="table")
+    fig = plots.roadmap_table(roadmap.results(c), folder=tmp_path, name="table")
     _png(tmp_path / "table.png")
-    plots.roadmap_chart(c.results(), folder=tmp_path, name="chart")
+    plots.roadmap_chart(roadmap.results(c), folder=tmp_path, name="chart")
     _png(tmp_path / "chart.png")
     assert fig is not None
 

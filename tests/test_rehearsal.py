@@ -45,11 +45,11 @@ def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
     # fine-tunes EVA-02: 9 minutes on 2 CPU cores, too long for CI. It ran by hand (README); 00-10 run here.
     plan = ",".join(n for n in course.notebooks() if n != "10_beyond_95")
     res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--out", str(out),
-                          "--only", plan, "-p", "ledger", str(out / "ledger.csv")], cwd=ROOT, capture_output=True,
+                          "--only", plan, "--ledger", str(out / "ledger.csv")], cwd=ROOT, capture_output=True,
                          text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     state = json.loads((out / "state.json").read_text())
-    assert state["profile"] == "full" and state["parameters"]["rehearse"] is True
+    assert state["profile"] == "full" and state["rehearse"] is True
     assert all(s["state"] == "done" for s in state["status"].values()) and len(state["status"]) >= 11
     for run, backbone in FULL_RUNS.items():
         cfg = yaml.safe_load((out / "models" / run / "config.yaml").read_text())
@@ -115,11 +115,11 @@ def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
 def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
     out = tmp_path / "rehearsal-medium"
     res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "medium",
-                          "--out", str(out), "--only", "01", "-p", "ledger", str(out / "ledger.csv")], cwd=ROOT,
+                          "--out", str(out), "--only", "01", "--ledger", str(out / "ledger.csv")], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     state = json.loads((out / "state.json").read_text())
-    assert state["profile"] == "medium" and state["parameters"]["rehearse"] is True
+    assert state["profile"] == "medium" and state["rehearse"] is True
     cfg = yaml.safe_load((out / "models" / "01_baseline" / "baseline" / "config.yaml").read_text())
     assert (cfg["backbone"], cfg["pretrained"], cfg["max_steps"], cfg["image_size"]) == \
         ("tf_efficientnet_lite0", "none", 2, 56)  # medium's 224 px, a quarter of it

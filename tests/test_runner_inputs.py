@@ -4,6 +4,7 @@ literal Python however the tag is quoted, or refused naming the line; flags that
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -49,8 +50,8 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-WRITE = ("value = 1\n\n# %%\nfrom pathlib import Path\n\n"
-         "Path(output_dir, 'value.txt').write_text(str(value))\n")
+WRITE = ("value = 1\n\n# %%\nimport os\nfrom pathlib import Path\n\n"
+         "Path(os.environ['HELPERS_COURSE_DIR'], 'value.txt').write_text(str(value))\n")
 
 
 def test_a_pair_out_of_sync_runs_the_file_edited_last_and_says_so(tmp_path):
@@ -140,7 +141,8 @@ def test_flags_shared_with_train_are_checked_the_same_way_by_every_command(tmp_p
     assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
-SLEEP = ("pass\n\n# %%\nimport time\nfrom pathlib import Path\n\nmark = Path(output_dir, 'slept')\n"
+SLEEP = ("pass\n\n# %%\nimport os\nimport time\nfrom pathlib import Path\n\n"
+         "mark = Path(os.environ['HELPERS_COURSE_DIR'], 'slept')\n"
          "if not mark.exists():\n    mark.touch()\n    time.sleep(120)\n")
 
 
@@ -165,11 +167,34 @@ def test_sigint_stops_run_notebooks_and_the_way_to_continue_it_works(tmp_path):
     assert '"00_sleep": "done"' in res.stdout
 
 
-def test_the_plumbing_line_of_a_parameters_cell_is_read_as_parameters():
-    """`output_dir, ledger, rehearse = None, None, False` ends each parameters cell: -p ledger must be accepted."""
-    from helpers.course.parameters import parameters
+TOLD = ("pass\n\n# %%\nimport json\nimport os\nfrom pathlib import Path\n\n"
+        "told = {k: os.environ.get(k) for k in ('HELPERS_COURSE_DIR', 'HELPERS_LEDGER', 'HELPERS_REHEARSE')}\n"
+        "Path(told['HELPERS_COURSE_DIR'], 'told.json').write_text(json.dumps(told))\n")
 
+
+def test_the_run_folder_and_ledger_reach_the_kernel_without_a_parameter(tmp_path, monkeypatch):
+    """run-notebooks tells the kernel the run folder and --ledger in its environment (Course reads them): no
+    parameters cell carries them, and a rehearsal flag left in the shell does not leak into a plain run."""
+    monkeypatch.setenv("HELPERS_REHEARSE", "1")
+    ipynb = _pair(tmp_path / "nb", "00_told", TOLD)
+    out, ledger = tmp_path / "seq", tmp_path / "my-ledger.csv"
+    res = _cli("run-notebooks", "--notebooks", str(ipynb.parent), "--out", str(out), "--ledger", str(ledger))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    told = json.loads((out / "told.json").read_text())
+    assert told == {"HELPERS_COURSE_DIR": str(out), "HELPERS_LEDGER": str(ledger), "HELPERS_REHEARSE": None}
     for path in sorted((ROOT / "notebooks").glob("[01]*.ipynb")):
-        values = parameters(path)
-        assert {"output_dir", "ledger", "rehearse"} <= set(values), path.name
-        assert values["ledger"] is None and values["rehearse"] is False
+        assert not {"output_dir", "ledger", "rehearse"} & set(parameters(path)), path.name
+
+
+def test_a_sequence_started_with_the_old_parameters_resumes_with_them_as_runner_settings(tmp_path):
+    """state.json of a sequence started when ledger/rehearse were notebook parameters: read as runner settings."""
+    from helpers.course.runner import STATE, Sequence
+
+    (tmp_path / STATE).write_text(json.dumps({
+        "folder": str(tmp_path), "profile": "full", "notebooks": ["01_baseline"], "created": "2026-12-01 10:00:00",
+        "parameters": {"ledger": "runs/l.csv", "rehearse": True, "output_dir": "x", "overrides": {"epochs": 1}},
+        "status": {"01_baseline": {"state": "failed"}}}))
+    sequence = Sequence.load(tmp_path)
+    assert (sequence.ledger, sequence.rehearse, sequence.parameters) == ("runs/l.csv", True, {"overrides": {"epochs": 1}})
+    assert sequence.environment() == {"HELPERS_COURSE_DIR": str(tmp_path), "HELPERS_LEDGER": "runs/l.csv",
+                                      "HELPERS_REHEARSE": "1"}

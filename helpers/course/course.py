@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..base.config import TrainConfig, config_from_dict, make_config
 from ..base.errors import UserError
 from . import analysis, ledger
+from .roadmap import ROADMAP  # the phases `record` takes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,6 +49,11 @@ class Profile:
     num_workers: int  # -1: one per CPU core up to 8
 
 
+# run-notebooks tells the notebooks' kernel where the runs go, the ledger and whether it rehearses (the notebooks
+# have no parameter for them: a learner never sets them).
+ENV_FOLDER, ENV_LEDGER, ENV_REHEARSE = "HELPERS_COURSE_DIR", "HELPERS_LEDGER", "HELPERS_REHEARSE"
+# The ci profile: the demo's literals with the settings of this tests-side file over every run (tests/ci_profile.yaml).
+CI_SETTINGS = "tests/ci_profile.yaml"
 PROFILES: dict[str, Profile] = {
     "full": Profile("Food-101 at the plan's settings, on MPS or CUDA (hours per notebook)", "data/food-101", -1),
     "medium": Profile("a fixed 10% of Food-101 (75 train + 25 test photos of each of the 101 classes) with the "
@@ -54,8 +61,8 @@ PROFILES: dict[str, Profile] = {
                       "with 2,525 test photos to tell the techniques apart", "data/food-101-medium", -1),
     "demo": Profile("the tiny real Food-101 subset in the repo with offline efficientnet-lite weights (minutes per "
                     "notebook on a laptop CPU)", "data/food-101-tiny", 0),
-    "ci": Profile("demo shrunk to 64 px and one epoch: checks that every notebook runs, numbers mean nothing",
-                  "data/food-101-tiny", 0),
+    "ci": Profile(f"the demo's literals with the smaller runs of {CI_SETTINGS}: checks that every notebook runs, "
+                  "numbers mean nothing", "data/food-101-tiny", 0),
 }
 
 # How to make a profile's data when it is missing (full: `--download` in 00_setup).
@@ -65,45 +72,6 @@ MAKE_DATA = {"medium": "python -m helpers prepare --data-dir data/food-101 --out
 REHEARSAL_DATA = "data/food-101-thumbs"  # 101 classes x 4 thumbnails, official layout
 
 REHEARSAL = dict(pretrained="none", max_steps=2, num_workers=0, epochs=1)  # and a quarter of the image size
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One row of the plan's roadmap: what it measures and what the plan expects."""
-
-    technique: str  # what the phase measures, in words
-    plan_recipe: str  # the plan's model and schedule for it (a profile may train something smaller)
-    plan_time: str  # the plan's extra training time
-    plan_gain: str  # the plan's expected gain in top-1
-    plan_top1: str  # the plan's expected cumulative top-1
-    reference: str  # what the gain is measured against, in words
-    in_plan_table: bool = True  # False: from the plan's text, not its Quick Reference table
-
-
-ROADMAP: dict[str, Phase] = {
-    "baseline": Phase("Baseline", "EfficientNet-B0, 50 epochs", "6h", "-", "75-80%", ""),
-    "2.1": Phase("Larger backbone", "B3, 100 epochs", "+10h", "+6%", "82-86%", "baseline (01)"),
-    "2.2": Phase("Alternative backbone", "ResNet-50, 100 epochs", "", "+4-6%", "80-85%", "baseline (01)", False),
-    "3.1": Phase("Longer training, better scheduling", "B3, 150 epochs", "+6h", "+2%", "84-88%", "B3 (2.1)"),
-    "3.2": Phase("Advanced augmentation", "B3, 150 epochs", "+0h", "+1.5%", "85.5-89.5%",
-                 "better scheduling (3.1)"),
-    "3.3": Phase("Mixup/CutMix", "B3, 150 epochs", "+0h", "+3%", "88.5-92.5%", "advanced augmentation (3.2)"),
-    "3.4": Phase("Test-time augmentation", "the 3.5 model", "+0h", "+1.5%", "90-94%", "the same model, one view"),
-    "3.5": Phase("Two-stage training (+3.6 discriminative LRs)", "B3, 10 + 100 epochs", "+2h", "+2%", "92-96%",
-                 "one stage of the same length (05)"),
-    "4.1": Phase("Higher resolution", "B3 at 384 px", "+8h", "+1.5%", "93.5-97.5%",
-                 "the same fine-tune at 05's size (07)"),
-    "4.2": Phase("Ensemble (3 models)", "B3 + B4 + ResNet-101", "+30h", "+2%", "95.5-99.5%",
-                 "its best member by validation"),
-    "4.3": Phase("Knowledge distillation (optional)", "student with a B4 teacher", "", "+1-2% (student)", "",
-                 "the student trained alone", False),
-    # Past the plan (notebook 10): stronger pretrained features, published numbers in place of the plan's.
-    "5.1": Phase("Linear probes on strong features, ensembled", "SigLIP SO400M/384 + CLIP ViT-L/14@336 probes",
-                 "features once", "",
-                 "95.9% published for a CLIP ViT-L probe, not for these models", "its best probe", False),
-    "5.2": Phase("Fine-tune from the probe's head, layer decay (LP-FT)", "EVA-02-B/448 from its probe", "", "", "",
-                 "its probe", False),
-}
 
 
 def project_root() -> Path:
@@ -128,6 +96,31 @@ def check_profile(profile: str) -> Profile:
     return PROFILES[profile]
 
 
+def literals_of(profile: str) -> str:
+    """The profile whose literals a profile reads from a notebook's per-profile parameters: its own; ci, the demo's."""
+    return "demo" if profile == "ci" else profile
+
+
+def ci_settings(root: Path, notebook: str, run: str) -> dict[str, Any]:
+    """The ci profile's TrainConfig settings for one run: `CI_SETTINGS`'s `all`, then its notebook's, then its
+    `notebook/run`'s entries (each a mapping), applied over the demo's settings of that run.
+
+    Raises:
+        UserError: the file is missing (the ci profile is for the repository's tests) or not such a mapping.
+    """
+    import yaml
+
+    path = root / CI_SETTINGS
+    if not path.is_file():
+        raise UserError(f"The ci profile reads {path}, which is not there: it belongs to the repository's tests. "
+                        "Use the demo profile.")
+    runs = (yaml.safe_load(path.read_text()) or {}).get("runs", {})
+    entries = [runs.get(key) or {} for key in ("all", notebook, f"{notebook}/{run}")]
+    if not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{path}: each entry under runs: must be a mapping of TrainConfig settings.")
+    return {k: v for e in entries for k, v in e.items()}
+
+
 def rehearsal(settings: dict[str, Any]) -> dict[str, Any]:
     """A run's settings for the rehearsal: the same run with random weights, one epoch of 2 steps, a quarter of
     the image size and at most 8 images a step (warmup and restart cycles shortened to fit the one epoch)."""
@@ -141,18 +134,24 @@ def rehearsal(settings: dict[str, Any]) -> dict[str, Any]:
 class Course:
     """One notebook of the course in one profile: its run folders, the runs it needs, its ledger rows.
 
+    Where the runs go, the ledger and the rehearsal are not notebook parameters: `run-notebooks` sets them for the
+    kernel (HELPERS_COURSE_DIR, HELPERS_LEDGER, HELPERS_REHEARSE=1); in JupyterLab the defaults below hold.
+
     Args:
         notebook: the notebook's name, e.g. "02_b3_upgrade".
-        profile: "demo", "medium", "full" or "ci".
+        profile: "demo", "medium", "full" or "ci" (the demo's literals, shrunk by `CI_SETTINGS`).
         data_dir: the dataset folder (None: the profile's).
         device: "auto", "cuda", "mps" or "cpu".
-        output_dir: the course run folder holding models/, predictions/ and figures/ (None: runs/course-<profile>).
-        ledger: the results ledger CSV (None: runs/ledger.csv).
-        rehearse: the full profile's chain with random weights, 2 steps per run and small images.
+        output_dir: the course run folder holding models/, predictions/ and figures/ (None: HELPERS_COURSE_DIR,
+            else runs/course-<profile>).
+        ledger: the results ledger CSV (None: HELPERS_LEDGER, else runs/ledger.csv).
+        rehearse: the full profile's chain with random weights, 2 steps per run and small images (None:
+            HELPERS_REHEARSE=1).
     """
 
     def __init__(self, notebook: str, profile: str = "demo", *, data_dir: str | None = None, device: str = "auto",
-                 output_dir: str | None = None, ledger: str | None = None, rehearse: bool = False):
+                 output_dir: str | None = None, ledger: str | None = None, rehearse: bool | None = None):
+        rehearse = os.environ.get(ENV_REHEARSE) == "1" if rehearse is None else rehearse
         self.notebook, self.profile, self.device, self.rehearse = notebook, profile, device, rehearse
         info = check_profile(profile)
         self.root = project_root()
@@ -161,10 +160,20 @@ class Course:
             raise UserError(f"The {profile} profile reads {self.data_dir}, which does not exist. Make it once from "
                             f"the full Food-101 (00_setup downloads that into data/food-101): {MAKE_DATA[profile]}")
         self.num_workers = 0 if rehearse else info.num_workers
-        self.output_dir = self._path(output_dir or f"runs/course-{profile}" + ("-rehearsal" if rehearse else ""))
+        default = f"runs/course-{profile}" + ("-rehearsal" if rehearse else "")
+        self.output_dir = self._path(output_dir or os.environ.get(ENV_FOLDER) or default)
         self.figures = self.output_dir / "figures"
-        self.ledger_path = self._path(ledger or "runs/ledger.csv")
+        self.ledger_path = self._path(ledger or os.environ.get(ENV_LEDGER) or "runs/ledger.csv")
         setup_logging()
+
+    def pick(self, per_profile: dict[str, Any]) -> Any:
+        """This profile's entry of a per-profile literal of the parameters cell (`SETTINGS[profile]`); the ci
+        profile reads the demo's (its runs are shrunk in `config`)."""
+        key = literals_of(self.profile)
+        if key not in per_profile:
+            raise UserError(f"A per-profile setting of {self.notebook} has no {key!r} entry (it has "
+                            f"{', '.join(map(repr, per_profile)) or 'none'}): add one to its parameters cell.")
+        return per_profile[key]
 
     def _path(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
@@ -215,6 +224,8 @@ class Course:
         if start_from is not None and not (output_dir / "last.pt").is_file():
             resume = str(Path(start_from) / "best.pt")
         values.setdefault("num_workers", self.num_workers)
+        if self.profile == "ci":
+            values.update(ci_settings(self.root, self.notebook, run))
         values.update(dataset="food-101", data_dir=str(self.data_dir), device=self.device, resume=resume,
                       output_dir=str(output_dir))
         cfg = make_config(values)
@@ -339,37 +350,6 @@ class Course:
               + (f", {analysis.paired_text(changes['fixed'], changes['broken'])}" if changes else ""))
         return written
 
-    def results(self) -> pd.DataFrame:
-        """The plan's roadmap with this course's measured numbers and their 95% intervals (for 12_results).
-
-        One row per phase of the roadmap, then one per other phase in the ledger (e.g. a notebook added later).
-        Takes the newest ledger row of each phase of this course run; a phase it did not measure falls back to
-        the newest row of the same profile from any course run, marked in the `source` column.
-        """
-        import pandas as pd
-
-        frame = ledger.read(self.ledger_path)
-        own = ledger.latest(frame, course=str(self.output_dir))
-        other = ledger.latest(frame, profile=str(own["profile"].iloc[0]) if len(own) else self.profile)
-        extra = [p for p in dict.fromkeys([*own["phase"], *other["phase"]]) if p not in ROADMAP]
-        rows = []
-        for key in [*ROADMAP, *extra]:
-            hit, source = own[own["phase"] == key], "this course run"
-            if hit.empty:
-                hit, source = other[other["phase"] == key], "an earlier course run"
-            rows.append(_result_row(key, ROADMAP.get(key), None if hit.empty else hit.iloc[-1],
-                                    source if not hit.empty else "not measured"))
-        return pd.DataFrame(rows)
-
-    def save_results(self, table: pd.DataFrame) -> dict[str, Path]:
-        """Write the results table as CSV and Markdown into the course run folder."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"csv": self.output_dir / "results.csv", "markdown": self.output_dir / "results.md"}
-        table.to_csv(paths["csv"], index=False)
-        paths["markdown"].write_text(analysis.markdown_table(table))
-        return paths
-
-
 def _check_same_run(cfg: TrainConfig, notebook: str) -> None:
     """A notebook whose settings were edited after its run trained: name the changes before training starts."""
     import yaml
@@ -412,47 +392,6 @@ def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
     return facts
 
 
-def _result_row(key: str, plan: Phase | None, measured: Any, source: str) -> dict[str, Any]:
-    """One row of the results table: the plan's expectation beside the measured top-1, its 95% interval, the
-    gain and whether that gain is outside the noise."""
-    row: dict[str, Any] = {
-        "phase": key, "technique": plan.technique if plan else measured["technique"],
-        "plan: recipe": plan.plan_recipe if plan else "", "plan: gain": plan.plan_gain if plan else "",
-        "plan: top-1": plan.plan_top1 if plan else "", "measured: top-1": None, "95% low": None, "95% high": None,
-        "measured: gain": None, "paired p": None, "gain is": "",
-        "gain against": plan.reference if plan else measured["reference"],
-        "trained": "", "train min": None, "source": source, "in plan table": plan.in_plan_table if plan else False,
-    }
-    if measured is None:
-        return row
-    low, high = analysis.wilson(measured["test_top1"], measured["test_n"])
-    fixed, broken = measured.get("fixed"), measured.get("broken")
-    paired = analysis.is_number(fixed) and analysis.is_number(broken) and analysis.is_number(measured["gain"])
-    row.update({"measured: top-1": measured["test_top1"], "95% low": low, "95% high": high,
-                "measured: gain": measured["gain"],
-                "paired p": analysis.mcnemar(int(fixed), int(broken)) if paired else None,
-                # McNemar on the photos fixed and broken when the ledger has them, else the interval rule
-                "gain is": analysis.paired_verdict(fixed, broken) if paired else
-                analysis.gain_verdict(measured["gain"], measured["reference_top1"], low, high),
-                "trained": _trained_label(measured), "train min": measured["train_minutes"]})
-    return row
-
-
-def _trained_label(row: Any) -> str:
-    """What a ledger row's run trained, e.g. "lite0 @112 px, 4 epochs" (timm's tf_efficientnet_lite0)."""
-    backbone, size, epochs = row.get("backbone"), row.get("image_size"), row.get("epochs")
-    if not isinstance(backbone, str):
-        return ""
-    if backbone.startswith("ensemble"):
-        return backbone
-    text = backbone.removeprefix("tf_efficientnet_")
-    if analysis.is_number(size):
-        text += f" @{int(size)} px"
-    if analysis.is_number(epochs):
-        text += f", {int(epochs)} epoch" + ("s" if int(epochs) != 1 else "")
-    return text
-
-
 def setup_logging() -> None:
     """Show the package's INFO messages (epochs, test results) in the notebook, once per process."""
     package = logging.getLogger("helpers")
@@ -464,5 +403,5 @@ def setup_logging() -> None:
     package.setLevel(logging.INFO)
 
 
-__all__ = ["PROFILES", "ROADMAP", "Course", "Phase", "Profile", "project_root", "notebooks", "check_profile",
+__all__ = ["PROFILES", "Course", "Profile", "project_root", "notebooks", "check_profile",
            "rehearsal", "setup_logging"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+from .course import literals_of
 from .parameters import parameters
 
 
@@ -64,7 +65,7 @@ def backbones(folder: Path, profile: str) -> list[tuple[str, str, str]]:
     """(notebook, backbone, pretrained) of every run the notebooks in `folder` train in `profile`."""
     found = []
     for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
-        settings = parameters(path).get("SETTINGS", {}).get(profile, {})
+        settings = parameters(path).get("SETTINGS", {}).get(literals_of(profile), {})
         for run in _runs(settings):
             found.append((path.stem, run["backbone"], run.get("pretrained", "hub")))
     return found

@@ -74,11 +74,12 @@ def _cell_lines(source: Path) -> tuple[list[str], int]:
 
 
 def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str | None = None,
-            cell_timeout: int | None = None) -> None:
+            cell_timeout: int | None = None, env: dict[str, str | None] | None = None) -> None:
     """Run one notebook with papermill into `output`, logging everything it prints to `log`.
 
     Args:
         kernel: the Jupyter kernel (None: the notebook's own kernelspec, else `food101`).
+        env: environment variables for the kernel (None values: removed), restored afterwards.
 
     Raises:
         UserError: the kernel is not installed (with how to install it).
@@ -93,7 +94,8 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
     lines, injected = _cell_lines(source)
     logger = logging.getLogger("papermill")
     saved = (logger.level, logger.propagate)
-    env = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND")}
+    env = env or {}
+    saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND", *env)}
     with open(log, "a") as log_file:
         log_file.write(f"=== {source.name} {time.strftime('%Y-%m-%d %H:%M:%S')} parameters {parameters}\n")
         handler = _Echo(log_file, lines)
@@ -101,8 +103,10 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
         logger.setLevel(logging.INFO)
         logger.propagate = False
         # The kernel imports helpers from the project, and draws figures inline (not with a backend set here).
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(cwd)] + ([env["PYTHONPATH"]] if env["PYTHONPATH"] else []))
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(cwd)] + ([saved_env["PYTHONPATH"]] if saved_env["PYTHONPATH"]
+                                                                 else []))
         os.environ.pop("MPLBACKEND", None)
+        _set_environment(env)
         # The kernel process inherits file descriptor 2: send its own messages (start-up warnings, a crash) to
         # the log rather than into the progress lines.
         sys.stderr.flush()
@@ -126,11 +130,7 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             logger.removeHandler(handler)
             logger.setLevel(saved[0])
             logger.propagate = saved[1]
-            for key, value in env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            _set_environment(saved_env)
 
 
 def _error_text(exc: Exception) -> str:
@@ -193,3 +193,11 @@ def check_kernel(name: str) -> None:
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

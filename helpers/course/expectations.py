@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import analysis
-from .course import ROADMAP
+from . import analysis, roadmap
+from .roadmap import ROADMAP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,7 +94,7 @@ def table(course: Course | None = None, phases: list[str] | None = None) -> pd.D
     import pandas as pd
 
     phases = list(phases or ROADMAP)
-    measured = course.results().set_index("phase") if course is not None else None
+    measured = roadmap.results(course).set_index("phase") if course is not None else None
     rows = []
     for phase in phases:
         published = PUBLISHED.get(phase)

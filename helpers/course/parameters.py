@@ -58,7 +58,7 @@ def parameters(notebook: Any) -> dict[str, Any]:
                 continue
             pairs = [(target, node.value)]
             if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) \
-                    and len(target.elts) == len(node.value.elts):  # the plumbing line: a, b, c = None, None, False
+                    and len(target.elts) == len(node.value.elts):  # a, b = 1, 2: two settings
                 pairs = list(zip(target.elts, node.value.elts))
             for name, value in pairs:
                 if isinstance(name, ast.Name):

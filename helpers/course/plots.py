@@ -367,7 +367,7 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
     """The plan's expected cumulative top-1 per phase (grey ranges) with the measured top-1 (dots).
 
     Args:
-        results: `Course.results()`: phase, technique, plan: top-1, measured: top-1, measured: gain.
+        results: `roadmap.results(course)`: phase, technique, plan: top-1, measured: top-1, measured: gain.
     """
     rows = results.reset_index(drop=True)
     fig, ax = _figure(11, 1.4 + 0.5 * len(rows))

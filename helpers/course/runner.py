@@ -40,12 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import UserError
+from .course import ENV_FOLDER, ENV_LEDGER, ENV_REHEARSE, literals_of
 from .execute import KERNEL, NotebookFailure, _say, check_kernel, execute
 from .pairing import Resolved, resolve
 
 _logger = logging.getLogger(__name__)
 
 STATE = "state.json"
+# Parameters the runner gives the notebooks another way (Course reads them from the kernel's environment).
+RUNNER_FLAGS = {"profile": "--profile", "output_dir": "--out DIR", "ledger": "--ledger FILE", "rehearse": "--rehearse"}
 
 
 # One figure of each kind, copied by --copy-figures as the repository's examples (figures/).
@@ -73,6 +76,7 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    dest="parameters", help="a notebook parameter for every notebook (repeatable)")
     p.add_argument("--out", metavar="DIR", help="the run folder (default runs/notebooks/<profile>-<time>)")
+    p.add_argument("--ledger", metavar="FILE", help="the results ledger the notebooks append to (default runs/ledger.csv)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
                    help="continue an interrupted or failed sequence (default: the newest unfinished one)")
     p.add_argument("--notebooks", metavar="DIR", help="where the notebooks are (default: <project>/notebooks)")
@@ -99,6 +103,8 @@ class Sequence:
     parameters: dict[str, Any]
     status: dict[str, dict[str, Any]]  # notebook -> {state: pending|running|done|failed|interrupted, seconds, ...}
     created: str
+    ledger: str | None = None  # --ledger (None: the notebooks' default, runs/ledger.csv)
+    rehearse: bool = False  # --rehearse
 
     def save(self) -> None:
         data = dataclasses.asdict(self)
@@ -111,7 +117,17 @@ class Sequence:
     def load(cls, folder: Path) -> Sequence:
         data = json.loads((folder / STATE).read_text())
         data["folder"] = folder
+        params = data.get("parameters", {})  # sequences started before these were runner flags
+        data.setdefault("ledger", params.pop("ledger", None))
+        data.setdefault("rehearse", bool(params.pop("rehearse", False)))
+        params.pop("output_dir", None)
         return cls(**data)
+
+    def environment(self) -> dict[str, str | None]:
+        """What the notebooks' kernel is told instead of parameters (`Course` reads it): the run folder, the
+        ledger (None: left as the environment has it) and the rehearsal."""
+        return {ENV_FOLDER: str(self.folder), ENV_LEDGER: self.ledger or os.environ.get(ENV_LEDGER),
+                ENV_REHEARSE: "1" if self.rehearse else None}
 
     def pending(self) -> list[str]:
         return [n for n in self.notebooks if self.status.get(n, {}).get("state") != "done"]
@@ -221,9 +237,10 @@ def required_runs(source: Any, profile: str, *, name: str | None = None) -> list
             for v in value.values():
                 walk(v)
 
+    key = literals_of(profile)
     for value in parameters(notebook).values():
-        if isinstance(value, dict) and profile in value:
-            walk(value[profile])
+        if isinstance(value, dict) and key in value:
+            walk(value[key])
     return [p for i, p in enumerate(found) if p not in found[:i] and p[0] != name]
 
 
@@ -263,10 +280,9 @@ def run_command(args: argparse.Namespace) -> dict:
             raise UserError("--rehearse rehearses the full profile (or --profile medium): not demo or ci, which "
                             "run as they are.")
         args.profile = args.profile or "full"
-        parameters["rehearse"] = True
-    for reserved in ("output_dir", "profile"):
+    for reserved, flag in RUNNER_FLAGS.items():
         if reserved in parameters:
-            raise UserError(f"-p {reserved} is set by the runner: use --{'out' if reserved == 'output_dir' else reserved}.")
+            raise UserError(f"-p {reserved}: {reserved} is not a notebook parameter, the runner sets it: use {flag}.")
     if args.resume:
         if args.only or args.out:
             raise UserError("--resume continues a sequence as it was started: leave out --only and --out.")
@@ -277,6 +293,7 @@ def run_command(args: argparse.Namespace) -> dict:
         if args.profile and args.profile != sequence.profile:
             raise UserError(f"{folder} ran the {sequence.profile} profile; resume it without --profile.")
         sequence.parameters.update(parameters)
+        sequence.ledger = args.ledger or sequence.ledger
         missing = [n for n in sequence.notebooks if n not in sources]
         if missing:
             raise UserError(f"The notebooks {', '.join(missing)} of {folder} are not in {folder_nb}.")
@@ -291,7 +308,8 @@ def run_command(args: argparse.Namespace) -> dict:
                             "or choose another --out.")
         names = select(list(sources), args.only)
         sequence = Sequence(folder=folder, profile=profile, notebooks=names, parameters=parameters,
-                            status={n: {"state": "pending"} for n in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"))
+                            status={n: {"state": "pending"} for n in names}, created=time.strftime("%Y-%m-%d %H:%M:%S"),
+                            ledger=args.ledger, rehearse=args.rehearse)
     resolved = {name: resolve(sources[name]) for name in sequence.pending()}  # what the learner edited last
     check_parameter_names(dict(args.parameters), [found.notebook for found in resolved.values()])  # this call's -p
     _check_requirements(sequence, {name: found.notebook for name, found in resolved.items()})
@@ -323,7 +341,7 @@ def check_parameter_names(parameters: dict[str, Any], notebooks: list[Any]) -> N
 
     if not notebooks:
         return
-    known = {"profile", "output_dir"}.union(*(cell_parameters(nb) for nb in notebooks))
+    known = {"profile"}.union(*(cell_parameters(nb) for nb in notebooks))
     for name in parameters:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
@@ -403,7 +421,7 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
         t0, cpu0 = time.time(), _children_cpu()
         try:
             execute(sources[name], folder / "executed" / f"{name}.ipynb", folder / "logs" / f"{name}.log",
-                    parameters={"profile": sequence.profile, "output_dir": str(folder), **sequence.parameters},
+                    parameters={"profile": sequence.profile, **sequence.parameters}, env=sequence.environment(),
                     cwd=root, kernel=kernel, cell_timeout=cell_timeout)
         except KeyboardInterrupt:
             status.update(state="interrupted", seconds=time.time() - t0)
