@@ -21,7 +21,7 @@
 # flip, colour jitter, shift/scale/rotate, cutout).
 #
 # **The defaults that matter more.** Three settings of `helpers.train`, not named by the plan, decide more on
-# small data than anything above (`helpers/config.py` has them; the README measured them on food-101-mini):
+# small data than anything above (`helpers/base/config.py` has them; docs/notebooks.md measured them on food-101-mini):
 # - **One head-only epoch first** (`head_warmup_epochs=1`). The new head starts random; its first large
 #   gradients would flow into the backbone and scramble the features we came for. One epoch with the backbone
 #   frozen gives the head sensible weights first ("linear probe, then fine-tune"; 05 makes this two stages).

@@ -20,7 +20,7 @@
 # - **3.1 schedule:** more epochs (150), a 5-epoch warmup, cosine annealing with warm restarts and early stopping
 #   on validation top-1 (patience 15). Expected: +2-3%.
 # - **3.2 advanced augmentation:** on top, random brightness/contrast, hue/saturation, Gaussian noise and blur,
-#   gamma, and a stronger cutout. Expected: +1-2%. The plan's arguments are albumentations 1.x; `helpers.augment`
+#   gamma, and a stronger cutout. Expected: +1-2%. The plan's arguments are albumentations 1.x; `helpers.data.augment`
 #   translates them to the 2.x API (for example `var_limit` becomes `std_range`).
 #
 # **Demo profile.** lite2 at 128 px for 5 epochs, restarts every 2 epochs. On 360 training photos a few epochs
@@ -168,5 +168,5 @@ expectations.table(c, phases=["3.1", "3.2"])
 # - Loshchilov & Hutter 2017, [SGDR: Stochastic Gradient Descent with Warm Restarts](https://arxiv.org/abs/1608.03983).
 # - He et al. 2019, [Bag of Tricks for Image Classification with CNNs](https://arxiv.org/abs/1812.01187).
 # - Cubuk et al. 2020, [RandAugment](https://arxiv.org/abs/1909.13719).
-# - albumentations, [documentation](https://albumentations.ai/docs/) (the 2.x API `helpers.augment` uses).
+# - albumentations, [documentation](https://albumentations.ai/docs/) (the 2.x API `helpers.data.augment` uses).
 # - fastbook, [chapter 7: training a state-of-the-art model](https://github.com/fastai/fastbook/blob/master/07_sizing_and_tta.ipynb).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# The whole suite runs under Apple MPS's limits (helpers.mps_check): the variable is inherited by the CLI
+# The whole suite runs under Apple MPS's limits (helpers.base.mps_check): the variable is inherited by the CLI
 # subprocesses and papermill kernels the tests start. HELPERS_CHECK_MPS=0 in the environment turns it off (to
 # time it); a test turns it off with the `no_check_mps` fixture.
 os.environ.setdefault("HELPERS_CHECK_MPS", "1")
@@ -79,7 +79,7 @@ def baseline(micro, tmp_path_factory):
 
 @pytest.fixture()
 def check_mps(monkeypatch):
-    """Device code in this test is checked against MPS's limits (helpers.mps_check), whatever the environment."""
+    """Device code in this test is checked against MPS's limits (helpers.base.mps_check), whatever the environment."""
     monkeypatch.setenv("HELPERS_CHECK_MPS", "1")
 
 

@@ -1,4 +1,4 @@
-"""Apple MPS on a CPU machine: the check mode (helpers.mps_check), the MPS-specific settings, and the doctor."""
+"""Apple MPS on a CPU machine: the check mode (helpers.base.mps_check), the MPS-specific settings, and the doctor."""
 
 from __future__ import annotations
 

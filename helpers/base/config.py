@@ -1,6 +1,6 @@
 """The training configuration: one frozen dataclass with every default, and its validation.
 
-`TrainConfig` is plain data. The command line (`helpers.cli`), YAML files and the notebooks' parameters
+`TrainConfig` is plain data. The command line (`helpers.commands.cli`), YAML files and the notebooks' parameters
 cells are thin layers that build one; `helpers.training.engine.fit` is the only code that reads it whole.
 """
 
@@ -36,7 +36,7 @@ class TrainConfig:
     drop_rate: float = 0.2  # dropout before the classifier
     drop_path_rate: float = 0.1  # stochastic depth
     freeze_backbone: bool = False  # stage 1 of two-stage training: only the head learns
-    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics at their pretrained values (see README)
+    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics at their pretrained values (docs/notebooks.md)
     # --- augmentation ---
     augment: str = "light"  # none | light (crop, flip) | basic (+ colour, affine, cutout) | advanced (+ the plan's 3.2)
     mixup: bool = False  # batch-level mixup (timm Mixup)

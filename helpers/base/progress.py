@@ -1,6 +1,6 @@
 """Progress bars that suit where the code runs: one factory for every bar of the package.
 
-    from helpers.progress import progress_bar
+    from helpers.base.progress import progress_bar
     with progress_bar(total=len(jobs), desc="prepare") as bar:
         for job in jobs:
             ...

@@ -244,7 +244,7 @@ def _head_lr(optimizer: torch.optim.Optimizer) -> float:
 def _batch_plan(cfg: TrainConfig, model: nn.Module, image_size: int, device: torch.device, dtype, world: int,
                 state: dict | None) -> tuple[int, int, int]:
     """(micro-batch per process, accumulation steps, images per optimizer step). With --batch-size auto the
-    largest micro-batch that fits is measured (helpers.batch_size) and accumulation keeps --auto-batch-target;
+    largest micro-batch that fits is measured (helpers.training.batch_size) and accumulation keeps --auto-batch-target;
     a continued run reuses its recorded plan so that it resumes exactly."""
     if cfg.batch_size != "auto":
         return cfg.batch_size // (cfg.grad_accum_steps * world), cfg.grad_accum_steps, cfg.batch_size
