@@ -42,8 +42,9 @@ def found(check_mps_module, trained_run, tmp_path_factory):
     digests of that run's files taken before it."""
     before = _digests(trained_run)
     out = tmp_path_factory.mktemp("finder") / "lr-find"
-    cfg = helpers.TrainConfig(**SMALL, init_from=str(trained_run), teacher=(str(trained_run),),
+    cfg = helpers.TrainConfig(**SMALL, init_from=str(trained_run), teacher=(str(trained_run),), max_steps=5,
                               output_dir=str(trained_run))  # the run's folder is the config's, never written
+    # max_steps=5: "epochs" of 5 steps, so the 12 steps go through the data three times
     result = helpers.lr_find(cfg, output_dir=str(out), steps=12, start_lr=1e-6, end_lr=1e-3)
     return result, out, trained_run, before
 
@@ -98,13 +99,15 @@ def test_each_group_gets_the_rate_times_its_scale():
         assert backbones == pytest.approx([1e-3 * backbone_scale] * len(backbones))
 
 
-def test_the_cli_stops_at_divergence_and_prints_json_last(tmp_path, capsys, check_mps):
-    """A huge end rate with the whole network training: the smoothed loss passes 4x its best and the test stops
-    before its steps; the last line of stdout is the JSON of lr_find.json."""
+def test_the_cli_stops_at_divergence_and_prints_json_last(trained_run, tmp_path, capsys, check_mps):
+    """A huge end rate with the whole network training, from a trained run's weights (--resume: a new stage):
+    the smoothed loss passes 4x its best and the test stops before its steps; the last line of stdout is the
+    JSON of lr_find.json; the run's files are unchanged."""
+    before = _digests(trained_run)
     out = tmp_path / "finder"
-    code = main(["lr-find", *cli_flags(SMALL), "--head-warmup-epochs", "0", "--steps", "30", "--start-lr", "1e-5",
-                 "--end-lr", "1e4", "--output-dir", str(out)])
-    assert code == 0
+    code = main(["lr-find", *cli_flags(SMALL), "--resume", str(trained_run), "--head-warmup-epochs", "0",
+                 "--steps", "30", "--start-lr", "1e-5", "--end-lr", "1e4", "--output-dir", str(out)])
+    assert code == 0 and _digests(trained_run) == before
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads((out / "lr_find.json").read_text())
     assert last["stopped"] == "diverged" and last["backbone_held"] is False

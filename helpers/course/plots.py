@@ -497,14 +497,14 @@ def lr_finder(result: Any, *, current_lr: float | None = None, title: str | None
     if current_lr is not None:
         ax.axvline(current_lr, color="black", lw=1.4, ls="--", label=f"the rate in use: {current_lr:.1e}")
     shown = smoothed[np.isfinite(smoothed)]
-    kept = shown[: max(len(shown) - 5, 1)]  # the diverging tail would squash the curve (fastai drops 5 rows)
-    finite = np.concatenate([losses[np.isfinite(losses)], shown])
-    if len(kept):
-        ax.set_ylim(max(0.0, finite.min() - 0.05 * (kept.max() - finite.min())), kept.max() * 1.15)
+    if len(shown):  # up to its bottom and a quarter above: the diverging tail leaves the frame, not squash it
+        top = 1.25 * shown[: int(np.argmin(shown)) + 1].max()
+        low = min(shown.min(), np.nanmin(np.where(losses <= top, losses, np.nan), initial=shown.min()))
+        ax.set_ylim(max(0.0, low - 0.05 * (top - low)), top)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate of the head (log scale)")
     ax.set_ylabel("training loss")
-    ax.legend(loc="lower left", frameon=False)
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
     backbone = "backbone held (head-only warm-up)" if result.backbone_held else "whole network"
     stop = {"steps": "", "diverged": ", stopped at divergence", "non-finite loss": ", stopped at a NaN loss"}
     ax.set_title(title or f"Learning-rate finder: {len(rates)} steps{stop.get(result.stopped, '')}, {backbone}",

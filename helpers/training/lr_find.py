@@ -11,7 +11,8 @@ What it runs. The model, data, optimizer groups and loss of `train` (`engine.bui
 EMA or a teacher only when the config asks for them. Each step is `engine.train_step`; before it, every optimizer
 group's rate is set to rate x the group's `lr_scale`, with the rate growing exponentially from `start_lr` to
 `end_lr` over `steps` optimizer steps (the rate is the head's, what `--lr` sets). The data loops over epochs if
-the test is longer than one.
+the test is longer than one. It starts from the weights a new run starts from: the pretrained ones, those of
+`--init-from`, or of a `--resume` checkpoint (as a new stage from it would); `--resume auto` is ignored.
 
 The head-only warm-up. With `head_warmup_epochs` > 0 (the default) `train` holds the backbone still for its first
 epoch, and the finder holds it too (`recipe.hold_backbone`): it tests the phase where `--lr` is first applied, as
@@ -248,11 +249,12 @@ def _check_settings(cfg: TrainConfig, steps: int, start_lr: float, end_lr: float
 
 
 def _start_state(cfg: TrainConfig) -> dict | None:
-    """The checkpoint a new stage would start from: `--resume PATH` (never "auto": the finder runs before a run,
-    and a run it would continue is not what a new run starts from)."""
+    """The checkpoint a new stage would start from: `--resume PATH` (a folder gives its last.pt), never "auto" (the
+    finder runs before a run, and a run it would continue is not what a new run starts from). Read only:
+    `checkpoint.load_resume` may set a damaged last.pt aside, which would write into the run's folder."""
     if cfg.resume in (None, "auto"):
         return None
-    state, _ = checkpoint.load_resume(cfg.resume)
+    state = checkpoint.load(cfg.resume, prefer=checkpoint.LAST)
     if state["config"].get("backbone") != cfg.backbone:
         raise UserError(f"--resume {cfg.resume} is a {state['config'].get('backbone')} checkpoint, but --backbone "
                         f"is {cfg.backbone}.")
