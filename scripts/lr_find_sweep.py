@@ -72,6 +72,12 @@ def sweep_figure(found, rows: list[dict], current_lr: float, out: Path) -> Path 
     return plots.save_figure(fig, "lr_find_vs_sweep", out)
 
 
+def train_minutes(run: Path) -> float:
+    """The minutes the run's epochs took (metrics.csv: a reused run's summary counts only its reuse)."""
+    with open(run / "metrics.csv", newline="") as f:
+        return sum(float(row["epoch_seconds"]) for row in csv.DictReader(f)) / 60
+
+
 def paired_against_01(rows: list[dict], cfg: helpers.TrainConfig, out: Path) -> None:
     """Add to each row the paired test against 01's rate on the test photos: the photos it gets right that 01's
     run gets wrong (fixed), the reverse (broken), and McNemar's p. The predictions go to OUT/predictions/, not
@@ -115,7 +121,7 @@ def main() -> None:
         summary = helpers.train(replace(cfg, lr=rate, output_dir=str(run)))
         rows.append({"lr": rate, "val_top1": summary["val_top1"], "best_epoch": summary["best_epoch"],
                      "test_top1": summary["test_top1"], "test_n": summary["test_n"],
-                     "train_minutes": summary["train_seconds"] / 60})
+                     "train_minutes": train_minutes(run)})
     paired_against_01(rows, cfg, out)
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -72,8 +72,8 @@ _logger = logging.getLogger(__name__)
 
 RULE = "valley"  # the suggestion `suggestion` returns: fastai's default
 RULES = {
-    "valley": "the longest valley (decreasing run) of the smoothed loss, the point at start + int(L/3) + int(L/6) "
-              "(fastai's valley)",
+    "valley": "the longest valley of the smoothed loss (its longest decreasing subsequence, start to end), the "
+              "point at start + int(L/3) + int(L/6) with L = end - start (fastai's valley)",
     "steep": "the steepest descent of the smoothed loss against log(rate) (fastai's steep)",
     "minimum": "the rate of the lowest smoothed loss divided by 10 (fastai's minimum)",
 }
