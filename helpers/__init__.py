@@ -13,7 +13,8 @@ from .base.config import TrainConfig, make_config
 from .base.devices import get_device, seed_everything
 from .base.errors import UserError
 
-__all__ = ["TrainConfig", "UserError", "make_config", "train", "evaluate", "ensemble", "predict", "get_device", "seed_everything"]
+__all__ = ["TrainConfig", "UserError", "make_config", "train", "lr_find", "evaluate", "ensemble", "predict", "get_device",
+           "seed_everything"]
 
 
 def train(config: TrainConfig) -> dict:
@@ -22,6 +23,39 @@ def train(config: TrainConfig) -> dict:
     from .use.runs import train as _train
 
     return _train(config)
+
+
+def lr_find(config: TrainConfig, *, output_dir: str, steps: int = 100, start_lr: float = 1e-7,
+            end_lr: float = 10.0):
+    """A learning-rate range test on `config`'s model and data (fastai's lr_find; see
+    helpers.training.lr_find): the loss against an exponentially growing rate for at most `steps` steps of the
+    real train step, stopping when the loss diverges, and the rates suggested from it (valley, steep, minimum/10).
+    With head_warmup_epochs > 0 the backbone is held still, as in the first epoch of `train`.
+
+    Writes only into `output_dir` (new, or an earlier finder's folder; never a run's): lr_find.csv,
+    lr_find.json and the figure lr_find.png (`helpers.course.plots.lr_finder`, with `config.lr` marked). The
+    runs of --teacher and --init-from are loaded as `train` loads them; nothing on disk is trained.
+
+    Returns:
+        An LRFinderResult: `.suggestion` (the valley rule's rate), `.suggestions`, the curve (`.rates`,
+        `.losses`, `.smoothed`) and `.summary()`, the JSON of lr_find.json.
+    """
+    from .base.config import validate
+    from .course.plots import lr_finder, save_figure
+    from .training.lr_find import FIGURE, find_lr
+    from .use.runs import init_state, load_teachers
+
+    cfg = validate(config)
+    init = None
+    if cfg.init_from:
+        path, backbone = cfg.init_from, cfg.backbone
+        init = lambda: init_state(path, backbone)  # noqa: E731 - loaded only when the finder builds the model
+
+    def figure(result, folder):
+        return save_figure(lr_finder(result, current_lr=cfg.lr), FIGURE, folder)
+
+    return find_lr(cfg, output_dir, steps=steps, start_lr=start_lr, end_lr=end_lr,
+                   teachers=load_teachers(cfg.teacher), init=init, figure=figure)
 
 
 def evaluate(checkpoint: str, **kwargs) -> dict:

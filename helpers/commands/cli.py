@@ -117,9 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--predictions", help="write the ensemble's per-image predictions to this CSV")
     en.set_defaults(func=_ensemble)
 
+    _add_lr_find(sub)
     for module in EXTRA_COMMANDS:  # each module adds its own sub-command: add_command(subparsers)
         module.add_command(sub)
     return parser
+
+
+def _add_lr_find(sub: argparse._SubParsersAction) -> None:
+    """`lr-find`: every train flag, with --output-dir the finder's own folder (it replaces the train flag)."""
+    finder = sub.add_parser(
+        "lr-find", conflict_handler="resolve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="a learning-rate range test (fastai's lr_find) on the train settings; prints a JSON line last",
+        description="An exponential range test through the real train step (the same optimizer groups, backbone "
+        "ratio, frozen BatchNorm and augmentation; mixup, EMA and a teacher only when asked). With "
+        "--head-warmup-epochs > 0 (the default) the backbone is held still, as in the first epoch of train. It "
+        "stops when the smoothed loss exceeds 4x its lowest and suggests rates by fastai's rules: valley (the "
+        "suggestion), steep and minimum/10. It writes lr_find.csv, lr_find.json and lr_find.png into its own "
+        "--output-dir only.")
+    finder.add_argument("--config", help="YAML file of train settings; flags override it")
+    add_train_flags(finder)
+    group = finder.add_argument_group("the range test")
+    group.add_argument("--output-dir", required=True, help="the finder's own folder: new, or an earlier "
+                       "finder's (never a run's)")
+    group.add_argument("--steps", type=int, default=100, help="optimizer steps at most (fewer if it diverges)")
+    group.add_argument("--start-lr", type=float, default=1e-7, help="the head's rate at the first step")
+    group.add_argument("--end-lr", type=float, default=10.0, help="the head's rate at the last step")
+    finder.set_defaults(func=_lr_find)
 
 
 def _add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -137,6 +160,17 @@ def _train(args: argparse.Namespace) -> dict:
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "verbose")}
     return train(make_config(overrides, yaml_path=args.config))
+
+
+def _lr_find(args: argparse.Namespace) -> dict:
+    from .. import lr_find
+
+    finder = ("output_dir", "steps", "start_lr", "end_lr")
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "func", "config", "verbose", *finder)}
+    result = lr_find(make_config(overrides, yaml_path=args.config), output_dir=args.output_dir, steps=args.steps,
+                     start_lr=args.start_lr, end_lr=args.end_lr)
+    return result.summary()
 
 
 def _check_positive(name: str, value: int | None) -> None:

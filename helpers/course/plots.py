@@ -463,3 +463,51 @@ def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: st
     ax.set_title(title or "The plan's roadmap with the measured numbers", loc="left")
     save_figure(fig, name, folder)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The learning-rate finder
+
+_FINDER_RULES = (("valley", "o", GOOD, "valley (suggested)"), ("steep", "^", "#ff7f0e", "steep"),
+                 ("minimum", "v", "#9467bd", "minimum / 10"))
+
+
+@_styled
+def lr_finder(result: Any, *, current_lr: float | None = None, title: str | None = None,
+              folder: str | Path | None = None, name: str = "lr_find") -> Figure:
+    """The range test's loss against the head's rate on a log axis (fastai's `plot_lr_find`): the loss of each
+    step, its smoothed curve, each rule's suggested rate as a vertical line with its point on the curve (for
+    minimum / 10 the point is the minimum itself), and `current_lr` (the rate the run uses) dashed.
+
+    Args:
+        result: a `helpers.training.lr_find.LRFinderResult` (what `helpers.lr_find` returns).
+        current_lr: the rate to compare with, e.g. the notebook's `cfg.lr`.
+    """
+    rates, losses, smoothed = (np.asarray(v, dtype=float) for v in (result.rates, result.losses, result.smoothed))
+    fig, ax = _figure(8, 4.6)
+    ax.plot(rates, losses, color="#bbbbbb", lw=1, label="loss of each step")
+    ax.plot(rates, smoothed, color=NEUTRAL, lw=2.2, label="smoothed (EMA, beta 0.98)")
+    for rule, marker, color, label in _FINDER_RULES:
+        if rule not in result.suggestions:
+            continue
+        rate, loss = result.points[rule]
+        ax.plot(rate, loss, marker=marker, ms=10, color=color, mec="black", mew=0.6, ls="none")
+        ax.axvline(result.suggestions[rule], color=color, lw=1.4, ls="-" if rule == "valley" else ":",
+                   label=f"{label}: {result.suggestions[rule]:.1e}")
+    if current_lr is not None:
+        ax.axvline(current_lr, color="black", lw=1.4, ls="--", label=f"the rate in use: {current_lr:.1e}")
+    shown = smoothed[np.isfinite(smoothed)]
+    if len(shown):  # up to its bottom and a quarter above: the diverging tail leaves the frame, not squash it
+        top = 1.25 * shown[: int(np.argmin(shown)) + 1].max()
+        low = min(shown.min(), np.nanmin(np.where(losses <= top, losses, np.nan), initial=shown.min()))
+        ax.set_ylim(max(0.0, low - 0.05 * (top - low)), top)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate of the head (log scale)")
+    ax.set_ylabel("training loss")
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
+    backbone = "backbone held (head-only warm-up)" if result.backbone_held else "whole network"
+    stop = {"steps": "", "diverged": ", stopped at divergence", "non-finite loss": ", stopped at a NaN loss"}
+    ax.set_title(title or f"Learning-rate finder: {len(rates)} steps{stop.get(result.stopped, '')}, {backbone}",
+                 loc="left")
+    save_figure(fig, name, folder)
+    return fig
