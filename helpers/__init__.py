@@ -43,19 +43,15 @@ def lr_find(config: TrainConfig, *, output_dir: str, steps: int = 100, start_lr:
     from .base.config import validate
     from .course.plots import lr_finder, save_figure
     from .training.lr_find import FIGURE, find_lr
-    from .use.runs import init_state, load_teachers
+    from .use.runs import init_loader, load_teachers
 
     cfg = validate(config)
-    init = None
-    if cfg.init_from:
-        path, backbone = cfg.init_from, cfg.backbone
-        init = lambda: init_state(path, backbone)  # noqa: E731 - loaded only when the finder builds the model
 
     def figure(result, folder):
         return save_figure(lr_finder(result, current_lr=cfg.lr), FIGURE, folder)
 
     return find_lr(cfg, output_dir, steps=steps, start_lr=start_lr, end_lr=end_lr,
-                   teachers=load_teachers(cfg.teacher), init=init, figure=figure)
+                   teachers=load_teachers(cfg.teacher), init=init_loader(cfg), figure=figure)
 
 
 def evaluate(checkpoint: str, **kwargs) -> dict:

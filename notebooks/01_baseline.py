@@ -57,6 +57,7 @@ SETTINGS = {
 }
 TECHNIQUE = dict(augment="basic", lr=3e-3)  # the plan's baseline: AdamW, cosine schedule, "current augmentations"
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
+LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 50}  # the learning-rate finder's steps at most (fastai: 100)
 
 # %%
 import helpers
@@ -65,6 +66,35 @@ from helpers.course import analysis, course, failures, plots, widgets
 c = course.Course("01_baseline", profile, data_dir=data_dir, device=device)
 cfg = c.config("baseline", {**c.pick(SETTINGS), **TECHNIQUE, **overrides})
 cfg
+
+# %% [markdown]
+# ## Choosing the rate: a learning-rate finder
+# `lr` is the first decision of every run. Before training, `helpers.lr_find` runs a short range test on this run's
+# own settings: for at most `LR_FIND_STEPS` steps it trains a throw-away copy of the model with the trainer's own
+# step, multiplying the rate by the same factor every step, from far too small to far too large, and records the
+# loss. Where the rate is too small the loss barely moves; over a range it falls, faster as the rate grows; past
+# some rate the steps overshoot and the loss climbs, and the test stops once the smoothed loss passes four times
+# its lowest. As in the first epoch of `helpers.train`, the backbone is held still, so the curve measures the
+# head's rate, which is what `lr` sets. fastai's default rule ("valley") suggests a rate inside the longest falling
+# stretch of the smoothed curve, before its bottom; the figure also marks the steepest descent and a tenth of the
+# minimum. Each point is the loss of one augmented batch and the smoothing lags on a short test, so read the
+# suggestion as a starting point to check, not a measurement: the cell prints how far it is from the rate this
+# notebook keeps using, and `scripts/lr_find_sweep.py` holds the suggestions against rates trained for real. 02 and
+# later keep 01's rate and change only their own technique.
+
+# %%
+finder = helpers.lr_find(cfg, output_dir=str(c.output_dir / "lr-find" / c.notebook),
+                         steps=12 if c.rehearse else c.pick(LR_FIND_STEPS))
+s = finder.suggestions
+if finder.suggestion is None:
+    print(f"The finder stopped after {len(finder.rates)} steps ({finder.stopped}): too early to suggest a rate.")
+else:
+    print(f"The finder's suggestion (fastai's valley rule): lr={finder.suggestion:.1e}  "
+          f"(steep {s['steep']:.1e}, minimum/10 {s['minimum']:.1e}; {len(finder.rates)} steps, {finder.stopped})")
+    print(f"01 trains at lr={cfg.lr:.0e}: {cfg.lr / finder.suggestion:.2g}x the valley suggestion, "
+          f"{cfg.lr / s['steep']:.2g}x steep, {cfg.lr / s['minimum']:.2g}x minimum/10")
+plots.lr_finder(finder, current_lr=cfg.lr, title="01 · Learning-rate finder on this run's settings",
+                folder=c.figures, name="01_lr_find")
 
 # %% [markdown]
 # ## Train

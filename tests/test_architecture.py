@@ -82,8 +82,8 @@ def test_every_script_imports(monkeypatch):
 def test_the_public_surface_works(trained_run, tmp_path):
     """`import helpers` gives train/evaluate/ensemble/predict and the config; the trained_run fixture itself
     trained through `helpers.train`."""
-    assert {"TrainConfig", "UserError", "make_config", "train", "evaluate", "ensemble", "predict", "get_device",
-            "seed_everything"} <= set(dir(helpers))
+    assert {"TrainConfig", "UserError", "make_config", "train", "lr_find", "evaluate", "ensemble", "predict",
+            "get_device", "seed_everything"} <= set(dir(helpers))
     assert helpers.make_config({"epochs": 2}) == helpers.TrainConfig(epochs=2)
     single = helpers.evaluate(str(trained_run), dataset="food-101", data_dir=str(TINY), num_workers=0, device="cpu")
     pair = helpers.ensemble([str(trained_run)] * 2, dataset="food-101", data_dir=str(TINY), num_workers=0,
@@ -96,6 +96,6 @@ def test_the_public_surface_works(trained_run, tmp_path):
         helpers.make_config({"epoch": 2})
     res = subprocess.run([sys.executable, "-m", "helpers", "--help"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
-    commands = ("train", "evaluate", "ensemble", "bench", "prepare", "check-data", "run-notebooks", "features",
-                "probe", "doctor", "predict", "export")
+    commands = ("train", "lr-find", "evaluate", "ensemble", "bench", "prepare", "check-data", "run-notebooks",
+                "features", "probe", "doctor", "predict", "export")
     assert res.returncode == 0 and all(c in res.stdout for c in commands), res.stdout + res.stderr

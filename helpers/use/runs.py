@@ -9,7 +9,7 @@ teacher, --init-from) loads it here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,11 +65,16 @@ def train(cfg: TrainConfig) -> dict:
     from ..training.engine import fit
 
     cfg = validate(cfg)
-    init = None
-    if cfg.init_from:
-        path, backbone = cfg.init_from, cfg.backbone
-        init = lambda: init_state(path, backbone)  # noqa: E731 - loaded only when the run starts from it
-    return fit(cfg, teachers=load_teachers(cfg.teacher), init=init)
+    return fit(cfg, teachers=load_teachers(cfg.teacher), init=init_loader(cfg))
+
+
+def init_loader(cfg: TrainConfig) -> Callable[[], tuple[dict[str, torch.Tensor], list[str]]] | None:
+    """What `fit` (or the finder) calls for the weights of `--init-from`, only when a run starts from them (None:
+    no --init-from)."""
+    if not cfg.init_from:
+        return None
+    path, backbone = cfg.init_from, cfg.backbone
+    return lambda: init_state(path, backbone)
 
 
 # ----------------------------------------------------------------------------------------------------------------
