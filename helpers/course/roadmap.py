@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import analysis, ledger
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .course import Course
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,15 @@ ROADMAP: dict[str, Phase] = {
 }
 
 
-def results(course: Course) -> pd.DataFrame:
+class CourseRun(Protocol):
+    """What the results table needs of a `Course` (the course imports this module, not the other way round)."""
+
+    output_dir: Path
+    ledger_path: Path
+    profile: str
+
+
+def results(course: CourseRun) -> pd.DataFrame:
     """The plan's roadmap with this course's measured numbers and their 95% intervals (for 12_results).
 
     One row per phase of the roadmap, then one per other phase in the ledger (e.g. a notebook added later).
@@ -81,7 +88,7 @@ def results(course: Course) -> pd.DataFrame:
                                 source if not hit.empty else "not measured"))
     return pd.DataFrame(rows)
 
-def save_results(course: Course, table: pd.DataFrame) -> dict[str, Path]:
+def save_results(course: CourseRun, table: pd.DataFrame) -> dict[str, Path]:
     """Write the results table as CSV and Markdown into the course run folder."""
     course.output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": course.output_dir / "results.csv", "markdown": course.output_dir / "results.md"}
