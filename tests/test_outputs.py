@@ -35,7 +35,6 @@ from helpers.commands import doctor
 from helpers.commands.cli import main
 from helpers.data import prepare
 from helpers.training import checkpoint
-from helpers.training.run_folder import check_output_path, run_kind
 from helpers.use.features import extract_features
 
 from .conftest import ROOT, TINY, cli_flags
@@ -158,6 +157,8 @@ def test_no_output_lands_on_a_file_a_run_owns(finished, features, micro, photos,
 
 def test_what_a_run_owns_is_named_once(finished, features, tmp_path):
     """The definition behind every command's check: owned names in a run folder, free names beside them."""
+    from helpers.training.run_folder import check_output_path, run_kind
+
     assert run_kind(finished) == "training run" and run_kind(features) == "features folder"
     assert run_kind(tmp_path) is None
     for name in ("config.yaml", "last.pt", ".last.pt.tmp", "metrics.csv", "summary.json", "bad_files.txt"):
