@@ -9,7 +9,8 @@ the losses, the gradients and the updated weights must agree within `TOLERANCES`
 (fp16 on MPS) is compared on the logits of one forward pass, with its looser tolerance. A batch copied to the
 device through the trainer's loader must arrive bit-identical. Last, the device's training images/s at the
 course's settings. Exit 0 when everything agrees; 2 when the device disagrees, naming what differs and the
-setting that avoids it.
+setting that avoids it. On a machine without a GPU, `auto` is the CPU: the doctor says that it compared the CPU
+with itself, which tells nothing about a GPU, rather than that the machine is ready for a night of training.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base.config import CHOICES, TrainConfig
+from ..base.config import CHOICES, TrainConfig, check_setting
 from ..base.errors import UserError
 from ..base.mps_check import device_code
 
@@ -76,12 +77,17 @@ def run_doctor(*, device: str = "auto", backbone: str = "efficientnet_b0", image
     Returns:
         {"device", "rows": [{"check", "device", "cpu", "difference", "tolerance", "agrees"}], "images_per_s" (None
         with `bench_steps=0`),
-        "disagreements": [sentences naming what differs and the setting that avoids it]}.
+        "disagreements": [sentences naming what differs and the setting that avoids it],
+        "verdict": the last line of the table (`verdict`)}.
+
+    Raises:
+        UserError: settings the step cannot run with (`check_settings`), before any work.
     """
     from ..base.devices import amp_dtype, channels_last_for, device_description, get_device, seed_everything
     from ..data import loaders
     from ..training.models import create_model
 
+    check_settings(image_size=image_size, batch_size=batch_size, steps=steps, bench_steps=bench_steps)
     dev = get_device(device)
     cfg = TrainConfig(data_dir=data_dir, image_size=image_size, augment="none")
     images, labels, class_names = loaders.sample_batch(cfg, batch_size, train=False)
@@ -121,7 +127,42 @@ def run_doctor(*, device: str = "auto", backbone: str = "efficientnet_b0", image
         rows.append({"check": f"training images/s ({backbone}, {image_size} px, batch {batch_size}, "
                               f"amp {'off' if dtype is None else str(dtype).replace('torch.', '')})",
                      "device": f"{rate:.1f}", "cpu": "", "difference": "", "tolerance": "", "agrees": True})
-    return {"device": device_description(dev), "rows": rows, "images_per_s": rate, "disagreements": disagreements}
+    return {"device": device_description(dev), "rows": rows, "images_per_s": rate, "disagreements": disagreements,
+            "verdict": verdict(device, dev, disagreements, rate)}
+
+
+def check_settings(*, image_size: int, batch_size: int, steps: int, bench_steps: int) -> None:
+    """Refuse settings the doctor's training step cannot run with, before any work.
+
+    Raises:
+        UserError: naming the flag and what it needs. A training step of one image fails in BatchNorm
+            whenever the last feature map is 1 x 1 (each channel then has a single value to normalise), so the
+            batch holds at least 2 images, as `train`'s batches do.
+    """
+    for name, value in (("image_size", image_size), ("batch_size", batch_size), ("steps", steps)):
+        check_setting(name, value)  # the ranges every command shares with `train`
+    if batch_size < 2:
+        raise UserError(f"--batch-size must be at least 2, got {batch_size}: a training step normalises each "
+                        "BatchNorm channel over the batch, and one image of a small size leaves a single value to "
+                        "normalise. Give --batch-size 2 or more (the course's is 16).")
+    if bench_steps < 0:
+        raise UserError(f"--bench-steps must be at least 0 (0: no speed measurement), got {bench_steps}.")
+
+
+def verdict(asked: str, dev: torch.device, disagreements: list[str], rate: float | None) -> str:
+    """The doctor's last line: what the comparison says, and what it cannot say (the CPU against itself)."""
+    if disagreements:
+        return " ".join(disagreements)
+    if dev.type != "cpu":
+        return "The device agrees with the CPU: ready for a night of training."
+    speed = f" at {rate:.1f} images/s" if rate else ""
+    if asked == "cpu":
+        return (f"--device cpu: the CPU was compared with itself{speed}, which checks the trainer's step, not a GPU. "
+                "Run the doctor without --device on the machine with the GPU (cuda or mps) before a night of "
+                "training.")
+    return (f"No GPU found (neither cuda nor mps is available): `auto` trains on the CPU here{speed}, and the "
+            "CPU was compared with itself, which checks nothing about a GPU. A night of training needs a GPU: check "
+            "the PyTorch install (torch.cuda.is_available(), torch.backends.mps.is_available()).")
 
 
 @device_code
@@ -254,9 +295,9 @@ def format_table(result: dict) -> str:
         lines.append(f"| {r['check']} | {r['device']} | {r['cpu']} | {r['difference']} | {r['tolerance']} | "
                      f"{'yes' if r['agrees'] else 'NO'} |")
     lines.append("")
-    lines += result["disagreements"] or ["The device agrees with the CPU: ready for a night of training."]
+    lines += result["disagreements"] or [result.get("verdict") or "The device agrees with the CPU."]
     return "\n".join(lines)
 
 
-__all__ = ["TOLERANCES", "DeviceDisagrees", "add_command", "check_copy", "compare_steps", "format_table", "run_doctor",
-           "run_steps"]
+__all__ = ["TOLERANCES", "DeviceDisagrees", "add_command", "check_copy", "check_settings", "compare_steps",
+           "format_table", "run_doctor", "run_steps", "verdict"]

@@ -120,7 +120,7 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             raise
         except Exception as exc:  # papermill and nbclient raise many types: execution, dead kernel, timeout
             where = _failed_cell(output, lines, injected, exc)
-            error = _error_text(exc)
+            error = _error_text(exc, cell_timeout)
             log_file.write(f"=== FAILED in {where}: {error}\n")
             raise NotebookFailure(where, error, output, log) from exc
         finally:
@@ -133,10 +133,16 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             _set_environment(saved_env)
 
 
-def _error_text(exc: Exception) -> str:
+def _error_text(exc: Exception, cell_timeout: int | None = None) -> str:
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     if ename:
         return f"{ename}: {evalue}".strip()
+    if isinstance(exc, TimeoutError):  # nbclient's CellTimeoutError: its message previews the cell's source
+        seconds = re.search(r"after (\d+) seconds", str(exc))
+        limit = seconds.group(1) if seconds else cell_timeout
+        return (f"the cell ran longer than {limit} s (--cell-timeout {cell_timeout}) and was stopped; give a larger "
+                "--cell-timeout, or leave it out (no limit)" if cell_timeout else
+                f"the kernel sent no output for {limit} s and the cell was stopped")
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
 
@@ -145,6 +151,8 @@ def _failed_cell(output: Path, lines: list[str], injected: int, exc: Exception) 
     """Name the failing cell by its number in the notebook as a person opens it, its In [n] and first line."""
     index = getattr(exc, "cell_index", None)
     count = getattr(exc, "exec_count", None)
+    if index is None and isinstance(exc, TimeoutError) and output.is_file():
+        index, count = _timed_out_cell(output, str(exc))
     if index is None and output.is_file():  # dead kernel or timeout: the cell papermill marked as running/failed
         import nbformat
 
@@ -165,6 +173,22 @@ def _failed_cell(output: Path, lines: list[str], injected: int, exc: Exception) 
         where += f", line {failing[0]}"
         line = failing[1]
     return f"cell {number} ({where}) `{line[:100]}`"
+
+
+def _timed_out_cell(output: Path, message: str) -> tuple[int | None, int | None]:
+    """The cell a timeout stopped, and its execution count: the one whose source nbclient's message previews
+    (its whole source, or for a long cell its first and last 5 lines as lists), else the last cell that started
+    (papermill marks a timed-out cell "completed", so its status cannot tell)."""
+    import nbformat
+
+    nb = nbformat.read(output, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        lines = cell.source.strip().split("\n")
+        preview = cell.source if len(lines) < 11 else f"{lines[:5]}\n...\n{lines[-5:]}"
+        if cell.cell_type == "code" and cell.source.strip() and f"---\n{preview}\n---" in message:
+            return i, cell.get("execution_count")
+    started = [i for i, cell in enumerate(nb.cells) if cell.get("execution_count") is not None]
+    return (started[-1], nb.cells[started[-1]].get("execution_count")) if started else (None, None)
 
 
 def _failing_line(exc: Exception) -> tuple[int, str] | None:

@@ -133,14 +133,21 @@ class Sequence:
         return [n for n in self.notebooks if self.status.get(n, {}).get("state") != "done"]
 
 
-def parse_value(text: str) -> Any:
-    """A -p value as YAML (numbers, booleans, null, lists, mappings); anything else stays a string."""
+def parse_value(text: str, name: str = "NAME") -> Any:
+    """A -p value as YAML: numbers, booleans, null, lists, mappings, and plain words as strings.
+
+    Raises:
+        UserError: the value is not valid YAML (an unclosed mapping or list, say), naming the flag.
+    """
     import yaml
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).strip()
+        raise UserError(f"-p {name} {text!r} is not valid YAML ({problem}): nothing ran. Write a mapping as "
+                        "'{epochs: 1, lr: 0.001}', a list as '[1, 2]'; quote a text that holds : { } [ ] or # as "
+                        "'\"a: b\"'.") from None
 
 
 def find_notebooks(folder: Path) -> list[Path]:
@@ -274,7 +281,7 @@ def run_command(args: argparse.Namespace) -> dict:
     root = project_root()
     folder_nb = Path(args.notebooks) if args.notebooks else root / "notebooks"
     sources = {p.stem: p for p in find_notebooks(folder_nb)}
-    parameters = {name: parse_value(value) for name, value in args.parameters}
+    parameters = {name: parse_value(value, name) for name, value in args.parameters}
     if args.rehearse:
         if args.profile not in (None, "full", "medium"):
             raise UserError("--rehearse rehearses the full profile (or --profile medium): not demo or ci, which "
@@ -330,10 +337,11 @@ def run_command(args: argparse.Namespace) -> dict:
 
 
 def check_parameter_names(parameters: dict[str, Any], notebooks: list[Any]) -> None:
-    """Refuse a -p NAME that no notebook to run has in its parameters cells, suggesting the closest name.
+    """Refuse a -p NAME that no notebook to run has in its parameters cells, suggesting the closest name, and a
+    value the notebooks could only fail on (`check_parameter_values`).
 
     Raises:
-        UserError: naming the parameter and the closest names there are.
+        UserError: naming the parameter and the closest names there are, or what is wrong with its value.
     """
     import difflib
 
@@ -341,13 +349,56 @@ def check_parameter_names(parameters: dict[str, Any], notebooks: list[Any]) -> N
 
     if not notebooks:
         return
-    known = {"profile"}.union(*(cell_parameters(nb) for nb in notebooks))
+    cells = [cell_parameters(nb) for nb in notebooks]
+    known = {"profile"}.union(*cells)
     for name in parameters:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             raise UserError(f"-p {name}: no notebook to run has a parameter {name!r}"
                             + (f"; did you mean {' or '.join(close)}?" if close else ".")
                             + f" The parameters are: {', '.join(sorted(known))}.")
+    check_parameter_values({name: parse_value(str(text), name) for name, text in parameters.items()}, cells)
+
+
+def check_parameter_values(values: dict[str, Any], cells: list[dict[str, Any]]) -> None:
+    """Refuse, before any notebook runs, a -p value that the notebooks could only fail on: a device that is not
+    one of `helpers.base.config.CHOICES["device"]`, or a value of another kind than the notebooks' own literal
+    for that parameter (a mapping for `overrides`, a number for a number, ...; a literal None takes anything).
+
+    Args:
+        values: the parsed -p values (`parse_value`), by name.
+        cells: the parameters of each notebook to run (`parameters.parameters`).
+
+    Raises:
+        UserError: naming the flag, the value and what it should be.
+    """
+    from ..base.config import CHOICES
+
+    device = values.get("device")
+    if "device" in values and device not in CHOICES["device"]:
+        raise UserError(f"-p device {device!r} is not a device: give one of {', '.join(CHOICES['device'])} "
+                        "(auto: cuda, then mps, then cpu). Nothing ran.")
+    for name, value in values.items():
+        defaults = [cell[name] for cell in cells if name in cell]
+        if not defaults or any(d is None or _kind(d) == _kind(value) for d in defaults):
+            continue
+        example = defaults[0]
+        raise UserError(f"-p {name} {value!r} is {_kind(value)}, but {name} is {_kind(example)} in the notebooks "
+                        f"(e.g. {example!r}). Nothing ran. Give {_kind(example)}"
+                        + (" such as '{epochs: 1}' (YAML)." if isinstance(example, dict) else "."))
+
+
+def _kind(value: Any) -> str:
+    """What a notebook parameter holds, in words: a mapping, a list, a switch (true/false), a number, a text."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, bool):
+        return "a switch (true/false)"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else "a text"
 
 
 def _edited_sources(resolved: dict[str, Resolved], folder: Path) -> dict[str, Path]:

@@ -119,6 +119,7 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
 
     Raises:
         UserError: missing source, overlapping folders, bad settings, or `dst` prepared with other settings.
+        KeyboardInterrupt: Ctrl-C, saying how many images are done and that the same command continues.
     """
     from .images import IMAGE_EXTENSIONS
 
@@ -152,10 +153,17 @@ def prepare_dataset(src: str | Path, dst: str | Path, *, short_side: int, qualit
     _logger.info("Preparing %d images from %s into %s (short side %d px, %d processes)", len(jobs), src, dst,
                  short_side, n_workers)
     bytes_before = bytes_after = 0
-    for outcome, size_in, size_out in _map(_prepare_one, jobs, n_workers):
-        counts[outcome] += 1
-        bytes_before += size_in
-        bytes_after += size_out
+    try:
+        for outcome, size_in, size_out in _map(_prepare_one, jobs, n_workers):
+            counts[outcome] += 1
+            bytes_before += size_in
+            bytes_after += size_out
+    except KeyboardInterrupt:  # the command line's hint (--resume auto) is training's; prepare has its own
+        done = sum(counts.values())
+        raise KeyboardInterrupt(
+            f"prepare stopped after {done} of {len(jobs)} images; each image written is complete (written "
+            f"atomically) and is kept in {dst}. Continue with the same command (without --overwrite): it keeps "
+            "the images already done.") from None
     summary = {"out": str(dst), "source": str(src), "short_side": short_side, "quality": quality,
                "per_class": list(per_class) if per_class else None,
                "images": len(jobs), "resized": counts["resized"], "copied": counts["copied"],

@@ -58,7 +58,15 @@ from .evaluation import validate_model
 from .metrics import Sums, append_row
 from .models import create_model, data_config, freeze_backbone, grow_head, set_train_mode
 from .recipe import hold_backbone, make_criterion, make_ema, make_mixup, make_optimizer, make_scheduler
-from .run_folder import config_dict, count_rows, prepare_output, report_bad_files, start_output
+from .run_folder import (
+    config_dict,
+    continue_in_place,
+    count_rows,
+    prepare_output,
+    report_bad_files,
+    start_output,
+    weights_record,
+)
 from .trained import Trained, from_state
 
 _logger = logging.getLogger(__name__)
@@ -291,11 +299,12 @@ class Progress:
 
 def locked_output(fn: Callable) -> Callable:
     """Decorate a function whose first argument is a TrainConfig: validate it (nothing is written for bad
-    settings), then hold the lock of its `output_dir` for the whole call, released when it returns or raises."""
+    settings), then hold the lock of its `output_dir` (a continuation's: its checkpoint's folder,
+    `continue_in_place`) for the whole call, released when it returns or raises."""
 
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
-        cfg = validate(cfg)
+        cfg = continue_in_place(validate(cfg))
         with run_lock(cfg.output_dir, f"--output-dir {cfg.output_dir}"):
             return fn(cfg, *args, **kwargs)
 
@@ -306,7 +315,7 @@ def locked_output(fn: Callable) -> Callable:
 def fit(cfg: TrainConfig, *, teachers: Sequence[Trained] = (),
         init: Callable[[], tuple[dict[str, torch.Tensor], list[str]]] | None = None) -> dict:
     """Train, validate every epoch, early-stop on validation, test the best weights once. Returns the summary
-    that is also written to `output_dir/summary.json`.
+    that is also written to `output_dir/summary.json` (which also records the run's weights, `weights_record`).
 
     The loop does not load other runs: what `cfg.teacher` and `cfg.init_from` name comes in loaded
     (`helpers.train` and the train command load them with `helpers.use.runs`).
@@ -558,7 +567,8 @@ def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, secon
         prefix = "test" if weights == "model" else "test_ema"
         summary.update({f"{prefix}_{k}": v for k, v in test.items()})
     summary["epochs_run"] = count_rows(out / "metrics.csv")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    record = {"weights": weights_record(out / checkpoint.BEST, splits.class_names)}  # loading checks best.pt by it
+    atomic_write_text(out / "summary.json", json.dumps({**summary, **record}, indent=2))
     _logger.info("Test top-1 %.2f%% (top-5 %.2f%%) on %d images; outputs in %s", summary.get("test_top1", float("nan")),
                  summary.get("test_top5", float("nan")), summary.get("test_n", 0), out)
     return summary

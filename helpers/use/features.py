@@ -122,6 +122,7 @@ def extract_features(*, dataset: str, data_dir: str, backbone: str, pretrained: 
             an unreadable photo.
     """
     from ..base.lock import run_lock
+    from ..training.run_folder import check_output_path
 
     for flag, value, ok in (("--views", views, views in (1, 2)), ("--batch-size", batch_size, batch_size >= 1),
                             ("--chunk-size", chunk_size, chunk_size >= 1)):
@@ -130,6 +131,7 @@ def extract_features(*, dataset: str, data_dir: str, backbone: str, pretrained: 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out} is a file. Give a folder (it is created when missing).")
+    check_output_path(out, "--output-dir")
     with run_lock(out, f"--output-dir {out}"):
         return _extract(dataset, data_dir, backbone, pretrained, image_size, views, out, batch_size, chunk_size,
                         num_workers, device, val_fraction, test_fraction, seed, strict_data)

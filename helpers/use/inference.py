@@ -17,6 +17,7 @@ from ..data.loaders import ImageDataset, make_loader
 from ..data.splits import Sample, load_splits, read_test_folder
 from ..training.evaluation import predict_logits
 from ..training.metrics import metrics_from_probs, write_predictions
+from ..training.run_folder import check_output_path
 from ..training.trained import Trained, check_classes
 from .probe import probe_tta_probs
 from .runs import load_trained
@@ -73,7 +74,12 @@ def evaluate(checkpoint_path: str | Path, *, dataset: str, data_dir: str, split:
 
     Returns:
         {"top1": %, "top5": %, "n": images}
+
+    Raises:
+        UserError: `predictions` names a file a run owns (`run_folder.check_output_path`), before any work.
     """
+    if predictions:
+        check_output_path(predictions, "--predictions")
     dev = get_device(device)
     trained = load_trained(checkpoint_path, use_ema=use_ema, device=dev)
     samples, class_names = _samples(dataset, data_dir, split, trained.config)
@@ -97,6 +103,8 @@ def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: st
     """
     if not models:
         raise UserError("Give at least one model (a run folder or checkpoint) to ensemble.")
+    if predictions:
+        check_output_path(predictions, "--predictions")
     dev = get_device(device)
     total, members, labels, samples, class_names = None, [], None, None, None
     for path in models:

@@ -11,8 +11,10 @@ Each photo goes through the run's own evaluation preprocessing (several runs: ea
 views as `evaluate` uses them, so the top-1 of a labelled folder is `evaluate --predictions`'s. Several runs
 average their softmax with their classes matched by name, as `ensemble` does. Folders are read recursively,
 skipping what operating systems and archive tools leave (`.DS_Store`, `__MACOSX`, hidden files), as the data
-loaders do. A file that is not a readable photo gets an error and the others go on. Nothing is written except
-`--output` (atomically).
+loaders do. A file that is not a readable photo gets an error and the others go on. Every value of `--model`
+must be a run (a missing one is an error, never taken for a photo), each model is checked to be its run's own
+weights (`helpers.use.runs.load_trained`), and every prediction names the models that answered. Nothing is
+written except `--output` (atomically), which may not be a file a run owns.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="top-k classes of your photos (files, folders, globs): JSON lines")
     p.add_argument("--model", nargs="+", required=True, metavar="RUN",
                    help="a run folder or checkpoint (fine-tuned or probe); several: their softmax averaged. The "
-                        "photos may follow: the first item that is not a run folder or .pt file starts them")
+                        "photos may follow: the first existing photo, folder or pattern starts them (a value that "
+                        "is none of these is a missing model: exit 2)")
     p.add_argument("photos", nargs="*", help="photo files, folders (read recursively) or glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="classes per photo (default 5)")
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-6 (1 = plain)")
@@ -61,18 +64,37 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def split_models(items: list[str]) -> tuple[list[str], list[str]]:
-    """`--model A B photos/ x.jpg` -> ([A, B], [photos/, x.jpg]): the leading run folders (with best.pt or last.pt)
-    and checkpoint files are models, the rest photos."""
-    def is_run(item: str) -> bool:
-        path = Path(item).expanduser()
-        return (path.is_dir() and any((path / n).is_file() for n in ("best.pt", "last.pt"))) or (
-            path.is_file() and path.suffix == ".pt")
+    """`--model A B photos/ x.jpg` -> ([A, B], [photos/, x.jpg]): the leading runs (a folder with best.pt or
+    last.pt, or a .pt file) are the models; the photos start at the first existing photo, folder of photos or glob
+    pattern. A value that is neither is never taken for a photo: it is a model that does not exist.
 
-    n = next((i for i, item in enumerate(items) if not is_run(item)), len(items))
+    Raises:
+        UserError: naming a value of --model that is not a run (a typo), or a run given among the photos.
+    """
+    n = next((i for i, item in enumerate(items) if not _is_run(item)), len(items))
+    if n < len(items) and not _names_photos(items[n]):
+        raise UserError(f"--model {items[n]} is not a run folder (with best.pt) or a checkpoint file (.pt), nor an "
+                        "existing photo, folder or pattern. Give a folder written by `python -m helpers train` or "
+                        "`probe` (check the path), then the photos.")
     if n == 0:
         raise UserError(f"--model {items[0]} is not a run folder (with best.pt) or a checkpoint file (.pt). Give a "
-                        "folder written by `python -m helpers train` or `probe`.")
+                        "folder written by `python -m helpers train` or `probe`, then the photos.")
+    late = [item for item in items[n:] if _is_run(item)]
+    if late:
+        raise UserError(f"{late[0]} is a run, given among the photos: name every model right after --model, before "
+                        "the photos.")
     return items[:n], items[n:]
+
+
+def _is_run(item: str) -> bool:
+    path = Path(item).expanduser()
+    return (path.is_dir() and any((path / n).is_file() for n in ("best.pt", "last.pt"))) or (
+        path.is_file() and path.suffix == ".pt")
+
+
+def _names_photos(item: str) -> bool:
+    """Whether `item` names photos: an existing file or folder, or a glob pattern."""
+    return Path(item).expanduser().exists() or any(c in item for c in "*?[")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -198,7 +220,8 @@ def predict(model_or_run: Trained | str | Path | Sequence[Trained | str | Path],
 
     Returns:
         One row per photo: path, class, label, probability (the top-1), predictions (the top-k as
-        [{"class", "label", "probability"}, ...]) and error (None, or why the photo could not be read).
+        [{"class", "label", "probability"}, ...]), models (the runs that answered, averaged; None for a photo
+        not predicted) and error (None, or why the photo could not be read).
     """
     from ..base.devices import get_device
 
@@ -216,7 +239,8 @@ def predict(model_or_run: Trained | str | Path | Sequence[Trained | str | Path],
         models = load_models(model_or_run, dev)
         probs, class_names = predict_probs(models, readable, tta=tta, batch_size=batch_size, device=dev,
                                            num_workers=num_workers)
-        rows = {p: top_row(p, prob, class_names, top_k) for p, prob in zip(readable, probs)}
+        answered = [m.source for m in models]
+        rows = {p: {**top_row(p, prob, class_names, top_k), "models": answered} for p, prob in zip(readable, probs)}
     table = make_table(checked, rows)
     if output is not None:
         write_table(table, output)
@@ -236,7 +260,7 @@ def make_table(checked: list[tuple[str, str | None]], rows: dict[str, dict]) -> 
     import pandas as pd
 
     table = pd.DataFrame([rows.get(p) or {"path": p, "error": e} for p, e in checked],
-                         columns=["path", "class", "label", "probability", "predictions", "error"])
+                         columns=["path", "class", "label", "probability", "predictions", "models", "error"])
     table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
     return table
 
@@ -256,21 +280,25 @@ def top_row(path: str, probs: torch.Tensor, class_names: list[str], top_k: int) 
 
 
 def records(table: pd.DataFrame) -> list[dict]:
-    """The JSON objects of `predict` (one per photo): {"path", "predictions": [...]} or {"path", "error"}."""
-    return [{"path": r.path, "error": r.error} if r.error else {"path": r.path, "predictions": r.predictions}
-            for r in table.itertuples()]
+    """The JSON objects of `predict` (one per photo): {"path", "predictions": [...], "models": [the runs that
+    answered]} or {"path", "error"}."""
+    return [{"path": r.path, "error": r.error} if r.error else
+            {"path": r.path, "predictions": r.predictions, "models": r.models} for r in table.itertuples()]
 
 
 def _check_output(path: Path) -> None:
+    from ..training.run_folder import check_output_path
+
     if path.suffix.lower() not in OUTPUT_SUFFIXES or path.is_dir():
         raise UserError(f"--output {path} must be a .csv or .jsonl file.")
     if not path.parent.is_dir():
         raise UserError(f"--output {path}: the folder {path.parent} does not exist. Create it or give another path.")
+    check_output_path(path, "--output")
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
-    """Write `predict`'s table as JSON lines (.jsonl) or CSV (.csv: path, error, then class_i, label_i,
-    probability_i for each rank i), atomically."""
+    """Write `predict`'s table as JSON lines (.jsonl) or CSV (.csv: path, error, models (the runs that answered,
+    joined by " + "), then class_i, label_i, probability_i for each rank i), atomically."""
     from ..base.io import atomic_write_text
 
     path = Path(path)
@@ -280,12 +308,12 @@ def write_table(table: pd.DataFrame, path: str | Path) -> None:
         k = max((len(p) for p in table["predictions"] if isinstance(p, list)), default=0)
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer)
-        writer.writerow(["path", "error"] + [f"{f}_{i}" for i in range(1, k + 1) for f in ("class", "label",
-                                                                                           "probability")])
+        writer.writerow(["path", "error", "models"] + [f"{f}_{i}" for i in range(1, k + 1)
+                                                        for f in ("class", "label", "probability")])
         for r in table.itertuples():
             cells = [c for p in (r.predictions if isinstance(r.predictions, list) else [])
                      for c in (p["class"], p["label"], f"{p['probability']:.6f}")]
-            writer.writerow([r.path, r.error or ""] + cells)
+            writer.writerow([r.path, r.error or "", " + ".join(r.models) if isinstance(r.models, list) else ""] + cells)
         text = buffer.getvalue()
     atomic_write_text(path, text)
     _logger.debug("wrote %s (%d bytes)", path, len(text))

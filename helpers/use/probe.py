@@ -227,11 +227,14 @@ def train_probe(features: list[str | Path], output_dir: str | Path, *, device: s
         {"top1", "top5", "n"} on the test split (what `evaluate` prints).
 
     Raises:
-        UserError: the folder is not new or is in use by another command (the run lock), or bad features.
+        UserError: the folder is not new, is in use by another command (the run lock) or is owned by another run
+            (`run_folder.check_output_path`), or bad features.
     """
     from ..base.lock import run_lock
+    from ..training.run_folder import check_output_path
 
     out = Path(output_dir)
+    check_output_path(out, "--output-dir")
     _check_new_folder(out)
     with run_lock(out, f"--output-dir {out}"):
         _check_new_folder(out)  # a probe that finished while this one waited for the lock
@@ -273,6 +276,7 @@ def _train_probe(features: list[str | Path], out: Path, device: str, max_iter: i
 def _write_run(out: Path, manifests: list[dict], class_names: list[str], w: torch.Tensor, b: torch.Tensor, best: dict,
                sweep: list[dict], test: dict) -> None:
     from ..training import checkpoint
+    from ..training.run_folder import weights_record
 
     first = manifests[0]
     members = [{"backbone": m["backbone"], "pretrained": m["pretrained"], "weights_sha256": m["weights_sha256"],
@@ -300,7 +304,8 @@ def _write_run(out: Path, manifests: list[dict], class_names: list[str], w: torc
     writer.writerows(sweep)
     _write_atomic(out / "sweep.csv", text.getvalue().encode())
     summary = {"test_top1": test["top1"], "test_top5": test["top5"], "test_n": test["n"], "l2": best["l2"],
-               "val_top1": best["top1"], "features": [m["backbone"] for m in manifests]}
+               "val_top1": best["top1"], "features": [m["backbone"] for m in manifests],
+               "weights": weights_record(out / checkpoint.BEST, class_names)}  # loading checks best.pt by it
     _write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 

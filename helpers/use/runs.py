@@ -26,6 +26,7 @@ from ..training import checkpoint
 from ..training.distill import Teacher, kd_loss
 from ..training.models import create_model
 from ..training.recipe import make_criterion
+from ..training.run_folder import check_run_weights
 from ..training.trained import Trained, from_state
 from .features import embed
 
@@ -34,8 +35,12 @@ _logger = logging.getLogger(__name__)
 
 def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.device | str = "cpu") -> Trained:
     """Rebuild a model from a run folder (its best checkpoint) or a checkpoint file, in eval mode. A probe run
-    (`helpers.use.probe`) gives its frozen backbones with the linear head."""
-    state = checkpoint.load(path, prefer=checkpoint.BEST)
+    (`helpers.use.probe`) gives its frozen backbones with the linear head.
+
+    Raises:
+        UserError: no readable checkpoint, or one that is not its run's own (`run_folder.check_run_weights`).
+    """
+    state = load_checked(path)
     if "probe" in state:
         if use_ema:
             raise UserError(f"{path} is a linear probe: it has no EMA weights. Drop --use-ema.")
@@ -43,10 +48,18 @@ def load_trained(path: str | Path, *, use_ema: bool = False, device: torch.devic
     return from_state(state, str(path), use_ema=use_ema, device=device)
 
 
+def load_checked(path: str | Path) -> dict:
+    """A run's checkpoint (a run folder gives its best.pt), checked to be the weights its run wrote."""
+    file = checkpoint.resolve(path, checkpoint.BEST)
+    state = checkpoint.load(file)
+    check_run_weights(file, state)
+    return state
+
+
 def init_state(path: str | Path, backbone: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The weights `--init-from` starts a `backbone` from: a trained run's, or a probe run's backbone weights with
     its head folded in (`probe_init_state`), and the class names of the head's rows."""
-    state = checkpoint.load(path)
+    state = load_checked(path)
     if "probe" in state:
         return probe_init_state(state, backbone, str(path)), list(state["class_names"])
     if config_from_dict(state["config"]).backbone != backbone:
