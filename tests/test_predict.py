@@ -126,7 +126,7 @@ def test_phone_formats_read_upright_and_predict_like_the_jpeg(trained_run, tmp_p
     assert read_image(str(MY_PHOTOS / "beignets.heic")).shape == (320, 191, 3)
     table = helpers.predict(str(trained_run), [tmp_path / "photo.png", tmp_path / "photo.webp", tmp_path / "turned.jpg",
                                                MY_PHOTOS], top_k=10, num_workers=0, device="cpu")
-    assert table["error"].isna().all() and len(table) == 3 + 5
+    assert table["error"].isna().all() and len(table) == 3 + 6
     png, webp, turned = ({p["class"]: p["probability"] for p in row} for row in table["predictions"][:3])
     assert png == pytest.approx(webp, abs=1e-5)
     assert max(turned, key=turned.get) == max(png, key=png.get)
