@@ -1,6 +1,8 @@
 """Make data/my-photos/: a few real Food-101 photos saved as a phone or a browser saves them, for notebook 11
 (`11_use_your_model`) and the predict tests: a JPEG whose pixels are stored turned with an EXIF orientation tag,
-a PNG, a WebP, an HEIC (with pillow-heif) and a photo of a class the course's models never saw (pizza).
+a PNG, a PNG with transparency (the dish cut out in a soft-edged oval: outside it the photo's pixels stay, fully
+transparent, so a reader that drops the alpha channel sees them and one that composites on white does not), a
+WebP, an HEIC (with pillow-heif) and a photo of a class the course's models never saw (pizza).
 
     python scripts/make_my_photos.py --mini ../shared/data/food-101-mini --pizza ../shared/data/pizza_steak_sushi
 
@@ -13,11 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 PICKS = {"apple_pie": "apple_pie_rotated_exif.jpg", "baklava": "baklava.png", "bibimbap": "bibimbap.webp",
-         "beignets": "beignets.heic"}
+         "beignets": "beignets.heic", "beet_salad": "beet_salad_cutout.png"}
 ORIENTATION = 0x0112  # EXIF tag; 6: rotate 90 degrees clockwise to display
 
 
@@ -37,6 +39,17 @@ def small(path: Path) -> Image.Image:
     return im
 
 
+def cut_out(im: Image.Image) -> Image.Image:
+    """The photo as RGBA, opaque in a centred oval (80% of each side) with an edge feathered over about 6 px, fully
+    transparent outside it; the RGB values under the transparent pixels are the photo's own."""
+    mask = Image.new("L", im.size, 0)
+    w, h = im.size
+    ImageDraw.Draw(mask).ellipse((w // 10, h // 10, w - w // 10, h - h // 10), fill=255)
+    rgba = im.convert("RGBA")
+    rgba.putalpha(mask.filter(ImageFilter.GaussianBlur(3)))
+    return rgba
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mini", type=Path, required=True)
@@ -51,6 +64,8 @@ def main() -> None:
             exif = Image.Exif()
             exif[ORIENTATION] = 6
             im.transpose(Image.Transpose.ROTATE_90).save(path, quality=90, exif=exif)
+        elif target.endswith("_cutout.png"):
+            cut_out(im).save(path)
         elif target.endswith(".heic"):
             import pillow_heif
 

@@ -1,11 +1,10 @@
-"""`python -m helpers predict` and `export`: predictions of photos agree with `evaluate`, bad files are named and
-skipped, phone formats read upright, and the ONNX export agrees with PyTorch (fine-tuned, probe, ensemble)."""
+"""`python -m helpers predict`: predictions of photos agree with `evaluate`, bad files are named and skipped, phone
+formats read upright, ensembles average their members (the export's tests are in test_export.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,10 +13,8 @@ import pytest
 from PIL import Image
 
 import helpers
-from helpers.commands import cli
 from helpers.data.images import read_image
 from helpers.data.splits import load_splits
-from helpers.use import export
 from helpers.use.features import extract_features
 from helpers.use.probe import train_probe
 
@@ -126,7 +123,7 @@ def test_phone_formats_read_upright_and_predict_like_the_jpeg(trained_run, tmp_p
     assert read_image(str(MY_PHOTOS / "beignets.heic")).shape == (320, 191, 3)
     table = helpers.predict(str(trained_run), [tmp_path / "photo.png", tmp_path / "photo.webp", tmp_path / "turned.jpg",
                                                MY_PHOTOS], top_k=10, num_workers=0, device="cpu")
-    assert table["error"].isna().all() and len(table) == 3 + 5
+    assert table["error"].isna().all() and len(table) == 3 + 6
     png, webp, turned = ({p["class"]: p["probability"] for p in row} for row in table["predictions"][:3])
     assert png == pytest.approx(webp, abs=1e-5)
     assert max(turned, key=turned.get) == max(png, key=png.get)
@@ -141,50 +138,3 @@ def test_ensemble_predictions_average_members_matched_by_class_name(trained_run,
         pa, pb = ({p["class"]: p["probability"] for p in x} for x in (a, b))
         for p in mean:
             assert p["probability"] == pytest.approx((pa[p["class"]] + pb[p["class"]]) / 2, abs=2e-6)
-
-
-@pytest.mark.parametrize("kind", ["fine-tuned", "probe", "ensemble"])
-def test_export_onnx_agrees_with_pytorch(kind, trained_run, probe_run, tmp_path):
-    runs = {"fine-tuned": [trained_run], "probe": [probe_run], "ensemble": [trained_run, probe_run]}[kind]
-    out = tmp_path / "model.onnx"
-    done = run_cli("export", "--model", *map(str, runs), "--format", "onnx", "--output", str(out))
-    assert done.returncode == 0, done.stderr
-    info = json.loads(done.stdout.strip().splitlines()[-1])
-    assert info["check"]["max_abs_diff"] <= export.TOLERANCE and info["check"]["top1_agreement"] == "16/16"
-    sidecar = json.loads(out.with_suffix(".json").read_text())
-    size = 96 if kind != "probe" else 64  # the largest member's size
-    assert sidecar["input"]["shape"] == ["N", 3, size, size] and sidecar["image_size"] == size
-    assert sidecar["classes"] == load_splits("food-101", TINY).class_names and sidecar["labels"][0] == "Apple pie"
-    assert sidecar["resize"]["short_side"] == int(size / sidecar["resize"]["crop_pct"])
-    assert [m["test_top1"] for m in sidecar["members"]] == [
-        json.loads((r / "summary.json").read_text())["test_top1"] for r in runs]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.onnx"]
-    photos = [p for p, _ in load_splits("food-101", TINY).test[::5]]  # 30 other photos, by the sidecar's rule
-    ours = helpers.predict(list(map(str, runs)), photos, top_k=10, num_workers=0, device="cpu")
-    theirs = export.predict_onnx(out, photos, top_k=10)
-    agree = int((ours["class"] == theirs["class"]).sum())
-    if kind != "ensemble":  # one input size: the graph is `predict` exactly
-        assert agree == len(photos)
-        for a, b in zip(ours["predictions"], theirs["predictions"]):
-            assert [p["class"] for p in a] == [p["class"] for p in b] or max(
-                abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-5
-            assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-4
-    else:  # the 64 px probe reads a resized crop of the 96 px input: close, not equal
-        assert agree >= 0.8 * len(photos)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    batch = export.onnx_images(photos[:3], sidecar)
-    for n in (1, 3):  # dynamic batch
-        assert session.run(["probabilities"], {"images": batch[:n].numpy()})[0].shape == (n, 10)
-
-
-def test_a_failed_check_writes_nothing_and_is_a_bug(trained_run, tmp_path, monkeypatch, capsys):
-    """An export whose graph disagrees with PyTorch beyond the tolerance (here: a tolerance below any float
-    error) ends with exit code 1 and leaves no file; a bad --output is the user's (exit 2)."""
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)
-    out = tmp_path / "model.onnx"
-    assert cli.main(["export", "--model", str(trained_run), "--output", str(out)]) == 1
-    assert "disagrees with PyTorch" in capsys.readouterr().err and os.listdir(tmp_path) == []
-    assert cli.main(["export", "--model", str(trained_run), "--output", str(tmp_path / "model.txt")]) == 2
-    assert "must be a .onnx file" in capsys.readouterr().err

@@ -1,16 +1,24 @@
-"""Take a trained model elsewhere: export a run (fine-tuned, probe, or several averaged) to one ONNX graph.
+"""Take a trained model elsewhere: export a run (fine-tuned, probe, or several averaged) to one ONNX graph, with
+the preprocessing that feeds it written out as plain Python.
 
-    python -m helpers export --model runs/b0 --format onnx --output b0.onnx
+    python -m helpers export --model runs/b0 --format onnx --output b0.onnx            # + b0.json, b0.py
     python -m helpers export --model runs/b0 runs/probe-lite0 --output ensemble.onnx
 
-The graph takes `images`, float32 (N, 3, S, S) RGB in [0, 1] (N free), prepared with the resize and crop rule
-written beside it, and returns `probabilities` (N, classes): normalisation, every member's own crop and size
-(a fixed linear resampling, the bicubic antialiased resize of the probe's members), the softmax and the ensemble's
-mean are inside. `FILE.json` beside it holds the class names and labels, the input size, the resize/crop rule,
-the test top-1 of each run (from its summary.json) and where the model came from.
+FILE.onnx takes float32 (N, 3, S, S) RGB in [0, 1] (N free) and returns `probabilities` (N, classes): the
+normalisation, every member's network (a probe's backbones with their L2-normalised features and head), the
+softmax and the ensemble's mean are inside. FILE.py (`helpers.use.reference`) turns a photo file into that input
+with numpy, Pillow and OpenCV only, exactly as `predict` reads photos: `preprocess(path)` -> (1, 3, S, S). A model
+whose members read photos at different sizes or crops has one input per preprocessing (`images_<S>`), and
+`inputs(path)` of FILE.py gives them all. FILE.json holds the class names and labels, the inputs, every
+preprocessing step in words, the test top-1 of each run (from its summary.json), where the model came from and
+the check's result.
 
-The export checks itself: onnxruntime and PyTorch predict the same real photos, and a maximum absolute
-difference of the probabilities above 1e-3 fails the export (nothing is written then).
+The export checks itself end to end, from photo files: FILE.py runs in a process where neither `helpers` nor
+`torch` can be imported, onnxruntime runs the graph on what it returns, and `predict` (PyTorch, the course's own
+reading of a photo) must agree on every photo's top-1 with a maximum absolute difference of a probability of at
+most 1e-3 (photos: 16 test photos of the dataset or `--check-photos`, at least 8, and always the phone-style
+photos of data/my-photos: an EXIF-rotated JPEG, a PNG with transparency, WebP, HEIC). A failed check writes
+nothing and is a bug (exit 1). Nothing is written into a run folder or onto a file a run owns (exit 2).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import TYPE_CHECKING
 from ..base.errors import UserError
 
 if TYPE_CHECKING:  # the command line imports this module to build its parser: heavy imports wait for a call
+    import numpy as np
     import torch
     from torch import nn
 
@@ -35,23 +44,38 @@ if TYPE_CHECKING:  # the command line imports this module to build its parser: h
 
 _logger = logging.getLogger(__name__)
 
-TOLERANCE = 1e-3  # max |onnxruntime - PyTorch| of a probability
+TOLERANCE = 1e-3  # max |onnxruntime (through FILE.py) - predict| of a probability
 
 OPSET = 17
 
-CHECK_PHOTOS = 16
+CHECK_PHOTOS = 16  # test photos of the dataset the check reads by default
+
+MIN_CHECK_PHOTOS = 8  # readable photos --check-photos must hold
+
+MAX_CHECK_PHOTOS = 64  # of --check-photos, the first ones are read
+
+MY_PHOTOS = Path(__file__).resolve().parents[2] / "data" / "my-photos"  # the phone-style photos every check adds
+
+# The files a run or a features folder writes: no export output may replace one, nor land in a folder holding
+# one of RUN_MARKERS (a run folder is written only by its own run).
+RUN_FILES = frozenset({"config.yaml", "last.pt", "best.pt", "last.prev.pt", "metrics.csv", "summary.json",
+                       "run_info.json", "bad_files.txt", "test_predictions.csv", "sweep.csv", "features.json",
+                       "train.safetensors", "val.safetensors", "test.safetensors", "backbone.safetensors"})
+RUN_MARKERS = ("best.pt", "last.pt", "summary.json", "run_info.json", "metrics.csv", "features.json", "sweep.csv")
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` sub-command."""
-    p = subparsers.add_parser("export", help="export a run (or several, averaged) to ONNX, checked with onnxruntime")
+    p = subparsers.add_parser("export", help="export a run (or several, averaged) to ONNX + its preprocessing in "
+                                             "Python, checked end to end against predict")
     p.add_argument("--model", nargs="+", required=True, metavar="RUN",
                    help="a run folder or checkpoint (fine-tuned or probe); several: one graph of their mean")
     p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--output", required=True, help="FILE.onnx (FILE.json is written beside it)")
+    p.add_argument("--output", required=True, help="FILE.onnx (FILE.json and FILE.py are written beside it)")
     p.add_argument("--check-photos", nargs="+", metavar="PHOTO",
-                   help="photos (files, folders, globs) for the check (default: 16 test photos of the first run's "
-                        "dataset, else of data/food-101-tiny)")
+                   help=f"photos (files, folders, globs) for the check, at least {MIN_CHECK_PHOTOS} readable "
+                        f"(default: {CHECK_PHOTOS} test photos of the first run's dataset, else of "
+                        "data/food-101-tiny); data/my-photos is always added")
     p.set_defaults(func=_run)
 
 
@@ -63,59 +87,39 @@ def _run(args: argparse.Namespace) -> dict:
 # The graph
 
 
-def resize_matrix(src_size: int, src_crop: float, size: int, crop: float) -> torch.Tensor | None:
-    """The (size, src_size) matrix R with R @ x @ R.T = the centre crop of a (src_size, src_size) image that keeps
-    crop / src_crop of it, resized to (size, size) bicubic with antialiasing (as `helpers.use.runs.ProbeModel` does
-    with `F.interpolate`); None when that is the identity. Resampling is linear and separable, so resizing the
-    identity gives its weights, and a matrix product exports to any runtime."""
-    import torch
-    import torch.nn.functional as F
-
-    keep = min(1.0, crop / src_crop)
-    side = max(1, round(src_size * keep))
-    if side == src_size and size == src_size:
-        return None
-    top = (src_size - side) // 2
-    eye = torch.eye(side).view(1, 1, side, side)
-    weights = F.interpolate(eye, size=(size, side), mode="bicubic", antialias=True, align_corners=False)[0, 0]
-    matrix = torch.zeros(size, src_size)
-    matrix[:, top:top + side] = weights
-    return matrix
+def member_configs(trained: Trained) -> list[dict]:
+    """The data configs a model reads photos with: a probe's, one per backbone; a fine-tuned run's own."""
+    if getattr(trained.model, "is_probe", False):
+        return [m["data_config"] for m in trained.model.members]
+    return [trained.data_config]
 
 
-def exported_module(models: list[Trained], canvas: dict, *, exact_resize: bool = False) -> nn.Module:
-    """images [0, 1] (N, 3, S, S) at `canvas`'s size -> probabilities (N, C): the mean of the members' softmax,
-    each member (and each backbone of a probe) on its own crop, size and normalisation; classes matched by
-    name to the first model's. `exact_resize` resizes with `F.interpolate` instead of the graph's matrices (the
-    PyTorch reference of the check)."""
+def exported_module(models: list[Trained], inputs: list[dict]) -> nn.Module:
+    """The graph: one image tensor per input of `inputs` (`helpers.use.reference.input_specs`), each [0, 1]
+    (N, 3, S, S) -> probabilities (N, C), the mean of the members' softmax, each member (and each backbone of a
+    probe) on the input of its own resize and crop with its own normalisation; classes matched by name to the
+    first model's."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     from ..training.trained import check_classes
     from .features import embed
+    from .reference import resize_of
+
+    keys = [(i["image_size"], i["short_side"], i["interpolation"]) for i in inputs]
 
     class Branch(nn.Module):
-        """One network's input from the export's: its crop and size, then its mean and std."""
+        """One network's input: the graph input of its preprocessing, normalised with its mean and std."""
 
         def __init__(self, d: dict):
             super().__init__()
-            self.size, self.crop = d["image_size"], d["crop_pct"]
-            matrix = resize_matrix(canvas["image_size"], canvas["crop_pct"], self.size, self.crop)
-            self.resized = matrix is not None
-            self.register_buffer("matrix", matrix if matrix is not None else torch.zeros(0))
+            self.index = keys.index(resize_of(d))
             self.register_buffer("mean", torch.tensor(d["mean"], dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(d["std"], dtype=torch.float32).view(1, 3, 1, 1))
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.resized and not exact_resize:
-                x = self.matrix @ x @ self.matrix.T
-            elif self.resized:
-                side = max(1, round(x.shape[-1] * min(1.0, self.crop / canvas["crop_pct"])))
-                top = (x.shape[-1] - side) // 2
-                x = F.interpolate(x[..., top:top + side, top:top + side], size=(self.size, self.size),
-                                  mode="bicubic", antialias=True, align_corners=False)
-            return (x - self.mean) / self.std
+        def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+            return (images[self.index] - self.mean) / self.std
 
     class Member(nn.Module):
         def __init__(self, trained: Trained, columns: torch.Tensor | None):
@@ -124,17 +128,16 @@ def exported_module(models: list[Trained], canvas: dict, *, exact_resize: bool =
             self.probe = bool(getattr(trained.model, "is_probe", False))
             self.reordered = columns is not None
             self.register_buffer("columns", columns if columns is not None else torch.zeros(0, dtype=torch.long))
-            members = trained.model.members if self.probe else [{"data_config": trained.data_config, "views": 1}]
-            self.branches = nn.ModuleList(Branch(m["data_config"]) for m in members)
-            self.views = [m["views"] for m in members]
+            self.branches = nn.ModuleList(Branch(d) for d in member_configs(trained))
+            self.views = [m["views"] for m in trained.model.members] if self.probe else [1]
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
             if self.probe:  # each backbone on its own input, L2-normalised features, concatenated, the head
-                parts = [F.normalize(embed(backbone, branch(x), views), dim=1)
+                parts = [F.normalize(embed(backbone, branch(images), views), dim=1)
                          for backbone, branch, views in zip(self.model.backbones, self.branches, self.views)]
                 logits = self.model.head(torch.cat(parts, dim=1))
             else:
-                logits = self.model(self.branches[0](x))
+                logits = self.model(self.branches[0](images))
             probs = torch.softmax(logits.float(), dim=1)
             return probs[:, self.columns] if self.reordered else probs
 
@@ -145,49 +148,54 @@ def exported_module(models: list[Trained], canvas: dict, *, exact_resize: bool =
             self.members = nn.ModuleList(
                 Member(t, check_classes(t, names, models[0].source, use="in an ensemble")) for t in models)
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return torch.stack([m(images) for m in self.members]).mean(dim=0)
+        def forward(self, *images: torch.Tensor) -> torch.Tensor:
+            return torch.stack([m(list(images)) for m in self.members]).mean(dim=0)
 
     return Exported().eval()
 
 
-def canvas_of(models: list[Trained]) -> dict:
-    """The export's input preprocessing: that of the member (or probe backbone) with the largest input size."""
-    from .probe import canvas_config
+def graph_inputs(models: list[Trained]) -> list[dict]:
+    """The graph's inputs: one per distinct resize and crop among the members and probe backbones."""
+    from .reference import input_specs
 
-    configs = [m["data_config"] for t in models for m in getattr(t.model, "members", [])] or []
-    configs += [t.data_config for t in models if not getattr(t.model, "is_probe", False)]
-    return canvas_config(configs)
+    return input_specs([d for t in models for d in member_configs(t)])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The check
 
 
-def check_images(models: list[Trained], canvas: dict, photos: Sequence[str] | None) -> tuple[torch.Tensor, list[str]]:
-    """Real photos for the check, prepared by the export's resize/crop rule: (N, 3, S, S) float32 in [0, 1]."""
-    import torch
+def check_paths(models: list[Trained], photos: Sequence[str] | None) -> list[str]:
+    """The check's photos: the readable ones of `photos` (at least MIN_CHECK_PHOTOS, the first MAX_CHECK_PHOTOS),
+    or CHECK_PHOTOS test photos of the first run's dataset (else of data/food-101-tiny); then the readable
+    photos of data/my-photos (an EXIF-rotated JPEG, a PNG with transparency, WebP, HEIC), when it is there.
 
-    from ..data.augment import eval_transform
-    from ..data.images import read_image
+    Raises:
+        UserError: fewer than MIN_CHECK_PHOTOS readable photos in `photos` (their count in the message).
+    """
     from ..data.splits import load_splits
     from .predict import find_photos, read_error
 
     if photos:
-        paths = [p for p, e in find_photos(photos) if e is None and read_error(p) is None][:CHECK_PHOTOS]
+        found, given = [p for p, e in find_photos(photos) if e is None], f"--check-photos {' '.join(map(str, photos))}"
     else:
         config = models[0].config
         try:
-            test = load_splits(config.get("dataset", "food-101"), config["data_dir"]).test
+            data_dir = config["data_dir"]
+            test = load_splits(config.get("dataset", "food-101"), data_dir).test
         except (UserError, KeyError):
-            test = load_splits("food-101", str(Path(__file__).resolve().parents[2] / "data" / "food-101-tiny")).test
-        paths = [p for p, _ in test[:: max(1, len(test) // CHECK_PHOTOS)][:CHECK_PHOTOS]]
-    if not paths:
-        raise UserError(f"No readable photo among {photos} to check the export with: give photos (--check-photos).")
-    d = canvas
-    transform = eval_transform(d["image_size"], d["mean"], d["std"], d["crop_pct"], d["interpolation"], uint8=True)
-    images = torch.stack([transform(image=read_image(p))["image"] for p in paths]).float() / 255
-    return images, paths
+            data_dir = str(MY_PHOTOS.parent / "food-101-tiny")
+            test = load_splits("food-101", data_dir).test
+        found = [p for p, _ in test[:: max(1, len(test) // CHECK_PHOTOS)][:CHECK_PHOTOS]]
+        given = f"the test photos of {data_dir}"
+    paths = [p for p in found if read_error(p) is None]
+    if len(paths) < MIN_CHECK_PHOTOS:
+        raise UserError(f"The export's check needs at least {MIN_CHECK_PHOTOS} readable photos; {given} gives "
+                        f"{len(paths)} ({len(found) - len(paths)} other file(s) are not readable photos). Give more "
+                        "photos with --check-photos (files, folders or glob patterns).")
+    paths = paths[:MAX_CHECK_PHOTOS]
+    extra = [p for p, e in find_photos(MY_PHOTOS) if e is None and read_error(p) is None] if MY_PHOTOS.is_dir() else []
+    return list(dict.fromkeys([*paths, *extra]))
 
 
 def _onnxruntime():
@@ -199,13 +207,51 @@ def _onnxruntime():
     return onnxruntime
 
 
-def run_onnx(path: str | Path, images) -> tuple[object, float]:
-    """Probabilities from an ONNX file with onnxruntime (CPU), and the seconds it took."""
-    ort = _onnxruntime()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    started = time.perf_counter()
-    out = session.run(["probabilities"], {"images": images.numpy() if hasattr(images, "numpy") else images})[0]
-    return out, time.perf_counter() - started
+def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Probabilities (N, C) from an ONNX file with onnxruntime (CPU) for {input name: (N, 3, S, S) array}."""
+    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], feeds)[0]
+
+
+def _compare(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
+    """(max |difference| of a probability, photos whose top-1 is the same)."""
+    import numpy as np
+
+    return float(np.abs(ours - theirs).max()), int((ours.argmax(1) == theirs.argmax(1)).sum())
+
+
+def check_export(models: list[Trained], module: nn.Module, onnx_file: Path, reference_py: Path,
+                 inputs: list[dict], paths: list[str], runs: list) -> dict:
+    """The end-to-end check: FILE.py (in a process without helpers and torch) -> onnxruntime, against `predict`
+    on the same photo files; and the graph against its PyTorch module on the same arrays (which side is wrong).
+
+    Raises:
+        RuntimeError: a top-1 differs or a probability differs by more than TOLERANCE (a bug).
+    """
+    import torch
+
+    from .predict import predict_probs
+    from .reference import run_isolated
+
+    arrays = run_isolated(reference_py, paths)
+    onnx_probs = run_onnx(onnx_file, arrays)
+    with torch.no_grad():
+        torch_probs = module(*[torch.from_numpy(arrays[i["name"]]) for i in inputs]).numpy()
+    predicted, _ = predict_probs(models, paths, num_workers=0)
+    graph_diff, graph_agree = _compare(onnx_probs, torch_probs)
+    diff, agree = _compare(onnx_probs, predicted.numpy())
+    n = len(paths)
+    check = {"photos": n, "top1_agreement": f"{agree}/{n}", "max_abs_diff": diff, "tolerance": TOLERANCE,
+             "against": "predict (PyTorch) on the photo files", "through": f"{reference_py.name} in a process "
+             "without helpers and torch, then onnxruntime", "graph_max_abs_diff": graph_diff,
+             "graph_top1_agreement": f"{graph_agree}/{n}"}
+    for name, (d, a) in {"the graph against its PyTorch module on the same arrays": (graph_diff, graph_agree),
+                         f"{reference_py.name} + onnxruntime against `predict` on the photo files": (diff, agree)}.items():
+        if not math.isfinite(d) or d > TOLERANCE or a < n:
+            raise RuntimeError(f"The export of {', '.join(map(str, runs))} fails its check, {name}: top-1 agrees on "
+                               f"{a}/{n} photos, max |difference| of a probability {d:.2e} (allowed {TOLERANCE}). "
+                               "Nothing was written.")
+    return check
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,96 +260,121 @@ def run_onnx(path: str | Path, images) -> tuple[object, float]:
 
 def export_onnx(model: str | Path | Sequence[str | Path], output: str | Path, *,
                 check_photos: Sequence[str] | None = None) -> dict:
-    """Export runs to one ONNX graph with its sidecar FILE.json, checked against PyTorch on real photos.
+    """Export runs to one ONNX graph with its sidecar FILE.json and reference preprocessing FILE.py, checked end
+    to end against `predict` on real photo files.
 
     Returns:
-        {"output", "sidecar", "bytes", "image_size", "classes", "check": {"photos", "max_abs_diff",
-        "top1_agreement" (against the PyTorch model on the same input), "tolerance", "predict_top1_agreement",
-        "predict_max_abs_diff" (against `helpers.predict` on the same photos, see `_against_predict`)}}
+        {"output", "sidecar", "reference", "bytes", "inputs": {name: S}, "classes", "check": {"photos",
+        "top1_agreement", "max_abs_diff" (against `predict`), "tolerance", "graph_max_abs_diff", ...}}
 
     Raises:
-        UserError: a bad --output, a missing onnxruntime.
-        RuntimeError: onnxruntime disagrees with PyTorch by more than TOLERANCE (a bug: nothing is written).
+        UserError: a bad --output (one that would land in a run folder or on a file a run owns, or replace a file
+            export did not write), fewer than 8 readable --check-photos, a missing onnxruntime.
+        RuntimeError: the check fails (a bug: nothing is written).
     """
-    import numpy as np
+    import tempfile
+
     import torch
 
     from ..base.io import atomic_path, atomic_write_text
+    from .reference import reference_text
     from .runs import load_trained
 
     out = Path(output)
-    if out.suffix.lower() != ".onnx" or out.is_dir():
-        raise UserError(f"--output {out} must be a .onnx file path (FILE.json is written beside it).")
-    if not out.parent.is_dir():
-        raise UserError(f"--output {out}: the folder {out.parent} does not exist. Create it or give another path.")
+    sidecar, reference_py = _check_output(out)
     _onnxruntime()
     runs = [model] if isinstance(model, (str, Path)) else list(model)
     models = [load_trained(r, device="cpu") for r in runs]
-    canvas = canvas_of(models)
-    module = exported_module(models, canvas)
-    images, paths = check_images(models, canvas, check_photos)
-    size = canvas["image_size"]
-    with atomic_path(out) as tmp:
+    inputs = graph_inputs(models)
+    paths = check_paths(models, check_photos)
+    module = exported_module(models, inputs)
+    text = reference_text(out.name, inputs)
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="export-") as folder:
+        example = tuple(torch.zeros(2, 3, i["image_size"], i["image_size"]) for i in inputs)
+        names = [i["name"] for i in inputs]
         with torch.no_grad():
-            torch.onnx.export(module, (images[:2],), str(tmp), input_names=["images"], output_names=["probabilities"],
-                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            torch.onnx.export(module, example, str(tmp), input_names=names, output_names=["probabilities"],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, "probabilities": {0: "batch"}},
                               opset_version=OPSET, dynamo=False)
-        onnx_probs, _ = run_onnx(tmp, images)
-        with torch.no_grad():
-            torch_probs = exported_module(models, canvas, exact_resize=True)(images).numpy()
-        diff = float(np.abs(onnx_probs - torch_probs).max())
-        agree = int((onnx_probs.argmax(1) == torch_probs.argmax(1)).sum())
-        check = {"photos": len(paths), "max_abs_diff": diff, "top1_agreement": f"{agree}/{len(paths)}",
-                 "tolerance": TOLERANCE}
-        if not math.isfinite(diff) or diff > TOLERANCE:
-            raise RuntimeError(f"The ONNX export of {', '.join(map(str, runs))} disagrees with PyTorch on "
-                               f"{len(paths)} photos: max |difference| of a probability {diff:.2e} > {TOLERANCE}, "
-                               f"top-1 agreement {agree}/{len(paths)}. Nothing was written.")
-        check.update(_against_predict(models, paths, onnx_probs))
-        sidecar = out.with_suffix(".json")
-        atomic_write_text(sidecar, json.dumps(sidecar_info(models, runs, canvas, check), indent=1) + "\n")
-    info = {"output": str(out), "sidecar": str(sidecar), "bytes": out.stat().st_size, "image_size": size,
-            "classes": len(models[0].class_names), "check": check}
-    _logger.info("Exported %s to %s (%.1f MB); onnxruntime agrees with PyTorch on %d photos: max |diff| %.1e, top-1 "
-                 "%d/%d", " + ".join(map(str, runs)), out, info["bytes"] / 1e6, len(paths), diff, agree, len(paths))
+        draft = Path(folder) / reference_py.name
+        draft.write_text(text)
+        check = check_export(models, module, tmp, draft, inputs, paths, runs)
+        atomic_write_text(reference_py, text)
+        atomic_write_text(sidecar, json.dumps(sidecar_info(models, runs, inputs, out, check), indent=1) + "\n")
+    info = {"output": str(out), "sidecar": str(sidecar), "reference": str(reference_py), "bytes": out.stat().st_size,
+            "inputs": {i["name"]: i["image_size"] for i in inputs}, "classes": len(models[0].class_names),
+            "check": check}
+    _logger.info("Exported %s to %s (%.1f MB) with %s; onnxruntime through it agrees with `predict` on %s photos "
+                 "(top-1), max |diff| %.1e", " + ".join(map(str, runs)), out, info["bytes"] / 1e6, reference_py.name,
+                 check["top1_agreement"], check["max_abs_diff"])
     return info
 
 
-def _against_predict(models: list[Trained], paths: list[str], onnx_probs) -> dict:
-    """The graph's top-1 against `helpers.predict` on the same photos. They are equal for a model of one input
-    size; members (or probe backbones) of other sizes read the photo through their own resize in `predict`, but
-    a resized crop of the largest member's input in the graph (and in the PyTorch model called on one batch, as
-    a teacher is), a close approximation."""
-    import numpy as np
+def _check_output(out: Path) -> tuple[Path, Path]:
+    """FILE.json and FILE.py beside --output FILE.onnx, after refusing an output that would land in a run folder,
+    on a file a run owns, or on a .json or .py export did not write.
 
-    from .predict import predict_probs
+    Raises:
+        UserError: naming the file (or folder) and what to do.
+    """
+    from .reference import is_reference
 
-    probs, _ = predict_probs(models, paths, num_workers=0)
-    agree = int((probs.numpy().argmax(1) == onnx_probs.argmax(1)).sum())
-    diff = float(np.abs(probs.numpy() - onnx_probs).max())
-    if agree < len(paths):
-        _logger.warning("The graph's top-1 differs from `predict`'s on %d of %d photos (max |diff| %.2g): its members "
-                        "of other input sizes read a resized crop of the largest member's input", len(paths) - agree,
-                        len(paths), diff)
-    return {"predict_top1_agreement": f"{agree}/{len(paths)}", "predict_max_abs_diff": diff}
+    if out.suffix.lower() != ".onnx" or out.is_dir():
+        raise UserError(f"--output {out} must be a .onnx file path (FILE.json and FILE.py are written beside it).")
+    if not out.parent.is_dir():
+        raise UserError(f"--output {out}: the folder {out.parent} does not exist. Create it or give another path.")
+    sidecar, reference_py = out.with_suffix(".json"), out.with_suffix(".py")
+    elsewhere = f"Give another --output, e.g. {out.parent.parent / 'exports' / out.name}, outside the run's folder."
+    for path in (out, sidecar, reference_py):
+        if path.name in RUN_FILES:
+            raise UserError(f"--output {out} would write {path}, the name of a file a run owns ({path.name}): "
+                            f"export writes FILE.onnx, FILE.json and FILE.py. Name the export otherwise, e.g. "
+                            f"--output {out.with_name('model.onnx')}.")
+    markers = [m for m in RUN_MARKERS if (out.parent / m).is_file()]
+    if markers:
+        raise UserError(f"--output {out} is in {out.parent}, a run's folder (it holds {', '.join(markers)}): a run "
+                        f"folder is written only by its own run. {elsewhere}")
+    if sidecar.exists() and not _is_sidecar(sidecar):
+        raise UserError(f"--output {out} would replace {sidecar}, which is not a sidecar written by export. Move it "
+                        "or give another --output name.")
+    if reference_py.exists() and not is_reference(reference_py):
+        raise UserError(f"--output {out} would replace {reference_py}, which export did not write (its first line "
+                        "is not export's header). Move it or give another --output name.")
+    return sidecar, reference_py
 
 
-def sidecar_info(models: list[Trained], runs: list, canvas: dict, check: dict) -> dict:
-    """What a user of the ONNX file needs: classes, labels, input, preprocessing, accuracy and origin."""
+def _is_sidecar(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == "onnx" and "classes" in data
+
+
+def sidecar_info(models: list[Trained], runs: list, inputs: list[dict], out: Path, check: dict) -> dict:
+    """What a user of the ONNX file needs: classes, labels, inputs, each preprocessing step, accuracy, origin."""
     from ..data.splits import pretty
+    from .reference import resize_of, steps
 
-    size = canvas["image_size"]
+    names = {(i["image_size"], i["short_side"], i["interpolation"]): i["name"] for i in inputs}
+    users: dict[str, list[str]] = {i["name"]: [] for i in inputs}
+    for trained, run in zip(models, runs):
+        members = getattr(trained.model, "members", None) or [{"backbone": trained.config.get("backbone"),
+                                                                "data_config": trained.data_config}]
+        for m in members:
+            users[names[resize_of(m["data_config"])]].append(f"{run} ({m['backbone']})")
     return {
         "format": "onnx", "opset": OPSET,
         "classes": list(models[0].class_names), "labels": [pretty(c) for c in models[0].class_names],
-        "input": {"name": "images", "shape": ["N", 3, size, size], "dtype": "float32", "range": [0, 1],
-                  "layout": "NCHW, RGB", "normalisation": "inside the graph"},
+        "inputs": [{"name": i["name"], "shape": ["N", 3, i["image_size"], i["image_size"]], "dtype": "float32",
+                    "range": [0, 1], "layout": "NCHW, RGB", "image_size": i["image_size"],
+                    "short_side": i["short_side"], "crop_pct": i["crop_pct"], "interpolation": i["interpolation"],
+                    "read_by": users[i["name"]]} for i in inputs],
         "output": {"name": "probabilities", "shape": ["N", len(models[0].class_names)], "softmax": True},
-        "image_size": size,
-        "resize": {"rule": f"resize the short side to floor({size} / {canvas['crop_pct']}) = "
-                           f"{math.floor(size / canvas['crop_pct'])} px ({canvas['interpolation']}), then centre-crop "
-                           f"{size} x {size}", "short_side": math.floor(size / canvas["crop_pct"]),
-                   "crop": size, "crop_pct": canvas["crop_pct"], "interpolation": canvas["interpolation"]},
+        "preprocessing": {"reference": out.with_suffix(".py").name,
+                          "use": "preprocess(path) -> float32 (1, 3, S, S) of the first input; inputs(path) -> "
+                                 "{name: array} of every input, the feed of onnxruntime's session.run",
+                          **steps(inputs)},
         "members": [_member_info(t, r) for t, r in zip(models, runs)],
         "test_top1": _member_info(models[0], runs[0])["test_top1"] if len(models) == 1 else None,
         "source": [str(Path(r).resolve()) for r in runs],
@@ -338,33 +409,41 @@ def read_sidecar(path: str | Path) -> dict:
                         "`python -m helpers export`.") from exc
 
 
-def onnx_images(paths: Sequence[str], info: dict):
-    """Photos prepared by a sidecar's resize/crop rule: float32 (N, 3, S, S) in [0, 1], as the graph takes them."""
-    import torch
+def load_reference(path: str | Path):
+    """The FILE.py written beside an exported FILE.onnx, as a module (`preprocess`, `inputs`, `INPUTS`)."""
+    from .reference import is_reference, load
 
-    from ..data.augment import eval_transform
-    from ..data.images import read_image
+    source = Path(path).with_suffix(".py")
+    if not is_reference(source):
+        raise UserError(f"{source} is missing or not written by export (an export older than FILE.py?): export the "
+                        "model again with `python -m helpers export`.")
+    return load(source)
 
-    r = info["resize"]
-    transform = eval_transform(info["image_size"], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), r["crop_pct"],
-                               r["interpolation"], uint8=True)
-    return torch.stack([transform(image=read_image(p))["image"] for p in paths]).float() / 255
+
+def reference_feeds(reference, paths: Sequence[str]) -> dict[str, np.ndarray]:
+    """{input name: float32 (N, 3, S, S)} of photos, through FILE.py's `inputs`."""
+    import numpy as np
+
+    feeds = [reference.inputs(p) for p in paths]
+    return {name: np.concatenate([f[name] for f in feeds]) for name in reference.INPUTS}
 
 
 def predict_onnx(path: str | Path, photos, *, top_k: int = 5, batch_size: int = 32):
     """`helpers.predict` through an exported ONNX file with onnxruntime (CPU): the same table, from the classes
-    and resize rule of its sidecar."""
+    of its sidecar and the photos prepared by its FILE.py."""
     import torch
 
     from .predict import check_photos, make_table, top_row
 
     info = read_sidecar(path)
+    reference = load_reference(path)
+    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     checked = check_photos(photos)
     readable = [p for p, e in checked if e is None]
     rows = {}
     for start in range(0, len(readable), batch_size):
         batch = readable[start:start + batch_size]
-        probs, _ = run_onnx(path, onnx_images(batch, info))
+        probs = session.run(["probabilities"], reference_feeds(reference, batch))[0]
         rows.update({p: top_row(p, torch.from_numpy(prob), info["classes"], top_k) for p, prob in zip(batch, probs)})
     return make_table(checked, rows)
 
@@ -372,7 +451,7 @@ def predict_onnx(path: str | Path, photos, *, top_k: int = 5, batch_size: int = 
 def speed(model: str | Path | Sequence[str | Path], onnx_file: str | Path, photos, *, batch_size: int = 8,
           repeats: int = 3):
     """Size and images/s of a run in PyTorch and of its ONNX export in onnxruntime, on this machine's CPU, on
-    the same prepared photos (best of `repeats` passes, after one warm-up pass).
+    the same photos prepared by FILE.py (best of `repeats` passes, after one warm-up pass).
 
     Returns:
         A pandas table: engine, file MB, parameters (millions), images/s.
@@ -385,9 +464,11 @@ def speed(model: str | Path | Sequence[str | Path], onnx_file: str | Path, photo
 
     runs = [model] if isinstance(model, (str, Path)) else list(model)
     models = [load_trained(r, device="cpu") for r in runs]
-    module = exported_module(models, canvas_of(models), exact_resize=True)
-    info = read_sidecar(onnx_file)
-    images = onnx_images([p for p, e in check_photos(photos) if e is None][:batch_size], info)
+    inputs = graph_inputs(models)
+    module = exported_module(models, inputs)
+    paths = [p for p, e in check_photos(photos) if e is None][:batch_size]
+    feeds = reference_feeds(load_reference(onnx_file), paths)
+    tensors = [torch.from_numpy(feeds[i["name"]]) for i in inputs]
     session = _onnxruntime().InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
 
     def best(run) -> float:
@@ -396,11 +477,11 @@ def speed(model: str | Path | Sequence[str | Path], onnx_file: str | Path, photo
             started = time.perf_counter()
             run()
             times.append(time.perf_counter() - started)
-        return len(images) / min(times[1:])
+        return len(paths) / min(times[1:])
 
     with torch.no_grad():
-        torch_speed = best(lambda: module(images))
-    onnx_speed = best(lambda: session.run(["probabilities"], {"images": images.numpy()}))
+        torch_speed = best(lambda: module(*tensors))
+    onnx_speed = best(lambda: session.run(["probabilities"], feeds))
     params = sum(p.numel() for p in module.parameters()) / 1e6
     weights = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / 1e6
     return pd.DataFrame([
