@@ -164,7 +164,7 @@ def test_a_run_folder_is_refused_with_exit_2(trained_run, capsys):
     before = _digests(trained_run)
     code = main(["lr-find", *cli_flags(SMALL), "--steps", "10", "--output-dir", str(trained_run)])
     err = capsys.readouterr().err
-    assert code == 2 and str(trained_run) in err and "training run's folder" in err and "best.pt" in err
+    assert code == 2 and str(trained_run) in err and "holds a training run" in err and "never writes into a run" in err
     assert _digests(trained_run) == before
 
 

@@ -65,7 +65,7 @@ from .engine import DeviceTotals, Run, build_data, build_model, build_run, train
 from .metrics import Sums
 from .models import set_train_mode
 from .recipe import hold_backbone
-from .run_folder import config_dict
+from .run_folder import config_dict, run_kind
 from .trained import Trained
 
 _logger = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ MIN_STEPS = 10
 
 CSV, JSON, FIGURE = "lr_find.csv", "lr_find.json", "lr_find"  # the figure is FIGURE + ".png"
 OWN_FILES = (CSV, JSON, FIGURE + ".png", LOCK_NAME)
-RUN_FILES = ("config.yaml", checkpoint.LAST, checkpoint.BEST, "summary.json", "metrics.csv")
 
 
 @dataclass
@@ -217,18 +216,18 @@ def check_output(folder: str | Path) -> Path:
     """The finder's folder: new, empty, or an earlier finder's (it holds lr_find.json). Never a run's.
 
     Raises:
-        UserError: `folder` is a file, holds a training run (config.yaml, last.pt, best.pt, summary.json or
-            metrics.csv), or holds other files and no earlier finder's result.
+        UserError: `folder` is a file, holds a run of any kind (`run_folder.run_kind`), or holds other files and no
+            earlier finder's result.
     """
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out} is a file. Give a new folder for the finder's curve.")
     if not out.is_dir():
         return out
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if found:
-        raise UserError(f"--output-dir {out} is a training run's folder (it holds {', '.join(found)}): the finder "
-                        "never writes into a run. Give a new folder, e.g. runs/lr-find.")
+    kind = run_kind(out)
+    if kind:
+        raise UserError(f"--output-dir {out} holds a {kind}: the finder never writes into a run. Give a new "
+                        "folder, e.g. runs/lr-find.")
     others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
     if others and not (out / JSON).is_file():
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..base.errors import UserError
+from ..training.run_folder import check_output_path
 
 if TYPE_CHECKING:  # the command line imports this module to build its parser: heavy imports wait for a call
     import numpy as np
@@ -55,14 +56,6 @@ MIN_CHECK_PHOTOS = 8  # readable photos --check-photos must hold
 MAX_CHECK_PHOTOS = 64  # of --check-photos, the first ones are read
 
 MY_PHOTOS = Path(__file__).resolve().parents[2] / "data" / "my-photos"  # the phone-style photos every check adds
-
-# The files a run or a features folder writes: no export output may replace one, nor land in a folder holding
-# one of RUN_MARKERS (a run folder is written only by its own run).
-RUN_FILES = frozenset({"config.yaml", "last.pt", "best.pt", "last.prev.pt", "metrics.csv", "summary.json",
-                       "run_info.json", "bad_files.txt", "test_predictions.csv", "sweep.csv", "features.json",
-                       "train.safetensors", "val.safetensors", "test.safetensors", "backbone.safetensors"})
-RUN_MARKERS = ("best.pt", "last.pt", "summary.json", "run_info.json", "metrics.csv", "features.json", "sweep.csv")
-
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` sub-command."""
@@ -311,8 +304,9 @@ def export_onnx(model: str | Path | Sequence[str | Path], output: str | Path, *,
 
 
 def _check_output(out: Path) -> tuple[Path, Path]:
-    """FILE.json and FILE.py beside --output FILE.onnx, after refusing an output that would land in a run folder,
-    on a file a run owns, or on a .json or .py export did not write.
+    """FILE.json and FILE.py beside --output FILE.onnx, after refusing an output whose FILE.onnx, FILE.json or
+    FILE.py would land on a file a run owns (`run_folder.check_output_path`), or on a .json or .py export did
+    not write.
 
     Raises:
         UserError: naming the file (or folder) and what to do.
@@ -324,16 +318,14 @@ def _check_output(out: Path) -> tuple[Path, Path]:
     if not out.parent.is_dir():
         raise UserError(f"--output {out}: the folder {out.parent} does not exist. Create it or give another path.")
     sidecar, reference_py = out.with_suffix(".json"), out.with_suffix(".py")
-    elsewhere = f"Give another --output, e.g. {out.parent.parent / 'exports' / out.name}, outside the run's folder."
-    for path in (out, sidecar, reference_py):
-        if path.name in RUN_FILES:
-            raise UserError(f"--output {out} would write {path}, the name of a file a run owns ({path.name}): "
-                            f"export writes FILE.onnx, FILE.json and FILE.py. Name the export otherwise, e.g. "
-                            f"--output {out.with_name('model.onnx')}.")
-    markers = [m for m in RUN_MARKERS if (out.parent / m).is_file()]
-    if markers:
-        raise UserError(f"--output {out} is in {out.parent}, a run's folder (it holds {', '.join(markers)}): a run "
-                        f"folder is written only by its own run. {elsewhere}")
+    for path in (out, sidecar, reference_py):  # export writes all three: none may be a file a run owns
+        try:
+            check_output_path(path, "--output")
+        except UserError as exc:
+            if path == out:
+                raise
+            raise UserError(f"--output {out} writes {path.name} beside it too, and {exc}".replace(
+                "--output " + str(path) + " is", "that is", 1)) from None
     if sidecar.exists() and not _is_sidecar(sidecar):
         raise UserError(f"--output {out} would replace {sidecar}, which is not a sidecar written by export. Move it "
                         "or give another --output name.")
