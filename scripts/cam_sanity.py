@@ -52,6 +52,40 @@ def _seconds_per_map(trained, photos: list[str], batch_size: int, image_size: in
     return statistics.median(times)
 
 
+def _layer_shares(trained, rows: list[dict], boxes: list, data_config: dict) -> dict[str, tuple[float, float]]:
+    """{layer: (mean share inside of the true class's map, share of all-zero maps)} for the layer the course reads
+    (the feature map the head pools) and timm's `feature_info[-1]`, with the library called directly."""
+    import numpy as np
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from helpers.data.augment import DeviceNormalize
+    from helpers.use.cam import load_crop, mass_inside, target_layer
+
+    model = trained.model
+    module, layer, reshape = target_layer(model)
+    last = model.feature_info[-1]
+    layers = {"the feature map the head pools (the course's)": (module, layer, reshape),
+              f"feature_info[-1] ({last['module']}, {last['num_chs']} channels)":
+                  (model, model.get_submodule(last["module"]), None)}
+    crops = np.stack([load_crop(r["pasted"], data_config) for r in rows])
+    x = DeviceNormalize(data_config["mean"], data_config["std"])(torch.from_numpy(crops).permute(0, 3, 1, 2)
+                                                                 .contiguous())
+    targets = [ClassifierOutputTarget(trained.class_names.index(r["true"])) for r in rows]
+    out = {}
+    model.requires_grad_(False)
+    for name, (run, read, transform) in layers.items():
+        cam = GradCAM(model=run, target_layers=[read], reshape_transform=transform)
+        cam.compute_input_gradient = True
+        maps = cam(x, targets=targets)
+        cam.activations_and_grads.release()
+        out[name] = (statistics.mean(mass_inside(m, b) for m, b in zip(maps, boxes)),
+                     statistics.mean(float(m.max() == 0) for m in maps))
+    model.requires_grad_(True)
+    return out
+
+
 def _figure(examples: dict[str, list], side: int, path: Path) -> None:
     import matplotlib
 
@@ -120,22 +154,33 @@ def main() -> None:
           "mean share inside, true class's map | the same, photos it got right | mean share inside, predicted "
           "class's map | photos above uniform (true class's map) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    examples = {}
+    examples, layers, uniform_of = {}, {}, {}
     for whole in (True, False):
         for canvas in args.canvas:
+            label = f"{canvas} px canvas, {'read whole' if whole else 'its crop'}"
             rows, maps, boxes = canvas_check(trained, samples, work / f"canvas{canvas}{'w' if whole else 'c'}",
                                              canvas=canvas, side=args.side, whole=whole)
             right = [r for r in rows if r["true"] == r["predicted"]]
             mean = lambda rs, key: statistics.mean(r[key] for r in rs) if rs else float("nan")  # noqa: E731
             above = sum(r["inside_true"] > r["uniform"] for r in rows)
+            uniform_of[label] = mean(rows, "uniform")
             side_px = statistics.mean(b.sum() ** 0.5 for b in boxes)
             print(f"| {'the whole canvas at its size' if whole else 'its crop (as evaluate)'} | {canvas} | "
                   f"{side_px:.0f} | {len(rows)} | {len(right)}/{len(rows)} | {mean(rows, 'uniform'):.3f} | "
                   f"{mean(rows, 'inside_true'):.3f} | {mean(right, 'inside_true'):.3f} | "
                   f"{mean(rows, 'inside_predicted'):.3f} | {above}/{len(rows)} |")
             if whole or canvas == args.canvas[0]:
-                label = f"{canvas} px canvas, {'read whole' if whole else 'its crop'}"
                 examples[label] = list(zip(rows, maps, boxes))[:4]  # the four corners
+            if canvas == args.canvas[0] and hasattr(trained.model, "feature_info"):
+                layers[label] = _layer_shares(trained, rows, boxes, {**d, "image_size": canvas, "crop_pct": 1.0}
+                                              if whole else d)
+    print()
+    print("| layer Grad-CAM reads | pasted photos | uniform share | mean share inside, true class's map | "
+          "all-zero maps |")
+    print("|---|---|---|---|---|")
+    for label, shares in layers.items():
+        for name, (inside, zero) in shares.items():
+            print(f"| {name} | {label} | {uniform_of[label]:.3f} | {inside:.3f} | {zero:.0%} |")
     _figure(examples, args.side, Path(args.figure))
     print()
     photos = [p for p, _ in samples]

@@ -79,4 +79,4 @@ def test_the_where_it_looked_toggle_shows_the_maps(page, lab):  # noqa: F811 - f
     assert after["height"] > 1.3 * before["height"], (before, after)  # 4 failures: one row of photos, two of maps
     page.driver.find_element(By.CSS_SELECTOR, f".{widgets.FAILURE_CLASS} input[type=checkbox]").click()
     again = _wait(lambda: (b := _explorer(page)) and b["src"] != after["src"] and b, 60, "the plain gallery again")
-    assert again["src"] == before["src"]
+    assert not again["checked"] and (again["width"], again["height"]) == (before["width"], before["height"])

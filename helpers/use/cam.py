@@ -6,10 +6,12 @@ library (pytorch-grad-cam), for a photo's predicted class and its true class, on
     maps[0].maps["baklava"]        # (S, S) float32 in [0, 1]: where evidence for the class lies
 
 Grad-CAM weighs the channels of one layer by the mean gradient of the class's logit over them and keeps the
-positive sum: a coarse map (the layer's grid, 3 x 3 for a 96 px crop at stride 32) upsampled to the crop. The
-layer, per model family (`target_layer`):
+positive sum: a coarse map (the layer's grid, 3 x 3 for a 96 px crop at stride 32, 4 x 4 at 112 px) upsampled to
+the crop, each map scaled to its own maximum. The layer, per model family (`target_layer`):
 
-- timm CNNs: the last stage, `feature_info[-1]` (channels-last stages, e.g. Swin's, are turned to channels-first);
+- timm CNNs: the final feature map, the one the head pools (`forward_features`' output: for EfficientNets after
+  the 1x1 conv_head, one layer past `feature_info[-1]`, see `_AtFeatureMap`; channels-last maps, e.g. Swin's,
+  are turned channels-first);
 - ViTs and EVA (the past-95 route): the last block's first norm, its tokens reshaped to the patch grid after the
   model's prefix tokens (class and register tokens, `num_prefix_tokens`). After the last block only the pooled
   token reaches the head, so its input is where the patch tokens still matter (the library's own ViT recipe);
@@ -88,7 +90,8 @@ class _AtFeatureMap(nn.Module):
     That map, not `feature_info[-1]`, because it is what the head pools: for a head that pools and applies a linear
     layer, Grad-CAM there is exactly CAM (the class's weights against each position's features, Zhou et al. 2016).
     For EfficientNets `feature_info[-1]` is the last block (320 channels) before the 1x1 conv_head (1280), and on
-    scripts/cam_sanity.py's pasted photos its maps put less mass on the photo (and were all zero for more photos)."""
+    the pasted photos of scripts/cam_sanity.py its maps put less of their mass on the photo, and more of them are
+    all zero (the script's layer table)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -242,6 +245,7 @@ def photo_maps(model: Trained | str | Path, photos: Sequence[str | Path], *,
     if unknown:
         raise UserError(f"{model.source} has no class {', '.join(unknown[:5])}: its classes are "
                         f"{', '.join(model.class_names[:10])}{'...' if len(model.class_names) > 10 else ''}.")
+    _grad_cam()  # a missing library is named before any work
     module, layer, reshape, data_config = cam_model(model)
     if image_size is not None:  # the whole photo at that size: resized, nothing cropped
         data_config = {**data_config, "image_size": image_size, "crop_pct": 1.0}
@@ -363,7 +367,7 @@ def canvas_check(model: Trained | str | Path, samples: Sequence[tuple[str, str]]
             the photo kept inside the crop), so the photo is smaller than `side` px in what it sees; True: the
             model reads the whole canvas at its own size (a CNN reads any size), the photo at `side` px.
     Returns:
-        One row per photo ({"photo", "canvas", "true", "predicted", "inside_true", "inside_predicted",
+        One row per photo ({"photo", "pasted", "canvas", "true", "predicted", "inside_true", "inside_predicted",
         "uniform"}), the photos' maps (with the true class's) and the boxes in the image the model read ((S, S)
         bool masks).
     """
@@ -387,7 +391,7 @@ def canvas_check(model: Trained | str | Path, samples: Sequence[tuple[str, str]]
         paths.append(out)
         boxes.append(box_in_crop(top, left, side, canvas, d))
     maps = photo_maps(model, paths, classes=[c for _, c in samples], image_size=canvas if whole else None)
-    rows = [{"photo": str(path), "canvas": canvas, "true": c, "predicted": m.predicted,
+    rows = [{"photo": str(path), "pasted": str(m.path), "canvas": canvas, "true": c, "predicted": m.predicted,
              "inside_true": mass_inside(m.maps[c], box), "inside_predicted": mass_inside(m.maps[m.predicted], box),
              "uniform": float(box.mean())}
             for (path, c), m, box in zip(samples, maps, boxes)]
