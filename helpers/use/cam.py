@@ -90,8 +90,7 @@ class _AtFeatureMap(nn.Module):
     That map, not `feature_info[-1]`, because it is what the head pools: for a head that pools and applies a linear
     layer, Grad-CAM there is exactly CAM (the class's weights against each position's features, Zhou et al. 2016).
     For EfficientNets `feature_info[-1]` is the last block (320 channels) before the 1x1 conv_head (1280), and on
-    the pasted photos of scripts/cam_sanity.py its maps put less of their mass on the photo, and more of them are
-    all zero (the script's layer table)."""
+    the pasted photos of scripts/cam_sanity.py its maps put less of their mass on the photo (its layer table)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
