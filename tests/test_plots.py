@@ -398,7 +398,8 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
 
 def test_failure_explorer_pages_through_a_class_or_a_pair(predictions):
     box = widgets.failure_explorer(predictions, per_page=2)
-    (choice, page, of), image = box.children[0].children, box.children[1]
+    (choice, page, of, looked), image = box.children[0].children, box.children[1]
+    assert looked.disabled  # "where it looked" needs the run (tests/test_cam.py)
     assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
     labels = [label for label, _ in choice.options]
     assert labels[0] == "all failures (5)" and "pair: Apple pie → Baby back ribs (2)" in labels

@@ -1,7 +1,8 @@
 """Where a model fails, as pictures from its per-image predictions CSV (`helpers.evaluate(..., predictions=...)`):
 the confusion matrix, the pairs of classes confused most, a gallery of the most confident mistakes,
 `error_analysis` (all three in one call) and `prediction_changes` (the photos one change fixed and broke, with
-McNemar's p). Each function returns a matplotlib Figure and, given `folder`, saves `<name>.png` there."""
+McNemar's p). Each function returns a matplotlib Figure and, given `folder`, saves `<name>.png` there.
+Given the run, the gallery also shows where the model looked (class activation maps, `helpers.use.cam`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.splits import pretty
 from .analysis import (
     confused_pairs,
     confusion_counts,
@@ -19,12 +21,13 @@ from .analysis import (
     read_predictions,
     with_interval,
 )
+from .plots import BAD, GOOD, _figure, _grid, _square, _styled, _thumbnail, save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
-from ..data.splits import pretty
-from .plots import BAD, GOOD, _figure, _grid, _square, _styled, _thumbnail, save_figure
+
+    from ..training.trained import Trained
 
 # ----------------------------------------------------------------------------------------------------------------
 # Confusions and failures
@@ -97,42 +100,87 @@ def top_confusions(predictions: str | Path | pd.DataFrame, *, k: int = 15, title
 @_styled
 def failure_gallery(predictions: str | Path | pd.DataFrame, *, n: int = 16, cols: int = 4, offset: int = 0,
                     true_class: str | None = None, pred_class: str | None = None, title: str | None = None,
-                    folder: str | Path | None = None, name: str = "failures") -> Figure:
+                    folder: str | Path | None = None, name: str = "failures", run: Trained | str | Path | None = None,
+                    device: str = "auto") -> Figure:
     """Misclassified test photos, the most confident mistakes first: true label, prediction and its confidence.
 
     Args:
         n: photos shown; offset: skip the first `offset` failures (paging).
         true_class / pred_class: only the failures of one class, or of one confused pair.
+        run: the model that made the predictions (a run folder or a loaded `Trained`): each failure is then shown
+            as the crop the model saw and where it looked (Grad-CAM, `helpers.use.cam`) for the predicted class
+            and for the true class, three panels a photo, `cols // 2` photos a row.
+        device: where a run folder is loaded for the maps.
     """
     frame, _ = read_predictions(predictions)
     wrong = failures(frame, true_class=true_class, pred_class=pred_class)
     page = wrong.iloc[offset: offset + n]
-    fig, axes = _grid(max(len(page), 1), cols, 2.9, extra_height=0.55)
     what = "photos"
     if true_class is not None:
         what = f"{pretty(true_class)} photos"
     if pred_class is not None:
         what += f" predicted as {pretty(pred_class)}"
-    if page.empty:
-        axes.flat[0].text(0.5, 0.5, f"No misclassified {what}.", ha="center", va="center", fontsize=11,
-                          transform=axes.flat[0].transAxes)
-    for ax, (i, row) in zip(axes.flat, page.iterrows()):
-        ax.imshow(_square(_thumbnail(row["path"])))
-        ax.set_axis_on()
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.grid(False)
-        for spine in ax.spines.values():
-            spine.set_visible(True)
-            spine.set_color(BAD)
-        ax.set_title(f"#{i + 1}  true: {pretty(row['true'], 24)}", fontsize=9, color=GOOD, loc="left")
-        ax.set_xlabel(f"pred: {pretty(row['pred'], 24)} ({row['confidence']:.0%})\n"
-                      f"p(true class) = {row['true_prob']:.0%}", fontsize=9, color=BAD, loc="left")
+    if run is not None and not page.empty:
+        fig = _gallery_with_maps(page, run, max(1, cols // 2), device)
+    else:
+        fig = _gallery(page, cols, f"No misclassified {what}.")
     shown = f"{offset + 1}-{offset + len(page)}" if len(page) else "0"
     fig.suptitle(f"{title or 'Failure cases'}: {len(wrong)} misclassified {what} of {len(frame)} test photos, "
                  f"most confident first (showing {shown})")
     save_figure(fig, name, folder)
     return fig
+
+
+def _gallery(page: pd.DataFrame, cols: int, empty: str) -> Figure:
+    fig, axes = _grid(max(len(page), 1), cols, 2.9, extra_height=0.55)
+    if page.empty:
+        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=11, transform=axes.flat[0].transAxes)
+    for ax, (i, row) in zip(axes.flat, page.iterrows()):
+        _framed(ax, _square(_thumbnail(row["path"])), BAD)
+        ax.set_title(f"#{i + 1}  true: {pretty(row['true'], 24)}", fontsize=9, color=GOOD, loc="left")
+        ax.set_xlabel(f"pred: {pretty(row['pred'], 24)} ({row['confidence']:.0%})\n"
+                      f"p(true class) = {row['true_prob']:.0%}", fontsize=9, color=BAD, loc="left")
+    return fig
+
+
+def _gallery_with_maps(page: pd.DataFrame, run: Trained | str | Path, per_row: int, device: str) -> Figure:
+    """Each failure as three panels: the crop the model saw, where it looked for the predicted class, and for the
+    true class; a narrow gap between failures."""
+    from ..use.cam import overlay, photo_maps
+
+    maps = photo_maps(run, list(page["path"]), classes=[[p, t] for p, t in zip(page["pred"], page["true"])],
+                      device=device)
+    rows = -(-len(page) // per_row)
+    ratios = ([1, 1, 1, 0.12] * per_row)[:-1]
+    fig, axes = _figure(sum(ratios) * 2.2, rows * 2.75 + 0.5, rows, len(ratios), squeeze=False,
+                        gridspec_kw={"width_ratios": ratios})
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for k, ((i, row), m) in enumerate(zip(page.iterrows(), maps)):
+        left = axes[k // per_row, 4 * (k % per_row):]
+        _framed(left[0], m.crop, BAD)
+        left[0].set_title(f"#{i + 1} true: {pretty(row['true'], 20)}", fontsize=9, color=GOOD, loc="left")
+        left[0].set_xlabel(f"pred: {pretty(row['pred'], 20)} ({row['confidence']:.0%})\n"
+                           f"p(true class) = {row['true_prob']:.0%}", fontsize=9, color=BAD, loc="left")
+        for ax, cls, color, role in ((left[1], row["pred"], BAD, "predicted"), (left[2], row["true"], GOOD, "true")):
+            _framed(ax, overlay(m.crop, m.maps[cls]), color)
+            ax.set_title("where it looked for", fontsize=8, color="#555555", loc="left")
+            ax.set_xlabel(f"{pretty(cls, 20)} ({role})", fontsize=9, color=color, loc="left")
+    fig.text(0.5, 0, "Each failure: the crop the model saw, then where it looked for the predicted and for the true "
+             "class (Grad-CAM: red is where that class's evidence is strongest, each map scaled to its own maximum).",
+             ha="center", va="top", fontsize=9)
+    return fig
+
+
+def _framed(ax, image: np.ndarray, color: str) -> None:
+    ax.imshow(image)
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_color(color)
 
 
 class Figures(dict):
@@ -146,7 +194,8 @@ class Figures(dict):
 
 
 def error_analysis(predictions: str | Path | pd.DataFrame, *, title: str, prefix: str,
-                   compare_with: str | None = None, n: int = 12, folder: str | Path | None = None) -> Figures:
+                   compare_with: str | None = None, n: int = 12, folder: str | Path | None = None,
+                   run: Trained | str | Path | None = None, device: str = "auto") -> Figures:
     """Where a model fails, in three pictures: the confusion matrix, the pairs mistaken most often and the most
     confident mistakes (saved as `<prefix>_confusion_matrix`, `<prefix>_top_confusions`, `<prefix>_failures`),
     then a prompt that compares them with an earlier notebook's.
@@ -157,11 +206,13 @@ def error_analysis(predictions: str | Path | pd.DataFrame, *, title: str, prefix
         prefix: the figures' name prefix, e.g. "04".
         compare_with: the earlier error analysis to compare with, e.g. "01 (the baseline)".
         n: photos in the failure gallery.
+        run: the model of the predictions: the gallery then shows where it looked (`failure_gallery`).
     """
     figures = Figures(
         confusion_matrix=confusion_matrix(predictions, title=title, folder=folder, name=f"{prefix}_confusion_matrix"),
         top_confusions=top_confusions(predictions, folder=folder, name=f"{prefix}_top_confusions"),
-        failures=failure_gallery(predictions, n=n, title=title, folder=folder, name=f"{prefix}_failures"))
+        failures=failure_gallery(predictions, n=n, title=title, folder=folder, name=f"{prefix}_failures", run=run,
+                                 device=device))
     pairs = confused_pairs(predictions, 3)
     worst = "; ".join(f"{pretty(t)} → {pretty(p)} ({c})" for t, p, c in zip(pairs["true"], pairs["pred"],
                                                                             pairs["count"])) or "none"

@@ -1,5 +1,6 @@
 """Figures of predictions on single photos (notebook 11): each photo beside its top-k classes as bars, and the
-same photo through two models side by side (PyTorch and its ONNX export, say)."""
+same photo through two models side by side (PyTorch and its ONNX export, say); given the model, each photo as
+the crop it saw with the class activation map of its top class."""
 
 from __future__ import annotations
 
@@ -13,17 +14,21 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from ..training.trained import Trained
 
 
 def photo_predictions(tables: pd.DataFrame | dict[str, pd.DataFrame], *, n: int = 6, cols: int = 2,
-                      title: str | None = None, folder: str | Path | None = None,
-                      name: str = "photo_predictions") -> Figure:
+                      title: str | None = None, folder: str | Path | None = None, name: str = "photo_predictions",
+                      model: Trained | str | Path | None = None, device: str = "auto") -> Figure:
     """Each photo with its top-k classes as horizontal bars (the top-1 on top).
 
     Args:
         tables: `helpers.predict`'s table, or {model name: table} of the same photos (e.g. {"PyTorch": ...,
             "ONNX": ...}): one set of bars per model, side by side for the first model's top-k classes.
         n: the first n photos of the table.
+        model: the model of the (first) table, a run folder or a loaded `Trained`: each photo is then shown as the
+            crop the model saw with its class activation map for the table's top class (`helpers.use.cam`).
+        device: where a run folder is loaded for the maps.
     """
     tables = tables if isinstance(tables, dict) else {"": tables}
     first = next(iter(tables.values())).head(n)
@@ -33,9 +38,10 @@ def photo_predictions(tables: pd.DataFrame | dict[str, pd.DataFrame], *, n: int 
                               gridspec_kw={"width_ratios": [1, 1.35] * n_cols})
     for ax in axes.flat:
         ax.set_axis_off()
+    maps = _top_class_maps(first, model, device) if model is not None else {}
     for i, row in enumerate(first.itertuples()):
         photo_ax, bars_ax = axes[i // n_cols, 2 * (i % n_cols)], axes[i // n_cols, 2 * (i % n_cols) + 1]
-        _photo(photo_ax, row.path)
+        _photo(photo_ax, row.path, maps.get(row.path))
         if row.error:
             bars_ax.text(0, 0.5, f"not predicted:\n{row.error[:160]}", fontsize=8, color=plots.BAD, wrap=True,
                          va="center")
@@ -47,15 +53,29 @@ def photo_predictions(tables: pd.DataFrame | dict[str, pd.DataFrame], *, n: int 
     return fig
 
 
-def _photo(ax, path: str) -> None:
+def _top_class_maps(table: pd.DataFrame, model: Trained | str | Path, device: str) -> dict[str, tuple]:
+    """{path: (the crop with the map of the row's top class over it, that class)} of the table's readable photos."""
+    from ..use.cam import overlay, photo_maps
+
+    readable = table[table["error"].isna()] if "error" in table else table
+    found = photo_maps(model, list(readable["path"]), classes=list(readable["class"]), device=device)
+    return {m.path: (overlay(m.crop, m.maps[c]), c) for m, c in zip(found, readable["class"])}
+
+
+def _photo(ax, path: str, shown: tuple | None = None) -> None:
     ax.set_axis_on()
     ax.grid(False)
     ax.set_xticks([])
     ax.set_yticks([])
-    try:
-        ax.imshow(plots._square(plots._thumbnail(path)))
-    except Exception:  # noqa: BLE001 - an unreadable photo is shown as its name only
-        pass
+    if shown is not None:
+        image, cls = shown
+        ax.imshow(image)
+        ax.set_xlabel(f"where it looked for {pretty(cls, 22)}", fontsize=8, loc="left")
+    else:
+        try:
+            ax.imshow(plots._square(plots._thumbnail(path)))
+        except Exception:  # noqa: BLE001 - an unreadable photo is shown as its name only
+            pass
     ax.set_title(Path(path).name[:32], fontsize=8, loc="left")
 
 

@@ -110,11 +110,17 @@ def failure_options(predictions: str | Path | pd.DataFrame, max_pairs: int = 30)
     return options
 
 
-def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 8, cols: int = 4) -> Any:
+def failure_explorer(predictions: str | Path | pd.DataFrame, *, run: Any = None, per_page: int = 8, cols: int = 4,
+                     device: str = "auto") -> Any:
     """Pick all failures, a class or a confused pair, and page through its misclassified photos, worst first.
+    With `run`, the checkbox "where it looked" shows each failure's crop with its class activation maps for the
+    predicted and the true class (`failures.failure_gallery(..., run=...)`).
 
     Args:
         predictions: a predictions CSV of `helpers.evaluate` (or its DataFrame).
+        run: the model of the predictions (a run folder or a loaded `Trained`), loaded once at the first tick;
+            None: the checkbox is disabled.
+        device: where a run folder is loaded for the maps.
     Returns:
         The ipywidgets box to display.
     """
@@ -123,7 +129,21 @@ def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 
     choice = w.Dropdown(options=failure_options(frame), description="Show", layout=w.Layout(width="460px"))
     page = w.BoundedIntText(value=1, min=1, max=1, description="Page", layout=w.Layout(width="150px"))
     of = w.Label()
+    looked = w.Checkbox(value=False, description="where it looked", indent=False, disabled=run is None,
+                        tooltip="the crop the model saw, and its class activation maps for the predicted and the "
+                                "true class" if run is not None else "give the explorer run=... to draw maps",
+                        layout=w.Layout(width="150px"))
     output = w.Image(format="png", layout=w.Layout(max_width="100%"))
+    loaded: dict[str, Any] = {}
+
+    def model() -> Any:
+        if "run" not in loaded:
+            from ..base.devices import get_device
+            from ..training.trained import Trained
+            from ..use.runs import load_trained
+
+            loaded["run"] = run if isinstance(run, Trained) else load_trained(run, device=get_device(device))
+        return loaded["run"]
 
     def pages() -> int:
         true_class, pred_class = choice.value
@@ -133,7 +153,8 @@ def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 
         true_class, pred_class = choice.value
         of.value = f"of {page.max}"
         fig = failures.failure_gallery(frame, n=per_page, cols=cols, offset=(page.value - 1) * per_page,
-                                       true_class=true_class, pred_class=pred_class, title="Failures")
+                                       true_class=true_class, pred_class=pred_class, title="Failures",
+                                       run=model() if looked.value else None)
         _show(output, fig)
 
     def new_choice(_: Any) -> None:
@@ -145,9 +166,10 @@ def failure_explorer(predictions: str | Path | pd.DataFrame, *, per_page: int = 
 
     choice.observe(new_choice, names="value")
     page.observe(draw, names="value")
+    looked.observe(draw, names="value")
     page.max = pages()
     draw()
-    return _box(w, [choice, page, of], output, FAILURE_CLASS, "Failure explorer")
+    return _box(w, [choice, page, of, looked], output, FAILURE_CLASS, "Failure explorer")
 
 
 def augmentation_explorer(samples: Sequence[tuple[str, str]], *, size: int = 224) -> Any:
