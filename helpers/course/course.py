@@ -395,8 +395,20 @@ def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text())
         facts.update(epochs=summary.get("epochs_run"), val_top1=summary.get("val_top1"),
-                     train_minutes=0.0 if evaluation_only else summary.get("train_seconds", 0.0) / 60)
+                     train_minutes=0.0 if evaluation_only else _train_minutes(run, summary))
     return facts
+
+
+def _train_minutes(run: Path, summary: dict[str, Any]) -> float:
+    """Minutes the run trained: its epochs' seconds in metrics.csv (a re-run or a reuse of a finished run re-tests it
+    and writes only that time into summary.json), else the summary's."""
+    from ..training.metrics import read_rows
+
+    if (run / "metrics.csv").is_file():
+        seconds = [row.get("epoch_seconds") for row in read_rows(run / "metrics.csv")]
+        if seconds and all(analysis.is_number(s) for s in seconds):
+            return sum(float(s) for s in seconds) / 60
+    return float(summary.get("train_seconds", 0.0)) / 60
 
 
 def setup_logging() -> None:
