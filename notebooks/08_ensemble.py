@@ -78,13 +78,14 @@ member_runs
 
 # %%
 result = c.ensemble(member_runs)
-plots.ensemble_vs_members(result, folder=c.figures, name="08_ensemble_vs_members")
+member_tests = {f"member {i}: {m['backbone']}": c.evaluate(m["model"]) for i, m in enumerate(result["members"], 1)}
+plots.ensemble_vs_members(result, member_tests=list(member_tests.values()), folder=c.figures,
+                          name="08_ensemble_vs_members")
 
 # %% [markdown]
 # The averaging on one test photo: each member's probabilities of the classes the mean ranks highest (percent):
 
 # %%
-member_tests = {f"member {i}: {m['backbone']}": c.evaluate(m["model"]) for i, m in enumerate(result["members"], 1)}
 analysis.averaged({label: t["predictions"] for label, t in member_tests.items()}, result["predictions"],
                   label="ensemble (mean)")
 

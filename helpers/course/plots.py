@@ -317,16 +317,20 @@ def tta_gain(top1_by_views: dict[int, float | dict], *, title: str | None = None
     return fig
 
 
-def ensemble_vs_members(result: dict[str, Any], *, title: str | None = None, folder: str | Path | None = None,
+def ensemble_vs_members(result: dict[str, Any], *, member_tests: Sequence[dict] | None = None,
+                        title: str | None = None, folder: str | Path | None = None,
                         name: str = "ensemble_vs_members") -> Figure:
-    """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`)."""
+    """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`), the deltas against the best
+    member by validation with their paired test when the members' own evaluations (`member_tests`, in the order of
+    `result["members"]`, with their "predictions") are given."""
     from .analysis import best_by_val
 
     entries, runs = {}, {}
     for i, m in enumerate(result["members"], start=1):
         label = f"member {i}: {m['backbone']} @{m['image_size']}"
-        entries[label] = {"top1": m["top1"], "n": result.get("n"), **({"predictions": m["predictions"]}
-                                                                      if m.get("predictions") else {})}
+        predictions = m.get("predictions") or (member_tests[i - 1].get("predictions") if member_tests else None)
+        entries[label] = {"top1": m["top1"], "n": result.get("n"), **({"predictions": predictions}
+                                                                      if predictions else {})}
         runs[label] = m.get("model")
     best = best_by_val(runs)  # the best member by validation top-1: the test split chooses nothing
     entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result
