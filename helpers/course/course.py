@@ -3,6 +3,7 @@ writes and the results table. The settings of each run are in the notebook's par
 
     c = Course("05_two_stage", profile="demo")
     stage1 = c.config("stage1", SETTINGS[profile]["stage1"])      # the notebook's literals -> a TrainConfig
+                                                                   # (other settings: models/05_two_stage/stage1~...)
     helpers.train(stage1)                                          # resumes from last.pt when re-run
     test = c.evaluate(stage1.output_dir)                           # test metrics and a per-image predictions CSV
     c.record("3.5", stage1.output_dir, test)                       # one row in the results ledger
