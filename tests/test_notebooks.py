@@ -332,8 +332,8 @@ def test_a_run_with_other_settings_trains_beside_the_courses_run(course_run, sub
     home = out / "models" / "01_baseline" / "baseline"
     cfg = c.config("baseline", settings)
     assert (Path(cfg.output_dir), cfg.resume) == (home, "auto")  # same settings: a re-run continues (or re-tests) it
-    changed = c.config("baseline", {**settings, "epochs": 2})
-    assert Path(changed.output_dir) == home.parent / "baseline~epochs=2" and changed.epochs == 2
+    changed = c.config("baseline", {**settings, "lr": 1e-3})  # a setting the ci profile does not shrink
+    assert Path(changed.output_dir) == home.parent / "baseline~lr=0.001" and changed.lr == 1e-3
     assert c.require("01_baseline", "baseline") == home  # later notebooks keep reading the course's run
     # 03's control has the settings of 02's B3 in the ci profile too: the course trained it once
     b3 = yaml.safe_load((out / "models" / "02_b3_upgrade" / "b3" / "config.yaml").read_text())
@@ -343,17 +343,18 @@ def test_a_run_with_other_settings_trains_beside_the_courses_run(course_run, sub
 def test_a_failing_notebook_is_named_with_its_cell_and_the_sequence_resumes(tmp_path, subset):
     out = tmp_path / "seq"
     common = ["--profile", "ci", "-p", "data_dir", str(subset), "--ledger", str(tmp_path / "ledger.csv")]
-    res = _run("run-notebooks", *common, "--only", "00,01", "--out", str(out), "-p", "overrides", "{epochs: 0}")
+    # (a setting the ci profile leaves alone: it sets the epochs of every run itself)
+    res = _run("run-notebooks", *common, "--only", "00,01", "--out", str(out), "-p", "overrides", "{lr: 0}")
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in res.stderr
     assert "01_baseline failed in cell" in errors[0] and "c.config(" in errors[0], errors[0]
-    assert "--epochs must be a positive integer" in errors[0] and f"--resume {out}" in errors[0]
+    assert "--lr must be positive, got 0" in errors[0] and f"--resume {out}" in errors[0]
     assert "01_baseline          FAILED" in res.stdout and "00_setup             done" in res.stdout
     state = json.loads((out / "state.json").read_text())["status"]
     assert state["00_setup"]["state"] == "done" and state["01_baseline"]["state"] == "failed"
 
-    res = _run("run-notebooks", "--resume", str(out), "-p", "overrides", "{epochs: 1}")
+    res = _run("run-notebooks", "--resume", str(out), "-p", "overrides", "{lr: 0.003}")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "00_setup             done earlier, skipped" in res.stdout
     assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {"00_setup": "done", "01_baseline": "done"}
