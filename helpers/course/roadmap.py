@@ -18,8 +18,6 @@ from . import analysis, ledger
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .course import Course
-
 
 @dataclass(frozen=True)
 class Phase:
@@ -104,7 +102,7 @@ PUBLISHED: dict[str, Published] = {
 }
 
 
-def results(course: Course) -> pd.DataFrame:
+def results(course: Any) -> pd.DataFrame:  # a Course (course.py imports this module: no import back)
     """The plan's roadmap with this course's measured numbers and their 95% intervals (for 12_results).
 
     One row per phase of the roadmap, then one per other phase in the ledger (e.g. a notebook added later).
@@ -134,7 +132,7 @@ def results(course: Course) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def save_results(course: Course, table: pd.DataFrame) -> dict[str, Path]:
+def save_results(course: Any, table: pd.DataFrame) -> dict[str, Path]:
     """Write the results table as CSV and Markdown into the course run folder."""
     course.output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": course.output_dir / "results.csv", "markdown": course.output_dir / "results.md"}
