@@ -23,10 +23,10 @@
 #
 # **Profiles.** `demo` runs the whole course on the tiny real Food-101 subset shipped in the repo (10 classes,
 # 400 train+val and 150 test photos) with offline `tf_efficientnet_lite0/1/2` weights standing in for the
-# plan's models: minutes on a laptop CPU; it shows what the pipeline does, not what a technique is worth (on 150
-# test photos a difference of a few points is noise). `medium` is a fixed 10% of Food-101 (75 train and 25 test
-# photos of each of the 101 classes, the same ids for everyone) with the same offline weights at their own
-# sizes: an evening on an Apple-silicon Mac, and 2,525 test photos (about ±1.6 points at 80%), enough to tell
+# plan's models: minutes on a laptop CPU; it shows what the pipeline does, not what a technique is worth (150
+# test photos tell only large differences apart: the cell below prints how large). `medium` is a fixed tenth of
+# Food-101 (75 train and 25 test photos of each of the 101 classes, the same ids for everyone) with the same
+# offline weights at their own sizes: an evening on an Apple-silicon Mac, and 2,525 test photos, enough to tell
 # the techniques apart. Make it once from the full download:
 # `python -m helpers prepare --data-dir data/food-101 --out data/food-101-medium --short-side 288 --per-class 75,25`.
 # `full` uses Food-101 (101 classes, 101,000 photos) at the plan's settings on MPS or CUDA: hours per notebook.
@@ -37,7 +37,18 @@
 # crash resumes its training from the last checkpoint. Each notebook appends its result to a ledger that
 # `12_results` turns into the plan's roadmap table with measured numbers.
 #
-# This notebook checks the environment, the device and the data.
+# **Trying things.** Every notebook ends with experiments ("Try it") that each change one literal of its parameters
+# cell: change it and re-run the notebook. The run trains into a folder named after the change, beside the
+# course's run (`models/01_baseline/baseline~lr=0.0003` next to `models/01_baseline/baseline`); nothing is deleted,
+# and later notebooks keep reading the course's runs. A setting changed back finds its run again, and a run whose
+# settings equal one the course trained already is reused rather than trained twice.
+#
+# **Numbers.** The text of every notebook explains what a technique does and what to look for; the numbers of your
+# run are printed by its cells (each comparison with both 95% intervals, the photos it fixed and broke and the
+# paired test), beside the plan's figures and published ones. What one profile's test split can tell is printed
+# below.
+#
+# This notebook checks the environment, the device and the data, and says how long the course takes.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
@@ -61,6 +72,15 @@ print(f"{len(counts)} classes in {c.data_dir}: {counts.sum().to_dict()} photos (
 counts.head(12)
 
 # %% [markdown]
+# What this test split can tell: one photo's worth in points, how wide the 95% interval of one top-1 is, and the
+# fewest photos a change must fix (breaking none) before the paired test calls it real. A comparison of two runs on
+# these photos is decided by that paired test (the exact McNemar test on the photos one run gets right and the
+# other wrong), never by whether two intervals overlap.
+
+# %%
+environment.test_noise(counts["test"].sum())
+
+# %% [markdown]
 # The validation split is carved out of the official train list (seeded and stratified); early stopping and
 # the best checkpoint use it. The test split is the official test list, evaluated once at the end.
 #
@@ -76,6 +96,17 @@ previews.class_samples(samples, cols=5 if len(samples) <= 20 else 10, folder=c.f
                        title=f"One training photo per class ({len(samples)} classes)")
 
 # %% [markdown]
+# ## How long it takes
+# Each notebook in each profile, on the machine the figure is for (`docs/times.csv`): the demo's minutes are
+# measured, the medium's estimated by arithmetic (`scripts/medium_estimate.py`), the full profile's are the plan's
+# hours. Each notebook prints its own row at its start.
+
+# %%
+from helpers.course import times
+
+times.overview(c.root)
+
+# %% [markdown]
 # ## What to expect: the plan, the published figures and this run
 # Each phase of the plan with three numbers: the plan's expectation on full Food-101, a published full-scale figure
 # (the source is in the row; where no paper measured the technique on Food-101, the technique's own paper on
@@ -88,16 +119,18 @@ expectations.table(c)
 
 # %% [markdown]
 # **Why the demo's numbers differ from both.** The demo trains stand-ins (efficientnet-lite0/1/2 at 112-160 px) for
-# 2-5 epochs on 360 photos of 10 classes and tests on 150, where the plan trains B0-B4 and ResNets at 224-384 px for
-# 50-150 epochs on 75,750 photos of 101 classes. So the demo's top-1 is on another scale (chance is 10%, not 1%),
-# its models are smaller and barely trained, and one test photo is 0.67 points: the 95% interval of every demo
-# number is about ±7 points, and most demo comparisons are "within noise". Techniques made for long training
-# (schedules with restarts, strong augmentation, mixup) usually *cost* accuracy in a few epochs. The demo shows
-# what each technique does and how to measure it; the `full` profile measures what it is worth.
+# 1-4 epochs on 360 photos of 10 classes and tests on 150, where the plan trains B0-B4 and ResNets at 224-384 px for
+# 50-150 epochs on 75,750 photos of 101 classes. So the demo's top-1 is on another scale (chance is one in ten, not
+# one in 101), its models are smaller and barely trained, and its test split tells only large differences apart
+# (the table above): many of its comparisons end "within noise". Techniques made for long training (schedules with
+# restarts, strong augmentation, mixup) usually *cost* accuracy in a few epochs. The demo shows what each technique
+# does and how to measure it; the `medium` profile tells the techniques apart, and the `full` profile measures what
+# they are worth.
 #
 # **And the plan differs from print.** The plan's baseline (75-80%) is below published fine-tunes of similar
-# models (about 90%), and its final 95.5-99.5% is above the best published EfficientNet on Food-101 (B7: 93.0%):
-# the plan's ladder tops out near 93%. Notebook `10_beyond_95` takes the routes that pass 95% in print.
+# models (a ResNet-50 with fastai: 90.5%, Redkar et al. 2019), and its final 95.5-99.5% is above the best
+# published EfficientNet on Food-101 (B7: 93.0%, Tan & Le 2019), so the plan's ladder tops out near 93%. Notebook
+# `10_beyond_95` takes the routes that pass the plan's 95% in print.
 #
 # **Does the device train like the CPU?** The doctor (`python -m helpers doctor` on the command line) runs a few
 # training steps of a small model on the device and on the CPU from the same weights and batch, compares the

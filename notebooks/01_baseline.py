@@ -20,6 +20,15 @@
 # warmup then cosine decay, label smoothing 0.1, and the plan's "current" augmentations (random resized crop,
 # flip, colour jitter, shift/scale/rotate, cutout).
 #
+# **Label smoothing** (`label_smoothing=0.1`, the trainer's default, first used here). The loss compares the
+# model's probabilities with a target. A one-hot target (all on the true class) keeps rewarding the model for
+# pushing the true logit ever higher, which makes it overconfident, and its confident mistakes cost a lot. Label
+# smoothing takes a share ε = 0.1 of the target away from the true class and spreads it evenly over all K classes:
+# the true class gets 1 − ε + ε/K and every other class ε/K (with 10 classes, 0.91 and 0.01). The model can then
+# never reach its target by growing one logit without bound, so its probabilities stay calibrated and its features
+# less specialised (Szegedy et al. 2016 introduced it; Müller, Kornblith, Hinton 2019 study when it helps). Notebook
+# 04's mixed targets are built on top of these smoothed ones.
+#
 # **The defaults that matter more.** Three settings of `helpers.train`, not named by the plan, decide more on
 # small data than anything above (`helpers/base/config.py` has them; docs/notebooks.md measured them on food-101-mini):
 # - **One head-only epoch first** (`head_warmup_epochs=1`). The new head starts random; its first large
@@ -29,12 +38,13 @@
 #   corrections, the head has everything to learn.
 # - **Frozen BatchNorm statistics** (`freeze_bn=True`). BatchNorm normalises with running means and variances
 #   measured on ImageNet; updating them from a few hundred augmented photos in batches of 32 drags them away
-#   from what the weights expect. The README measured 62.8-65.6% with them updated against 79.6% frozen; the
-#   last section of this notebook turns it off so you can see it.
+#   from what the weights expect. On food-101-mini updating them cost 15 points
+#   ([the measured defaults](../docs/notebooks.md#defaults-that-matter-on-small-data)); the last section of this
+#   notebook turns it off so you can see it on your run.
 #
-# `lr=3e-3` is the head's rate (the backbone gets 3e-4): AdamW fine-tunes of ImageNet backbones usually run the
-# whole network at 1e-4 to 1e-3, and a random head learns faster at a few times that; on food-101-mini 3e-3 was
-# the best of the rates tried. `warmup_epochs=0.5` in the demo: its epochs have 12 steps, and the plan's one
+# `lr=3e-3` is the head's rate (the backbone gets `3e-4`): AdamW fine-tunes of ImageNet backbones usually run the
+# whole network at `1e-4` to `1e-3`, and a random head learns faster at a few times that; on food-101-mini `3e-3`
+# was the best of the rates tried. `warmup_epochs=0.5` in the demo: its epochs have 12 steps, and the plan's one
 # epoch of warmup would spend a quarter of a 4-epoch run below the full rate.
 #
 # **What the plan expects.** Phase 1: 75-80% top-1 after 50 epochs at batch 24 (6-8 hours on MPS). Its purpose
@@ -42,7 +52,7 @@
 #
 # **Demo profile.** `tf_efficientnet_lite0` (a B0 without squeeze-excitation, with offline weights) at 112 px
 # for a few epochs on 10 classes: the numbers are not comparable with the plan's, the pictures and the code are
-# the same. **Medium profile:** the same model at its own 224 px on 10% of Food-101, 8 epochs.
+# the same. **Medium profile:** the same model at its own 224 px on a tenth of Food-101, 8 epochs.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
@@ -61,11 +71,17 @@ LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 50}  # the learning-rate fi
 
 # %%
 import helpers
-from helpers.course import analysis, course, failures, plots, widgets
+from helpers.course import analysis, comparison, course, failures, plots, widgets
 
 c = course.Course("01_baseline", profile, data_dir=data_dir, device=device)
 cfg = c.config("baseline", {**c.pick(SETTINGS), **TECHNIQUE, **overrides})
 cfg
+
+# %% [markdown]
+# How long this notebook takes in each profile, on which machine, and how that was obtained:
+
+# %%
+c.times()
 
 # %% [markdown]
 # ## Choosing the rate: a learning-rate finder
@@ -83,7 +99,7 @@ cfg
 # later keep 01's rate and change only their own technique.
 
 # %%
-finder = helpers.lr_find(cfg, output_dir=str(c.output_dir / "lr-find" / c.notebook),
+finder = helpers.lr_find(cfg, output_dir=str(c.output_dir / "lr-find" / c.notebook / c.project_path(cfg.output_dir).name),
                          steps=12 if c.rehearse else c.pick(LR_FIND_STEPS))
 s = finder.suggestions
 if finder.suggestion is None:
@@ -139,6 +155,10 @@ plots.training_curves({"BatchNorm statistics frozen": cfg.output_dir, "updated":
 
 # %%
 bn_test = c.evaluate(bn_cfg.output_dir)
+comparison.compare(test, bn_test, "BatchNorm statistics updated from the training batches (freeze_bn=False) "
+                   "instead of frozen; data, epochs, rate and seed the same", labels=("frozen", "updated"))
+
+# %%
 plots.compare_top1({"BatchNorm statistics frozen (the default)": test,
                     "BatchNorm statistics updated (freeze_bn=False)": bn_test},
                    title="01 · One change: BatchNorm statistics frozen or updated", folder=c.figures,
@@ -166,49 +186,55 @@ from helpers.course import expectations
 expectations.table(c, phases=["baseline"])
 
 # %% [markdown]
-# **How to read it.** The demo run behind the README's figures scored 64.7% (95% interval 56.7-71.9) on 150 test
-# photos of 10 classes; the same run with BatchNorm statistics updated scored 55.3% (15 photos fixed, 29 broken:
-# McNemar p = 0.049, a real loss). On 150 photos one photo is 0.67 points and the 95% interval is about ±7 points
-# wide, so every
-# later notebook's comparison with this number needs a paired test: the McNemar line printed under each "photos
-# fixed and broken" figure counts the photos that changed and says how likely such a split is by chance.
+# **How to read it.** The `this run` column is this run's test top-1 with its 95% interval, beside the plan's
+# expectation and a published fine-tune: three different scales (see below). The interval is wide on a small test
+# split (`00_setup` printed how wide), so every later notebook compares its model with this one on the same photos
+# and prints the paired test: the photos the change fixed and broke, and the exact McNemar p. The BatchNorm
+# comparison above is the first such line: read whether updating the statistics fixed or broke more photos, and
+# whether the split is uneven enough to be real (p < 0.05). The training curves show the mechanism: with the
+# statistics updated, validation accuracy follows training accuracy less closely, because the model is evaluated
+# with statistics gathered from augmented batches.
 #
 # **Why the demo is far below the plan.** lite0 at 112 px stands in for B0 at 224 px, trained 4 epochs on 360 photos
-# instead of 50 epochs on 75,750. Chance is 10% here (10 classes), 1% on Food-101, so even the two percentages are
-# not on one scale.
+# instead of 50 epochs on 75,750. Chance is one in ten here (10 classes) and one in 101 on Food-101, so even the two
+# percentages are not on one scale.
 #
 # **What full Food-101 gives.** The plan expects 75-80% for B0. That is cautious: published fine-tunes of ImageNet
-# CNNs reach about 90% (ResNet-50 with fastai 90.5%, EfficientNet-B4 91.5%), and the dataset's own paper reported
-# 50.76% for its best hand-made features (Bossard et al. 2014). The gap between the plan's 75-80% and 90% is what a
-# well-tuned fine-tune (learning rate, schedule, resolution, augmentation) is worth.
+# CNNs reach about 90% (ResNet-50 with fastai 90.5%, Redkar et al. 2019; EfficientNet-B4 91.5%, Tan & Le 2019), and
+# the dataset's own paper reported 50.76% for its best hand-made features (Bossard et al. 2014). The gap between the
+# plan's 75-80% and the published fine-tunes is what a well-tuned fine-tune (learning rate, schedule, resolution,
+# augmentation) is worth.
 #
 # **The defaults that matter most here** are not the ones the recipe names: one head-only epoch first
 # (`head_warmup_epochs=1`, so the random head does not send large gradients into the pretrained backbone), the
 # backbone at a tenth of the head's rate (`backbone_lr_ratio=0.1`) and frozen BatchNorm statistics
-# (`freeze_bn=True`; the README measured 15 points lost without it on 540 photos). `lr=3e-3` is the head's rate
-# (the backbone gets 3e-4), and `warmup_epochs=0.5` ramps it up over half an epoch: the demo has only about 12
-# steps an epoch.
+# (`freeze_bn=True`; 15 points lost without it on food-101-mini, the
+# [measured defaults](../docs/notebooks.md#defaults-that-matter-on-small-data)). `lr=3e-3` is the head's rate (the
+# backbone gets `3e-4`), and `warmup_epochs=0.5` ramps it up over half an epoch: the demo has only about 12 steps
+# an epoch. Label smoothing (above) keeps the model from chasing certainty.
 
 # %% [markdown]
 # ## Questions
 # 1. What is the 95% interval of this run's top-1, and how many test photos is its half-width worth?
 # 2. Why does the trainer train the head alone for one epoch before the backbone learns?
-# 3. The head learns at 3e-3. At what rate does the backbone learn, and why slower?
+# 3. The head learns at `3e-3`. At what rate does the backbone learn, and why slower?
 # 4. What do BatchNorm statistics hold, and why does updating them on a few hundred augmented photos hurt?
-# 5. Label smoothing 0.1 puts 0.9 on the true class. What does it put on each other class here (10 classes)?
+# 5. Label smoothing 0.1 takes 0.1 from the true class and spreads it over all 10 classes. What target does the
+#    true class get, and what does each other class get?
 # 6. Why is early stopping and the best checkpoint chosen on the validation split and never on the test split?
-# 7. The plan expects 75-80% for B0 on Food-101; published fine-tunes reach about 90%. Name two differences of
-#    recipe that could explain the gap.
+# 7. The plan expects 75-80% for B0 on Food-101; published fine-tunes reach about 90% (Redkar et al. 2019). Name two
+#    differences of recipe that could explain the gap.
 # 8. Which classes does the confusion matrix mix up most, and would a person confuse them too?
 
 # %% [markdown]
 # ## Try it
-# Each experiment changes one literal in the parameters cell; re-run the notebook with another `output_dir` (or
-# delete its run folder) so the run trains afresh.
+# Each experiment changes one literal in the parameters cell: change it and re-run the notebook. The run trains in a
+# folder named after the change (e.g. `models/01_baseline/baseline~lr=0.0003`) beside the course's run, which later
+# notebooks keep reading; put the literal back to return to the course's run.
 # 1. `TECHNIQUE["lr"] = 3e-4` (from `3e-3`; run by the tests): ten times slower. Look at the training curves: does
-#    validation top-1 still rise at the last epoch (too slow) or did 3e-3 already overshoot?
-# 2. `overrides = {"freeze_bn": False}`: BatchNorm statistics updated on the demo's photos. Compare test top-1 and
-#    the McNemar p-value against this run; the README measured about 15 points lost on food-101-mini.
+#    validation top-1 still rise at the last epoch (too slow) or did `3e-3` already overshoot?
+# 2. `overrides = {"label_smoothing": 0.0}`: one-hot targets, no smoothing (for both runs of this notebook). Do the
+#    confident mistakes in the failure gallery grow more confident?
 # 3. `overrides = {"head_warmup_epochs": 0}`: the random head and the backbone learn together from the first step.
 #    Watch the first epoch's validation top-1.
 # 4. `TECHNIQUE["augment"] = "light"` (from `"basic"`): only crop and flip. With 4 epochs, does less augmentation
@@ -220,6 +246,7 @@ expectations.table(c, phases=["baseline"])
 # - Tan & Le 2019, [EfficientNet: Rethinking Model Scaling for CNNs](https://arxiv.org/abs/1905.11946) (Table 5: Food-101 transfer).
 # - Kornblith, Shlens, Le 2019, [Do Better ImageNet Models Transfer Better?](https://arxiv.org/abs/1805.08974) (fine-tuning against fixed features on 12 datasets, Food-101 among them).
 # - Loshchilov & Hutter 2019, [Decoupled Weight Decay Regularization (AdamW)](https://arxiv.org/abs/1711.05101); He et al. 2019, [Bag of Tricks for Image Classification](https://arxiv.org/abs/1812.01187) (warmup, cosine, label smoothing).
+# - Szegedy et al. 2016, [Rethinking the Inception Architecture](https://arxiv.org/abs/1512.00567) (label smoothing); Müller, Kornblith, Hinton 2019, [When Does Label Smoothing Help?](https://arxiv.org/abs/1906.02629).
 # - fastbook, [chapter 5: image classification](https://github.com/fastai/fastbook/blob/master/05_pet_breeds.ipynb) (learning-rate finder, freezing, discriminative rates).
 # - Learn PyTorch for Deep Learning, [06: transfer learning](https://www.learnpytorch.io/06_pytorch_transfer_learning/) (FoodVision).
 # - CS231n, [Transfer learning notes](https://cs231n.github.io/transfer-learning/).

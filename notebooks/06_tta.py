@@ -32,15 +32,21 @@ data_dir = None  # None: the profile's (demo: data/food-101-tiny, medium: data/f
 device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 # The numbers of views compared, fixed in advance; the ledger takes the largest.
 VIEWS = {"full": [1, 2, 4, 6], "medium": [1, 2, 4, 6], "demo": [1, 2, 4, 6]}
-model = None  # None: 05_two_stage's stage-2 model; or a run folder
+model = None  # None: 05_two_stage's stage-2 model; or ("NN_notebook", "run") of this course, or a run folder
 
 # %%
-from helpers.course import analysis, course, failures, plots, previews
+from helpers.course import analysis, comparison, course, failures, plots, previews
 
 c = course.Course("06_tta", profile, data_dir=data_dir, device=device)
-model = model or c.require("05_two_stage", "stage2")
+model = c.require(*model) if isinstance(model, (tuple, list)) else model or c.require("05_two_stage", "stage2")
 views = c.pick(VIEWS)
 print(f"model {model}, views {views}")
+
+# %% [markdown]
+# How long this notebook takes in each profile, on which machine, and how that was obtained:
+
+# %%
+c.times()
 
 # %% [markdown]
 # ## The views of one photo
@@ -77,6 +83,10 @@ analysis.averaged({f"{v} view(s)": t["predictions"] for v, t in tests.items() if
 
 # %%
 plain, test = tests[views[0]], tests[max(views)]
+comparison.compare(plain, test, f"the number of views alone ({views[0]} against {max(views)}, fixed in advance; the "
+                   "same model and photos)", labels=(f"{views[0]} view", f"{max(views)} views"))
+
+# %%
 failures.prediction_changes(plain["predictions"], test["predictions"], labels=("1 view", f"{max(views)} views"),
                             folder=c.figures, name="06_changes")
 
@@ -97,34 +107,38 @@ from helpers.course import expectations
 expectations.table(c, phases=["3.4"])
 
 # %% [markdown]
-# **How to read it.** In the demo run behind the README's figures, 6 views scored 56.7% (48.7-64.3) against 57.3%
-# for one view: -0.7 points, 4 photos fixed and 5 broken, McNemar p = 1, within noise (an earlier demo run, with a
-# stronger model from 05, measured +2.7 points). TTA compares the same model on the same photos, so the
-# McNemar test under the changes figure is exactly the right test: it ignores the photos both settings get right
-# or wrong and asks whether the fixed and broken ones split unevenly.
+# **How to read it.** TTA compares the same model on the same photos, so the paired test printed above is exactly
+# the right test: it ignores the photos both settings get right or wrong and asks whether the fixed and broken ones
+# split unevenly. The curve of top-1 against the number of views shows whether adding views moves the answer at all;
+# the table of one photo's averaged probabilities shows how: each view shifts the mean a little, and a prediction
+# changes only where the model hesitated between two classes.
 #
-# **Why TTA helps a little.** Each view is the same photo cropped or mirrored; averaging the probabilities smooths
-# out a prediction that depended on the exact framing. A model that is sure gains nothing (its views agree); a model
-# that hesitates between two classes gains most. The gain costs inference time (6 views: 6 forward passes).
+# **Why TTA helps a little, when it helps.** Each view is the same photo cropped or mirrored; averaging the
+# probabilities smooths out a prediction that depended on the exact framing. A model that is sure gains nothing (its
+# views agree); a model that hesitates between two classes gains most. The gain costs inference time (6 views: 6
+# forward passes).
 #
-# **What full Food-101 gives.** The plan expects +1-2% (the table: +1.5%). No paper isolates it on Food-101; the
-# fastai ResNet-50 at 90.5% averaged 9 views. The README measured +1.2 points for 6 views on food-101-mini.
+# **What full Food-101 gives.** The plan expects +1-2% (the plan's table: +1.5%). No paper isolates it on Food-101;
+# the fastai ResNet-50 at 90.5% averaged 9 views (Redkar et al. 2019). On food-101-mini 6 views gained 1.2 points
+# ([the measured ladder](../docs/notebooks.md#measured-the-technique-ladder-on-food-101-mini)).
 
 # %% [markdown]
 # ## Questions
 # 1. Why does this notebook fix the number of views in advance instead of picking the best one on the test split?
 # 2. Which of the 6 views would you expect to help most for food photos, and which could hurt?
 # 3. Why does TTA not need any training, and what does it cost instead?
-# 4. Two views disagree: one says steak at 60%, the other pizza at 55%. What does the average predict?
+# 4. Two views disagree: one gives steak 0.60 and pizza 0.30, the other pizza 0.55 and steak 0.35. What does the
+#    average predict?
 # 5. Why is McNemar's test the right paired test for 1 view against 6 views?
 # 6. Would TTA help a model trained with heavy augmentation more or less than one trained with light augmentation?
 
 # %% [markdown]
 # ## Try it
+# Change one literal in the parameters cell and re-run the notebook.
 # 1. `VIEWS["demo"] = [1, 4]` (from `[1, 2, 4, 6]`; run by the tests): only the plain view and 4 views. The ledger
 #    records the largest.
-# 2. `model = "runs/course-demo/models/04_mixup_cutmix/mixup"` (04's run in your course folder; `run-notebooks`
-#    puts it under `runs/notebooks/<profile>-<time>/models/`): TTA on a weaker, less certain model. Does it gain more?
+# 2. `model = ("04_mixup_cutmix", "mixup")`: TTA on 04's model (a notebook and a run of this course; a run folder
+#    works too). Does a less certain model gain more?
 # 3. `VIEWS["demo"] = [1, 2]`: the mirror alone. How much of the 6-view gain does it give?
 
 # %% [markdown]

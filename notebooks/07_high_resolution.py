@@ -30,9 +30,8 @@
 # at 05's size against 05's model shows what the extra training alone did. (In the full profile the control is
 # another 150-epoch run of B3 at 300 px.)
 #
-# **Demo profile.** A short FixRes-style fine-tune of the lite2: 160 px (from 128), 2 epochs at lr 3e-4 with light
-# augmentation and no mixing (the full profile keeps the plan's recipe). On 150 test photos one photo is 0.7
-# points: differences of a few points are noise. **Medium:** 320 px from 260, 2 epochs.
+# **Demo profile.** A short FixRes-style fine-tune of the lite2: 160 px (from 128), 2 epochs at `lr=3e-4` with light
+# augmentation and no mixing (the full profile keeps the plan's recipe). **Medium:** 320 px from 260, 2 epochs.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
@@ -52,7 +51,7 @@ overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"ep
 
 # %%
 import helpers
-from helpers.course import course, failures, plots
+from helpers.course import comparison, course, failures, plots
 from helpers.use import runs
 
 c = course.Course("07_high_resolution", profile, data_dir=data_dir, device=device)
@@ -63,6 +62,12 @@ source_size = runs.load_trained(source).config["image_size"]
 control = c.config("same-size", {**c.pick(SETTINGS), **TECHNIQUE, **overrides, "image_size": source_size},
                    start_from=source)
 cfg
+
+# %% [markdown]
+# How long this notebook takes in each profile, on which machine, and how that was obtained:
+
+# %%
+c.times()
 
 # %% [markdown]
 # ## Fine-tune at the higher resolution, and the same fine-tune at the old size
@@ -94,7 +99,21 @@ plots.compare_top1({f"05 model at {control.image_size} px": before, f"05 model t
                    title="07 · Test top-1 and resolution", folder=c.figures, name="07_compare")
 
 # %% [markdown]
-# What the resolution alone changed: the fine-tune at 05's size against the same fine-tune at the higher size.
+# The three pairs of the figure, each one change (the settings line is read from the runs' `config.yaml`; the first
+# pair is one model tested two ways, so it has none):
+
+# %%
+print(comparison.compare(before, bigger, f"the test size alone ({control.image_size} → {cfg.image_size} px; the same "
+                         "weights, no training)", labels=(f"05 at {control.image_size} px",
+                                                          f"05 tested at {cfg.image_size} px")), end="\n\n")
+print(comparison.compare(before, same_size, f"the extra fine-tune alone (at 05's {control.image_size} px)",
+                         labels=("05's model", reference)), end="\n\n")
+comparison.compare(same_size, test, f"the resolution alone (the same fine-tune at {control.image_size} and at "
+                   f"{cfg.image_size} px)", labels=(reference, f"fine-tuned at {cfg.image_size} px"))
+
+# %% [markdown]
+# What the resolution alone changed, photo by photo: the fine-tune at 05's size against the same fine-tune at the
+# higher size.
 
 # %%
 failures.prediction_changes(same_size["predictions"], test["predictions"],
@@ -119,18 +138,19 @@ from helpers.course import expectations
 expectations.table(c, phases=["4.1"])
 
 # %% [markdown]
-# **How to read it.** The comparison figure separates two effects: the 05 model simply *tested* at the higher size
-# (the train/test resolution effect, no training at all), and the model *fine-tuned* there. In the demo run behind
-# the README's figures the model fine-tuned at 160 px scored 66.7% against 67.3% for the same fine-tune at 05's
-# 128 px: -0.7 points, 12 photos fixed and 13 broken, McNemar p = 1, within noise. The McNemar line under the
-# changes figure is the paired test.
+# **How to read it.** The comparison figure holds three effects, and the lines above give each its own paired test:
+# the 05 model simply *tested* at the higher size (the train/test resolution effect, no training at all), the extra
+# fine-tune at 05's own size (more training alone), and the same fine-tune at the higher size against it (the
+# resolution alone). The plan's step 4.1 is the last one, which the ledger records. Read the changes figure for the
+# photos the resolution fixed and broke.
 #
-# **Why the demo shows little.** 128 → 160 px is a small step, the demo's photos are at most 224 px (little fine
-# texture to gain), and the 2-epoch fine-tune at lr 3e-4 on 360 photos moves the model little. The README measured
-# -1.2 points for testing at 288 px without a fine-tune and -0.4 with 2 epochs there, on food-101-mini.
+# **What to expect at the demo's scale.** 128 → 160 px is a small step, the demo's photos are at most 224 px (little
+# fine texture to gain), and the 2-epoch fine-tune at `lr=3e-4` on 360 photos moves the model little. On food-101-mini,
+# testing at 288 px without a fine-tune lost 1.2 points and 2 epochs there lost 0.4
+# ([the measured ladder](../docs/notebooks.md#measured-the-technique-ladder-on-food-101-mini)).
 #
-# **What full Food-101 gives.** The plan expects +1-3% for B3 at 384 px (the table: +1.5%). FixRes measured the
-# effect on ImageNet: a ResNet-50 trained at 224 px reached 79.8% after testing at a higher size with a cheap
+# **What full Food-101 gives.** The plan expects +1-3% for B3 at 384 px (the plan's table: +1.5%). FixRes measured
+# the effect on ImageNet: a ResNet-50 trained at 224 px reached 79.8% after testing at a higher size with a cheap
 # fine-tune (Touvron et al. 2019); the same authors' FixEfficientNet applied it to EfficientNets. Memory and time
 # grow with the square of the size: 384 px costs about 1.6 times 300 px per image.
 
@@ -145,6 +165,8 @@ expectations.table(c, phases=["4.1"])
 
 # %% [markdown]
 # ## Try it
+# Change one literal in the parameters cell and re-run the notebook: the changed runs train in folders named after
+# the change, beside the course's runs (which 08 and 09 keep reading).
 # 1. `TECHNIQUE["freeze_backbone"] = True` (run by the tests): fine-tune only the head at the new size, close to
 #    FixRes's cheap adaptation. Compare it with the full fine-tune and with "tested bigger".
 # 2. `SETTINGS["demo"]["image_size"] = 192` (from `160`): a bigger step up. Does "tested bigger" still help?

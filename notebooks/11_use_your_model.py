@@ -53,6 +53,12 @@ photos = str(c.project_path(my_photos))  # a relative path is taken from the pro
 trained_runs = c.trained_runs()
 trained_runs
 
+# %% [markdown]
+# How long this notebook takes in each profile, on which machine, and how that was obtained:
+
+# %%
+c.times()
+
 # %%
 best = model or c.best_run()
 trained = runs.load_trained(best) if not isinstance(best, list) else best
@@ -78,8 +84,8 @@ predict_figures.photo_predictions(table, n=len(table), cols=2, title="Test photo
 # ## Your own photos
 # `my_photos` above points at a folder of photos as a phone or a browser saves them: a JPEG stored turned with
 # an EXIF orientation tag (read upright), a PNG, a WebP, an HEIC, and a pizza, a class the course's models never
-# saw. A model can only answer with its own classes: look at how sure it is about the pizza. A file that is not a
-# readable photo gets an error row, and the others go on.
+# saw. A model can only answer with its own classes: look at which class it gives the pizza and how sure it is. A
+# file that is not a readable photo gets an error row, and the others go on.
 
 # %%
 mine = helpers.predict(trained, photos, top_k=TOP_K, device=device)
@@ -93,7 +99,8 @@ predict_figures.photo_predictions(mine, n=8, cols=2, title="Your photos", folder
 # `export.export_onnx` (`python -m helpers export`) writes one graph that takes photos resized and centre-cropped
 # by the rule in its sidecar JSON, as float32 RGB in [0, 1], and returns probabilities: the normalisation and
 # the softmax are inside it (a probe's backbones and an ensemble's members too). It checks itself: onnxruntime
-# and PyTorch predict the same real photos, and a difference above 1e-3 fails the export.
+# and PyTorch predict the same real photos, and a difference above its tolerance (printed with the check) fails the
+# export.
 
 # %%
 onnx_file = c.output_dir / "export" / "11_model.onnx"
@@ -131,18 +138,44 @@ export.speed(best, onnx_file, photos, batch_size=8)
 
 # %% [markdown]
 # ## What we saw
-# - The model answers any photo with one of its own classes; its probability is how sure it is, and a photo of
-#   something it never learned (the pizza) can still get a confident wrong answer.
-# - The exported ONNX model gives the same probabilities as PyTorch (to about 1e-6) without PyTorch.
-#
-# **Questions.** Why is the run chosen on validation and not on test? What does `--tta 2` change for a single
-# photo, and what does it cost? Why does the ONNX graph take photos already cropped, and what happens if you
-# feed it an uncropped photo squashed to a square?
-#
-# **Experiments.** Point `my_photos` at a folder of your own food photos. Set `model` to a list of two run
-# folders (an ensemble: one ONNX graph of both). Photograph a dish of a class the model knows from an unusual
-# angle and compare the probabilities.
-#
-# **Further reading.** fastai's `learn.predict` and `learn.export`; timm's `inference.py`; the ONNX Runtime
-# documentation (onnxruntime.ai) for running the file on phones and in browsers; "Learn PyTorch for Deep
-# Learning", FoodVision Big (predicting custom photos and deploying the model).
+# - **The model answers every photo with one of its own classes.** Its top-1 probability says how sure it is among
+#   those classes, not whether the photo shows one of them: the pizza, a class it never saw, still gets a class and
+#   a probability. Compare that probability with the ones of the test photos it gets right: a model has no "none of
+#   these" answer unless it is trained with one.
+# - **The exported file is the same model without PyTorch.** The export's check (printed with the export above)
+#   compares onnxruntime's probabilities with PyTorch's on the same real photos and fails the export above its
+#   tolerance; the figure of PyTorch beside ONNX shows the same photos through both. Where the two figures disagree
+#   visibly, the check says by how much, and the export is the thing to fix.
+# - **The photo reader is the model's first layer.** The orientation tag, PNG, WebP and HEIC photos go through the
+#   same reader and the same resize and crop as the test photos, so a phone's photo is seen upright and at the size
+#   the model was tested at.
+# - **Size and speed are this machine's.** The table measures PyTorch and onnxruntime on the same batch of photos,
+#   best of three passes; another machine, or this one busy, reads differently.
+
+# %% [markdown]
+# ## Questions
+# 1. Why is the model chosen by validation top-1 and not by test top-1, and why is even its validation top-1 a
+#    little optimistic?
+# 2. What does `--tta 2` change for a single photo, and what does it cost?
+# 3. The pizza is not one of the model's classes. What does its top-1 probability tell you, and what can it not
+#    tell you?
+# 4. Why does the ONNX graph take photos already resized and centre-cropped, and what happens if you feed it an
+#    uncropped photo squashed to a square?
+# 5. What does the export's check compare, and why on real photos rather than random tensors?
+# 6. A phone stores a photo turned, with an EXIF orientation tag. What would the model see if the reader ignored
+#    the tag?
+# 7. Why can two readings of the speed table on the same machine differ?
+
+# %% [markdown]
+# ## Try it
+# Change one literal in the parameters cell and re-run the notebook (nothing here trains).
+# 1. `my_photos = "~/Pictures/food"` (from `"data/my-photos"`): a folder of your own food photos (any folder works).
+#    Which of them does the model get right, and how sure is it of the others?
+# 2. `TOP_K = 3` (from `5`): fewer classes per photo in the tables and the upload box.
+
+# %% [markdown]
+# ## Further reading
+# - fastai, [`Learner.predict` and `Learner.export`](https://docs.fast.ai/learner.html) (the same two steps in fastai).
+# - timm, [`inference.py`](https://github.com/huggingface/pytorch-image-models/blob/main/inference.py) (batch prediction with a model's own preprocessing).
+# - ONNX Runtime, [documentation](https://onnxruntime.ai/docs/) (running the file on servers, phones and in browsers).
+# - Learn PyTorch for Deep Learning, [09: model deployment (FoodVision Big)](https://www.learnpytorch.io/09_pytorch_model_deployment/) (predicting custom photos and deploying the model).

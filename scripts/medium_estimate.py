@@ -87,8 +87,8 @@ def workload() -> dict[str, list[tuple[str, int, float]]]:
     teacher = [(b, size, (TRAIN + VAL) * student["epochs"]) for b, size in members]  # a forward per photo
     return {
         "01_baseline": _train(base) * 2,  # and the run with BatchNorm statistics updated
-        "02_b3_upgrade": _train(b3) + _train(r50),
-        "03_augmentations": _train(aug) * 2,
+        "02_b3_upgrade": _train(b3) + _train(b3 | {"image_size": base["image_size"]}) + _train(r50),  # + control
+        "03_augmentations": _train(aug) * 3,  # the control without restarts, 3.1 and 3.2
         "04_mixup_cutmix": _train(aug),
         "05_two_stage": [(s1["backbone"], s1["image_size"], s1["epochs"] * (TRAIN * 1.3 + VAL) + TEST)]  # frozen
         + _train(s2) + _train(s2, s1["epochs"] + s2["epochs"]),
@@ -97,8 +97,8 @@ def workload() -> dict[str, list[tuple[str, int, float]]]:
         + [(s2["backbone"], s2["image_size"], 2 * TEST), (s2["backbone"], hires["image_size"], TEST)],
         "08_ensemble": [(b, size, 2 * TEST) for b, size in members],  # the ensemble, and each member alone
         "09_distillation": _train(student) + teacher + [(b, size, TEST) for b, size in members],
-        "10_beyond_95": [(name, size, TRAIN + VAL + 2 * TEST) for name, _, size in probes.values()]
-        + _train(lpft),
+        "10_beyond_95": [(name, size, TRAIN + VAL + 4 * TEST) for name, _, size in probes.values()]  # + paired tests
+        + _train(lpft) * 2,  # LP-FT and the same fine-tune from a new head
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import json
 import re
 import time
 from pathlib import Path
@@ -129,6 +130,23 @@ def test_technique_notebook_ends_with_the_four_sections_in_order(path):
     assert len(links) >= 2, f"{path.name}: further reading needs links"
 
 
+def test_the_use_your_model_notebook_ends_like_the_technique_notebooks():
+    """11 trains nothing, so it has no phase and no tested Try it; it ends with what we saw, questions, experiments
+    that name a literal of its parameters cell, and further reading."""
+    path = NOTEBOOK_DIR / "11_use_your_model.ipynb"
+    cells = nbformat.read(path, as_version=4).cells
+    names = [line for c in cells if c.cell_type == "markdown" for line in c.source.splitlines()
+             if line.startswith("## ")]
+    assert names[-4:] == SECTIONS, names
+    assert 5 <= len(_items(_section(path, "## Questions"))) <= 10
+    params = parameters(path)
+    changes = _try_its(path)
+    assert 1 <= len(changes) <= 4 and not any(c.tested for c in changes)
+    for change in changes:
+        assert change.name in params and change.was in (None, params[change.name]), change
+    assert len(re.findall(r"\]\((https?://[^)\s]+)\)", _section(path, "## Further reading"))) >= 2
+
+
 @pytest.mark.parametrize("path", TECHNIQUE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_what_we_saw_shows_this_notebooks_phases_beside_the_plan_and_print(path):
     """The section's table is `expectations.table` of the phases this notebook records in the ledger."""
@@ -180,19 +198,39 @@ def _check_06(out: Path) -> None:
 def _check_08(out: Path) -> None:
     rows = ledger.read(out / "ledger.csv")
     row = rows[rows["phase"] == "4.2"].iloc[-1]
-    assert row["backbone"] == "ensemble of 2" and "04_mixup_cutmix" in row["run"] and "02_b3" not in row["run"]
+    members = row["run"].split(" + ")
+    assert row["backbone"] == "ensemble of 2" and "02_b3" not in row["run"]
+    assert str(out / "models" / "04_mixup_cutmix" / "mixup") in members  # the course's run, not 04's Try it
 
 
 # The effect of a tested change that is not a training setting in a run's config.yaml.
 SPECIAL = {"06_tta": _check_06, "08_ensemble": _check_08}
+# Notebooks run as written before their Try it: the Try it then trains beside the course's run, and the notebooks
+# after it keep reading the course's run (01's baseline in 02 and 09, 04's mixup run in 08).
+FIRST_AS_WRITTEN = ("01_baseline", "04_mixup_cutmix")
 
 
 def _config_values(out: Path, notebook: str, key: str) -> list[Any]:
     return [yaml.safe_load(p.read_text()).get(key) for p in sorted((out / "models" / notebook).glob("*/config.yaml"))]
 
 
+def _config(folder: Path) -> dict:
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
+def _check_try_it_beside(out: Path, notebook: str, run: str, key: str, course_value: Any, changed: Any) -> None:
+    """The course's run kept its settings and weights; the Try it trained in `run~key=value` beside it."""
+    home = out / "models" / notebook / run
+    assert _config(home)[key] == course_value, (notebook, _config(home)[key])
+    beside = [p.parent for p in sorted(home.parent.glob(f"{run}~*/config.yaml")) if _config(p.parent)[key] == changed]
+    assert [p.name.split("~", 1)[1] for p in beside] == [f"{key}={changed:g}"], sorted(home.parent.iterdir())
+    assert (beside[0] / "best.pt").is_file() and (beside[0] / "summary.json").is_file()
+
+
 def test_one_try_it_per_notebook_runs_in_the_ci_profile_and_takes_effect(tmp_path, monkeypatch):
-    """Notebooks 01-10 in course order, each with its tested Try it, on a five-class subset (ci profile)."""
+    """Notebooks 01-10 in course order, each with its tested Try it, on a five-class subset (ci profile). 01 and 04
+    run as written first: their Try it trains in a folder named after the change, the course's run stays as it was,
+    and the later notebooks read the course's run."""
     subset = _make_subset(tmp_path / "food-101-subset")
     out = tmp_path / "course"
     (out / "executed").mkdir(parents=True)
@@ -203,19 +241,30 @@ def test_one_try_it_per_notebook_runs_in_the_ci_profile_and_takes_effect(tmp_pat
     for path in TECHNIQUE_NOTEBOOKS:
         change = next(c for c in _try_its(path) if c.tested)
         value = _changed(path, change)
+        key = change.keys[-1] if change.keys else change.name
         t0 = time.perf_counter()
+        if path.stem in FIRST_AS_WRITTEN:
+            execute(path, out / "executed" / f"as-written-{path.name}", out / "logs" / f"as-written-{path.stem}.log",
+                    cwd=ROOT, parameters={"profile": "ci", "data_dir": str(subset)})
+            run = {"01_baseline": "baseline", "04_mixup_cutmix": "mixup"}[path.stem]
+            weights = (out / "models" / path.stem / run / "best.pt").read_bytes()
         execute(path, out / "executed" / path.name, out / "logs" / f"{path.stem}.log", cwd=ROOT,
                 parameters={"profile": "ci", "data_dir": str(subset), change.name: value})
         seconds[path.stem] = round(time.perf_counter() - t0, 1)
         injected = next(c.source for c in nbformat.read(out / "executed" / path.name, as_version=4).cells
                         if "injected-parameters" in c.metadata.get("tags", []))
         assert f"{change.name} = " in injected, injected
-        key = change.keys[-1] if change.keys else change.name
+        if path.stem in FIRST_AS_WRITTEN:
+            _check_try_it_beside(out, path.stem, run, key, change.was, change.value)
+            assert (out / "models" / path.stem / run / "best.pt").read_bytes() == weights  # nothing overwritten
         if path.stem in SPECIAL:
             SPECIAL[path.stem](out)
         else:
             assert key in FIELDS, f"{path.stem}: say how to check {change.name}{change.keys}"
             assert change.value in _config_values(out, path.stem, key), (path.stem, key, change.value)
+    rows = ledger.read(out / "ledger.csv").drop_duplicates("phase", keep="last").set_index("phase")
+    baseline = json.loads((out / "models" / "01_baseline" / "baseline" / "summary.json").read_text())
+    assert rows.loc["2.1", "reference_top1"] == pytest.approx(baseline["test_top1"], abs=1e-3)  # 02 read the course's
     print(f"Try it runs (s): {seconds}, total {sum(seconds.values()):.0f}")
 
 
@@ -238,7 +287,7 @@ def test_the_solutions_notebook_answers_every_question_and_is_no_course_notebook
     assert "formats: ipynb,py:percent" in script.read_text()
     assert all(c.cell_type == "markdown" for c in nb.cells), "the solutions are markdown only (nothing to execute)"
     answers = _answers("\n".join(c.source for c in nb.cells))
-    for path in TECHNIQUE_NOTEBOOKS:
+    for path in [*TECHNIQUE_NOTEBOOKS, NOTEBOOK_DIR / "11_use_your_model.ipynb"]:
         questions = len(_items(_section(path, "## Questions")))
         assert answers.get(path.name[:2]) == questions, f"{path.stem}: {questions} questions, " \
                                                          f"{answers.get(path.name[:2])} answers"
@@ -252,16 +301,20 @@ def test_the_solutions_notebook_answers_every_question_and_is_no_course_notebook
 
 def test_expectations_put_the_plan_a_published_figure_and_this_run_side_by_side(tmp_path):
     c = course.Course("12_results", "demo", output_dir=str(tmp_path / "run"), ledger=str(tmp_path / "ledger.csv"))
-    # An earlier demo run's mixup result: 82 of 150 photos, against 3.2's 70.0%.
+    # An earlier demo run's mixup result: 82 of 150 photos, against 3.2's 70.0%, 8 photos fixed and 31 broken.
     ledger.append(c.ledger_path, dict(course=str(c.output_dir), profile="demo", notebook="04_mixup_cutmix",
                                       phase="3.3", technique="Mixup/CutMix", test_top1=100 * 82 / 150, test_n=150,
-                                      reference_top1=70.0))
+                                      reference_top1=70.0, fixed=8, broken=31))
+    # a gain without the photos fixed and broken: no paired test, whatever the intervals say
+    ledger.append(c.ledger_path, dict(course=str(c.output_dir), profile="demo", notebook="05_two_stage",
+                                      phase="3.5", test_top1=80.0, test_n=150, reference_top1=60.0))
     table = expectations.table(c).set_index("phase")
     assert list(table.index) == list(roadmap.ROADMAP)
     mix = table.loc["3.3"]
     assert mix["plan (Food-101)"] == "+3% → 88.5-92.5%"
     assert mix["this run (demo)"] == "54.7% (46.7-62.4)"  # the Wilson interval the demo's figure shows
-    assert mix["gain"] == "-15.3 against advanced augmentation (3.2), real"
+    assert mix["gain"] == "-15.3 against advanced augmentation (3.2), p<0.001, real"  # McNemar p = 0.0003
+    assert table.loc["3.5", "gain"] == "+20.0 against one stage of the same length (05), no paired test"
     assert table.loc["2.1", "this run (demo)"] == "not measured yet"
     assert table.loc["4.2", "published (full scale)"] == "93.0%" and "Tan & Le 2019" in table.loc["4.2", "source"]
     assert table.loc["5.1", "published (full scale)"] == "95.9%" and table.loc["5.1", "plan (Food-101)"] == \
@@ -271,3 +324,29 @@ def test_expectations_put_the_plan_a_published_figure_and_this_run_side_by_side(
     assert list(expectations.table(phases=["4.2"])["this run"]) == ["not measured yet"]  # no course: no ledger
     for name in ("00_setup", "12_results"):
         assert "expectations.table(c)" in (NOTEBOOK_DIR / f"{name}.py").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Times per profile (docs/times.csv)
+
+
+def test_every_notebook_states_its_time_in_each_profile_with_the_machine_and_how():
+    from helpers.course import times
+
+    table = times.read(ROOT)
+    names = [p.stem for p in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))]
+    assert sorted(set(table["notebook"])) == names
+    for name in names:
+        rows = table[table["notebook"] == name]
+        assert sorted(rows["profile"]) == sorted(times.PROFILES), name
+        assert rows["machine"].str.len().gt(0).all() and rows["how"].str.len().gt(0).all(), name
+        how = dict(zip(rows["profile"], rows["how"]))
+        assert how["demo"].startswith("measured ") and re.search(r"\d{4}-\d\d-\d\d", how["demo"]), how
+        assert how["medium"].startswith(("estimated: scripts/medium_estimate.py", "not estimated")), how
+        assert how["full"].startswith(("the plan", "not in the plan", "past the plan")), how
+        minutes = dict(zip(rows["profile"], rows["minutes"]))
+        assert minutes["demo"] > 0 and all(m != m or m > 0 for m in minutes.values()), minutes
+        source = (NOTEBOOK_DIR / f"{name}.py").read_text()
+        assert "c.times()" in source or "times.overview(c.root)" in source, f"{name} does not print its time"
+    shown = times.table(ROOT, "02_b3_upgrade")
+    assert list(shown.index) == list(times.PROFILES) and shown.loc["full", "time"] == "10:00:00"

@@ -210,9 +210,11 @@ def test_the_runner_reads_each_notebooks_dependencies_per_profile():
     assert required_runs(NOTEBOOK_DIR / "08_ensemble.ipynb", "full") == [("07_high_resolution", "hires")]
     assert ("04_mixup_cutmix", "mixup") in required_runs(NOTEBOOK_DIR / "08_ensemble.ipynb", "demo")
     assert required_runs(NOTEBOOK_DIR / "09_distillation.ipynb", "full") == [
-        ("04_mixup_cutmix", "mixup"), ("07_high_resolution", "hires"), ("08_ensemble", "b4"),
-        ("08_ensemble", "resnet101")]  # the student alone, and 08's ensemble as the teacher
-    assert required_runs(NOTEBOOK_DIR / "04_mixup_cutmix.ipynb", "medium") == [("03_augmentations", "advanced")]
+        ("07_high_resolution", "hires"), ("08_ensemble", "b4"), ("08_ensemble", "resnet101")]  # 08's ensemble
+    assert required_runs(NOTEBOOK_DIR / "02_b3_upgrade.ipynb", "demo") == [("01_baseline", "baseline")]
+    # a control with an earlier run's settings (04's run without mixing, 09's student alone) is that run when it is
+    # trained, reused by its settings (helpers.course.run_names), not a requirement
+    assert required_runs(NOTEBOOK_DIR / "04_mixup_cutmix.ipynb", "medium") == []
     assert required_runs(NOTEBOOK_DIR / "01_baseline.ipynb", "demo") == []
 
 
@@ -320,32 +322,39 @@ def test_every_notebook_appends_its_ledger_row(course_run, subset):
     assert by_phase["baseline"]["backbone"] == "tf_efficientnet_lite0"  # what trained, not the plan's B0
 
 
-def test_rerunning_a_notebook_with_other_settings_names_them(course_run, subset):
+def test_a_run_with_other_settings_trains_beside_the_courses_run(course_run, subset):
     from helpers.course.parameters import parameters
 
     out, _ = course_run
     p = parameters(NOTEBOOK_DIR / "01_baseline.ipynb")
     c = course.Course("01_baseline", "ci", data_dir=str(subset), output_dir=str(out))
     settings = {**c.pick(p["SETTINGS"]), **p["TECHNIQUE"]}  # the ci run reads the demo's literals
-    assert c.config("baseline", settings).resume == "auto"  # same settings: a re-run continues (or re-tests) it
-    with pytest.raises(UserError, match="epochs 1 -> 2"):
-        c.config("baseline", {**settings, "epochs": 2})
+    home = out / "models" / "01_baseline" / "baseline"
+    cfg = c.config("baseline", settings)
+    assert (Path(cfg.output_dir), cfg.resume) == (home, "auto")  # same settings: a re-run continues (or re-tests) it
+    changed = c.config("baseline", {**settings, "lr": 1e-3})  # a setting the ci profile does not shrink
+    assert Path(changed.output_dir) == home.parent / "baseline~lr=0.001" and changed.lr == 1e-3
+    assert c.require("01_baseline", "baseline") == home  # later notebooks keep reading the course's run
+    # 03's control has the settings of 02's B3 in the ci profile too: the course trained it once
+    b3 = yaml.safe_load((out / "models" / "02_b3_upgrade" / "b3" / "config.yaml").read_text())
+    assert not (out / "models" / "03_augmentations" / "longer").exists() and b3["scheduler"] == "cosine"
 
 
 def test_a_failing_notebook_is_named_with_its_cell_and_the_sequence_resumes(tmp_path, subset):
     out = tmp_path / "seq"
     common = ["--profile", "ci", "-p", "data_dir", str(subset), "--ledger", str(tmp_path / "ledger.csv")]
-    res = _run("run-notebooks", *common, "--only", "00,01", "--out", str(out), "-p", "overrides", "{epochs: 0}")
+    # (a setting the ci profile leaves alone: it sets the epochs of every run itself)
+    res = _run("run-notebooks", *common, "--only", "00,01", "--out", str(out), "-p", "overrides", "{lr: 0}")
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in res.stderr
     assert "01_baseline failed in cell" in errors[0] and "c.config(" in errors[0], errors[0]
-    assert "--epochs must be a positive integer" in errors[0] and f"--resume {out}" in errors[0]
+    assert "--lr must be positive, got 0" in errors[0] and f"--resume {out}" in errors[0]
     assert "01_baseline          FAILED" in res.stdout and "00_setup             done" in res.stdout
     state = json.loads((out / "state.json").read_text())["status"]
     assert state["00_setup"]["state"] == "done" and state["01_baseline"]["state"] == "failed"
 
-    res = _run("run-notebooks", "--resume", str(out), "-p", "overrides", "{epochs: 1}")
+    res = _run("run-notebooks", "--resume", str(out), "-p", "overrides", "{lr: 0.003}")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "00_setup             done earlier, skipped" in res.stdout
     assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {"00_setup": "done", "01_baseline": "done"}

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from helpers.base.errors import UserError
-from helpers.course import analysis, course, failures, ledger, plots, previews, roadmap, runner, widgets
+from helpers.course import analysis, comparison, course, failures, ledger, plots, previews, roadmap, runner, widgets
 from helpers.data import loaders, splits
 from helpers.training import engine, recipe
 
@@ -229,12 +229,45 @@ def test_wilson_interval_matches_the_formula_and_its_edges():
     assert analysis.with_interval(70.0, 150) == "70.0% (62.2-76.8)"
 
 
-def test_a_gain_inside_the_noise_is_marked_as_such():
-    low, high = analysis.wilson(62.0, 150)
-    assert analysis.gain_verdict(2.0, 60.0, low, high) == "within noise"
-    low, high = analysis.wilson(80.0, 150)
-    assert analysis.gain_verdict(20.0, 60.0, low, high) == "real"
-    assert analysis.gain_verdict(float("nan"), 60.0, low, high) == ""
+def test_a_gain_is_judged_by_the_paired_test_alone_never_by_the_intervals(predictions, tmp_path):
+    """The course's one rule: McNemar on the same photos decides; without paired predictions there is no verdict."""
+    frame = pd.read_csv(predictions)
+    after = frame.copy()
+    after.loc[[2, 3, 7, 9, 10], "pred"] = after.loc[[2, 3, 7, 9, 10], "true"]  # every mistake fixed, none broken
+    after.to_csv(tmp_path / "after.csv", index=False)
+    before = {"top1": 100 * 7 / 12, "n": 12, "predictions": str(predictions)}
+    fixed = comparison.compare(before, {"top1": 100.0, "n": 12, "predictions": str(tmp_path / "after.csv")},
+                               "five mistakes fixed", labels=("before", "after"))
+    assert (fixed.fixed, fixed.broken, fixed.p, fixed.verdict) == (5, 0, 2 / 32, "within noise")  # 5 of 12: chance
+    text = str(fixed)
+    assert text.splitlines()[0] == "What differs: five mistakes fixed"
+    assert "58.3% (32.0-80.7) on 12 test photos" in text and "100.0% (75.8-100.0)" in text
+    assert "+41.7 points: 5 photos fixed, 0 broken; exact McNemar p = 0.0625: within noise (p >= 0.05" in text
+    # far apart, intervals disjoint, but no predictions of the same photos: no verdict at all
+    bare = comparison.compare({"top1": 30.0, "n": 150}, {"top1": 90.0, "n": 150}, "other photos")
+    assert bare.p is None and bare.verdict == "no paired test" and "no paired test" in str(bare)
+    # a ledger row carries its own counts against its reference
+    row = pd.Series({"test_top1": 70.0, "test_n": 150, "fixed": 12, "broken": 2})
+    assert comparison.compare({"test_top1": 63.3, "test_n": 150}, row, "ledger").verdict == "real"
+    assert list(comparison.table([fixed, bare])["verdict"]) == ["within noise", "no paired test"]
+    # the figure says the same
+    fig = plots.compare_top1({"before": before, "after": {"top1": 100.0, "n": 12, "predictions": str(tmp_path /
+                                                                                                   "after.csv")},
+                              "bare": 90.0})
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert any("(+41.7, p=0.0625, within noise)" in t for t in labels), labels
+    assert any("no paired test" in t for t in labels), labels
+
+
+def test_the_settings_that_differ_are_read_from_the_two_runs(tmp_path):
+    from helpers.base.config import TrainConfig, save_config
+
+    for name, lr in (("a", 3e-3), ("b", 3e-4)):
+        (tmp_path / name).mkdir()
+        save_config(TrainConfig(lr=lr, output_dir=str(tmp_path / name), device="cpu"), tmp_path / name / "config.yaml")
+    assert comparison.setting_changes(tmp_path / "a", tmp_path / "b") == "lr 0.003 → 0.0003"  # not the folders
+    assert comparison.setting_changes(tmp_path / "a", tmp_path / "a") == "none"
+    assert comparison.setting_changes(tmp_path / "a", tmp_path / "missing") == ""
 
 
 def test_mcnemar_is_the_exact_two_sided_binomial_test_of_fixed_against_broken():
@@ -250,7 +283,7 @@ def test_mcnemar_is_the_exact_two_sided_binomial_test_of_fixed_against_broken():
     with pytest.raises(ValueError, match="counts of photos"):
         analysis.mcnemar(-1, 2)
     assert analysis.paired_verdict(10, 2) == "real" and analysis.paired_verdict(6, 2) == "within noise"
-    assert analysis.paired_verdict(float("nan"), 2) == ""
+    assert analysis.paired_verdict(float("nan"), 2) == "no paired test"
     assert "p = 0.0386 (real" in analysis.paired_text(10, 2)
 
 
@@ -372,7 +405,8 @@ def test_results_put_measured_numbers_and_their_intervals_beside_the_plans(tmp_p
     assert list(table.index) == [*roadmap.ROADMAP, "6.1"] and table.loc["6.1", "technique"] == "Linear probe"
     assert table.loc["2.1", "measured: top-1"] == 66.0 and table.loc["2.1", "measured: gain"] == pytest.approx(6.0)
     assert (table.loc["2.1", "95% low"], table.loc["2.1", "95% high"]) == pytest.approx(analysis.wilson(66.0, 150))
-    assert table.loc["2.1", "gain is"] == "within noise" and table.loc["6.1", "gain is"] == "real"
+    # no photos fixed and broken in the ledger: no paired test, however far the reference is from the interval
+    assert table.loc["2.1", "gain is"] == "no paired test" and table.loc["6.1", "gain is"] == "no paired test"
     assert table.loc["3.2", "paired p"] == pytest.approx(analysis.mcnemar(12, 2)) and table.loc["3.2", "gain is"] == "real"
     assert table.loc["3.3", "gain is"] == "within noise" and not analysis.is_number(table.loc["2.1", "paired p"])
     assert analysis.format_table(table.reset_index()).set_index("phase").loc["3.2", "paired p"] == "0.0129"

@@ -37,8 +37,9 @@ def is_number(value: Any) -> bool:
 def wilson(top1: float, n: int | float, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of an accuracy measured on `n` photos (95% by default), in percent.
 
-    On 150 test photos one photo is 0.67 points and the interval of 70% is about 62-77%: differences smaller
-    than that are noise. (nan, nan) when `top1` or `n` is not a number, or n is 0.
+    On 150 test photos one photo is 0.67 points and the interval of 70% is about 62-77%: how precisely one accuracy
+    is known. Whether two results on the same photos differ is the paired test's question (`paired_verdict`), not
+    the intervals'. (nan, nan) when `top1` or `n` is not a number, or n is 0.
 
     Args:
         top1: the accuracy in percent.
@@ -50,15 +51,6 @@ def wilson(top1: float, n: int | float, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
-
-
-def gain_verdict(gain: Any, reference_top1: Any, low: Any, high: Any) -> str:
-    """"real" when the reference's top-1 lies outside the measured top-1's 95% interval, "within noise" when
-    inside it, "" when a number is missing. The fallback when the paired counts are unknown: with them,
-    `paired_verdict` (McNemar) decides."""
-    if not all(is_number(v) for v in (gain, reference_top1, low, high)):
-        return ""
-    return "within noise" if float(low) <= float(reference_top1) <= float(high) else "real"
 
 
 def mcnemar(fixed: int, broken: int) -> float:
@@ -105,9 +97,11 @@ def paired_changes(before: str | Path | pd.DataFrame, after: str | Path | pd.Dat
 
 
 def paired_verdict(fixed: Any, broken: Any) -> str:
-    """"real" when McNemar's p < 0.05, "within noise" otherwise, "" when a count is missing."""
+    """The course's one rule for a comparison on the same test photos: "real" when the exact McNemar p of the photos
+    fixed and broken is below 0.05, "within noise" otherwise, "no paired test" when a count is missing (two results
+    without predictions of the same photos: an interval overlap is never a verdict)."""
     if not (is_number(fixed) and is_number(broken)):
-        return ""
+        return "no paired test"
     return "real" if mcnemar(int(fixed), int(broken)) < 0.05 else "within noise"
 
 
@@ -115,7 +109,7 @@ def paired_text(fixed: int, broken: int) -> str:
     """"10 fixed, 2 broken: McNemar p = 0.039 (real)": the line printed under a comparison."""
     p = mcnemar(fixed, broken)
     return (f"{fixed} fixed, {broken} broken: exact McNemar p = {p:.3g} "
-            f"({'real' if p < 0.05 else 'within noise'} at the 5% level, paired on the same photos)")
+            f"({paired_verdict(fixed, broken)} at the 5% level, paired on the same photos)")
 
 
 def with_interval(top1: float, n: int) -> str:
@@ -289,6 +283,6 @@ def optimizer_groups(optimizer: Any) -> pd.DataFrame:
                          for i, g in enumerate(optimizer.param_groups)]).set_index("group")
 
 
-__all__ = ["wilson", "mcnemar", "paired_changes", "paired_verdict", "paired_text", "val_top1", "best_by_val", "gain_verdict", "with_interval", "format_value", "format_table", "markdown_table", "is_number",
+__all__ = ["wilson", "mcnemar", "paired_changes", "paired_verdict", "paired_text", "val_top1", "best_by_val", "with_interval", "format_value", "format_table", "markdown_table", "is_number",
            "read_predictions", "accuracy", "confusion_counts", "confused_pairs", "failures", "averaged",
            "parameter_table", "optimizer_groups"]

@@ -3,6 +3,7 @@ writes and the results table. The settings of each run are in the notebook's par
 
     c = Course("05_two_stage", profile="demo")
     stage1 = c.config("stage1", SETTINGS[profile]["stage1"])      # the notebook's literals -> a TrainConfig
+                                                                   # (other settings: models/05_two_stage/stage1~...)
     helpers.train(stage1)                                          # resumes from last.pt when re-run
     test = c.evaluate(stage1.output_dir)                           # test metrics and a per-image predictions CSV
     c.record("3.5", stage1.output_dir, test)                       # one row in the results ledger
@@ -28,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base.config import TrainConfig, config_from_dict, make_config
+from ..base.config import TrainConfig, make_config
 from ..base.errors import UserError
-from . import analysis, ledger
+from . import analysis, ledger, run_names, times
 from .roadmap import ROADMAP  # the phases `record` takes
 
 if TYPE_CHECKING:
@@ -197,8 +198,9 @@ class Course:
         if not (folder / "best.pt").is_file():
             raise UserError(
                 f"{self.notebook} needs the {run!r} model of {notebook}, which is not in {folder}. Run {notebook} "
-                f"first with the same output_dir (python -m helpers run-notebooks --profile {self.profile} --only "
-                f"{notebook[:2]},{self.notebook[:2]}), or point this notebook's parameter at a trained run folder."
+                f"first in this course folder (python -m helpers run-notebooks --profile {self.profile} --only "
+                f"{notebook[:2]},{self.notebook[:2]} runs both into one), or point this notebook's parameter at a "
+                "trained run folder."
             )
         return folder
 
@@ -211,26 +213,43 @@ class Course:
     def config(self, run: str, settings: dict[str, Any], *, start_from: str | Path | None = None) -> TrainConfig:
         """The TrainConfig of one of this notebook's runs: `settings` (the notebook's literals) in this course.
 
-        The run goes to `<output_dir>/models/<notebook>/<run>` with `resume="auto"`: a re-run continues from its
-        last.pt. `start_from` (a run folder) starts it from that run's best weights as a new stage until the run
-        has its own last.pt (the plan's `--resume checkpoint.pt` between stages).
+        The course's run trains in `<output_dir>/models/<notebook>/<run>` with `resume="auto"`: a re-run continues
+        from its last.pt. Other settings for the same run (a Try it) train beside it in a folder named after what
+        differs, e.g. `baseline~lr=0.0003`, and later notebooks keep reading the course's run; settings equal to a
+        run this course finished already reuse that run (`run_names.choose` says which, in the log). `start_from`
+        (a run folder) starts the run from that run's best weights as a new stage until it has its own last.pt (the
+        plan's `--resume checkpoint.pt` between stages).
 
         Raises:
-            UserError: an unknown setting, a bad value, or a folder holding a run with other settings.
+            UserError: an unknown setting or a bad value.
         """
         values = rehearsal(settings) if self.rehearse else dict(settings)
-        output_dir = self.run_dir(self.notebook, run)
-        resume = "auto"
-        if start_from is not None and not (output_dir / "last.pt").is_file():
-            resume = str(Path(start_from) / "best.pt")
         values.setdefault("num_workers", self.num_workers)
         if self.profile == "ci":
             values.update(ci_settings(self.root, self.notebook, run))
-        values.update(dataset="food-101", data_dir=str(self.data_dir), device=self.device, resume=resume,
-                      output_dir=str(output_dir))
+        values.update(dataset="food-101", data_dir=str(self.data_dir), device=self.device, resume="auto",
+                      output_dir=str(self.run_dir(self.notebook, run)))
         cfg = make_config(values)
-        _check_same_run(cfg, self.notebook)
-        return cfg
+        folder = run_names.choose(self.output_dir, self.notebook, run, run_names.identity(cfg, start_from))
+        resume = "auto" if start_from is None or (folder / "last.pt").is_file() else str(Path(start_from) / "best.pt")
+        return dataclasses.replace(cfg, output_dir=str(folder), resume=resume)
+
+    def features_dir(self, label: str, backbone: str, pretrained: str, image_size: int | None, views: int) -> Path:
+        """The folder of one backbone's cached features in this notebook, named after every setting they depend on
+        (backbone, weights, size, views, data): other settings compute new features beside the old ones."""
+        settings = dict(backbone=backbone, pretrained=pretrained, image_size=image_size, views=views,
+                        data=str(self.data_dir.resolve()))
+        return run_names.cache_folder(self.output_dir, self.notebook, "features",
+                                      [label, f"{image_size}px", f"{views}view"], settings)
+
+    def probe_dir(self, label: str, features: list[Path]) -> Path:
+        """The folder of a linear probe on cached features, named after them (so after all their settings)."""
+        return run_names.cache_folder(self.output_dir, self.notebook, "probe", [label],
+                                      {"features": [Path(f).name for f in features]})
+
+    def times(self) -> pd.DataFrame:
+        """This notebook's time in each profile, the machine and how it was obtained (docs/times.csv)."""
+        return times.table(self.root, self.notebook)
 
     def evaluate(self, run: str | Path, *, tta: int = 1, image_size: int | None = None, split: str = "test",
                  tag: str | None = None) -> dict[str, Any]:
@@ -263,13 +282,14 @@ class Course:
         return {**result, "predictions": str(path)}
 
     def test_result(self, notebook: str, run: str) -> dict[str, Any]:
-        """{"top1", "n"} of a run of this course on the test split (its summary.json), with "predictions" when
+        """{"top1", "n", "run"} of a course run on the test split (its summary.json), with "predictions" when
         that notebook kept its per-image predictions (for the paired test); NaN when it has not run."""
         summary = self.run_dir(notebook, run) / "summary.json"
         if not summary.is_file():
             return {"top1": float("nan"), "n": 0}
         data = json.loads(summary.read_text())
-        result: dict[str, Any] = {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0))}
+        result: dict[str, Any] = {"top1": float(data.get("test_top1", float("nan"))), "n": int(data.get("test_n", 0)),
+                                  "run": str(summary.parent)}
         predictions = self.output_dir / "predictions" / f"{notebook}-{run}-test.csv"  # as `evaluate` names them
         if predictions.is_file():
             result["predictions"] = str(predictions)
@@ -323,58 +343,46 @@ class Course:
         Returns:
             The ledger row.
         """
-        plan = ROADMAP.get(phase)
-        if plan is None and technique is None:
-            raise UserError(f"Phase {phase!r} is not in the plan's roadmap ({', '.join(ROADMAP)}): give its "
-                            "technique=... in words.")
-        changes: dict[str, Any] = {}
-        if isinstance(reference_top1, dict):
-            if reference_top1.get("predictions") and test.get("predictions"):
-                paired = analysis.paired_changes(reference_top1["predictions"], test["predictions"])
-                changes = {"fixed": len(paired["fixed"]), "broken": len(paired["broken"])}
-            reference_top1 = reference_top1.get("top1")
-        row: dict[str, Any] = dict(
-            course=str(self.output_dir), profile=self.profile + ("-rehearsal" if self.rehearse else ""),
-            notebook=self.notebook, phase=phase, technique=technique or plan.technique, test_top1=test["top1"],
-            test_top5=test.get("top5"), test_n=test.get("n"), reference=reference or (plan.reference if plan else ""),
-            reference_top1=reference_top1, device=_device_name(self.device), **changes)
-        if isinstance(run, (list, tuple)):
-            row.update(run=" + ".join(str(r) for r in run), backbone=f"ensemble of {len(run)}", train_minutes=0.0)
-        else:
-            row.update(_run_facts(Path(run), evaluation_only=phase == "3.4"))
-        written = ledger.append(self.ledger_path, row)
-        print(f"Recorded phase {phase} ({row['technique']}): test top-1 "
-              f"{analysis.with_interval(test['top1'], test.get('n') or 0)}"
-              + (f", {test['top1'] - reference_top1:+.1f} points against {row['reference']}"
-              if analysis.is_number(reference_top1) else "")
-              + (f", {analysis.paired_text(changes['fixed'], changes['broken'])}" if changes else ""))
-        return written
+        return _record(self, phase, run, test, technique, reference, reference_top1)
 
-def _check_same_run(cfg: TrainConfig, notebook: str) -> None:
-    """A notebook whose settings were edited after its run trained: name the changes before training starts."""
-    import yaml
 
-    from ..training.run_folder import RUNTIME_FIELDS, same_run
-
-    out = Path(cfg.output_dir)
-    if not (out / "last.pt").is_file() or not (out / "config.yaml").is_file():
-        return
-    saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()) or {})
-    if same_run(saved, cfg):
-        return
-    old, new = dataclasses.asdict(saved), dataclasses.asdict(cfg)
-    changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k not in RUNTIME_FIELDS and old[k] != new[k]]
-    raise UserError(
-        f"{out} holds a run of {notebook} with other settings than the notebook's now ({', '.join(changed)}). "
-        f"To train the new settings, give another output_dir or delete {out}; to continue that run, put its "
-        "settings back."
-    )
+def _record(c: Course, phase: str, run: str | Path | list, test: dict[str, Any], technique: str | None,
+            reference: str | None, reference_top1: float | dict | None) -> dict[str, Any]:
+    """`Course.record`: the ledger row of a phase, appended, and one line saying what was recorded."""
+    plan = ROADMAP.get(phase)
+    if plan is None and technique is None:
+        raise UserError(f"Phase {phase!r} is not in the plan's roadmap ({', '.join(ROADMAP)}): give its "
+                        "technique=... in words.")
+    changes: dict[str, Any] = {}
+    if isinstance(reference_top1, dict):
+        if reference_top1.get("predictions") and test.get("predictions"):
+            paired = analysis.paired_changes(reference_top1["predictions"], test["predictions"])
+            changes = {"fixed": len(paired["fixed"]), "broken": len(paired["broken"])}
+        reference_top1 = reference_top1.get("top1")
+    row: dict[str, Any] = dict(
+        course=str(c.output_dir), profile=c.profile + ("-rehearsal" if c.rehearse else ""),
+        notebook=c.notebook, phase=phase, technique=technique or plan.technique, test_top1=test["top1"],
+        test_top5=test.get("top5"), test_n=test.get("n"), reference=reference or (plan.reference if plan else ""),
+        reference_top1=reference_top1, device=_device_name(c.device), **changes)
+    if isinstance(run, (list, tuple)):
+        row.update(run=" + ".join(str(r) for r in run), backbone=f"ensemble of {len(run)}", train_minutes=0.0)
+    else:
+        row.update(_run_facts(Path(run), evaluation_only=phase == "3.4"))
+    written = ledger.append(c.ledger_path, row)
+    print(f"Recorded phase {phase} ({row['technique']}): test top-1 "
+          f"{analysis.with_interval(test['top1'], test.get('n') or 0)}"
+          + (f", {test['top1'] - reference_top1:+.1f} points against {row['reference']}"
+          if analysis.is_number(reference_top1) else "")
+          + (f", {analysis.paired_text(changes['fixed'], changes['broken'])}" if changes else ""))
+    return written
 
 
 def _device_name(device: str) -> str:
+    """The machine a run's minutes were measured on: the device in words (a CPU with its core count)."""
     from ..base.devices import device_description, get_device
 
-    return device_description(get_device(device))
+    found = get_device(device)
+    return f"cpu ({os.cpu_count()} cores)" if found.type == "cpu" else device_description(found)
 
 
 def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
@@ -388,8 +396,20 @@ def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text())
         facts.update(epochs=summary.get("epochs_run"), val_top1=summary.get("val_top1"),
-                     train_minutes=0.0 if evaluation_only else summary.get("train_seconds", 0.0) / 60)
+                     train_minutes=0.0 if evaluation_only else _train_minutes(run, summary))
     return facts
+
+
+def _train_minutes(run: Path, summary: dict[str, Any]) -> float:
+    """Minutes the run trained: its epochs' seconds in metrics.csv (a re-run or a reuse of a finished run re-tests it
+    and writes only that time into summary.json), else the summary's."""
+    from ..training.metrics import read_rows
+
+    if (run / "metrics.csv").is_file():
+        seconds = [row.get("epoch_seconds") for row in read_rows(run / "metrics.csv")]
+        if seconds and all(analysis.is_number(s) for s in seconds):
+            return sum(float(s) for s in seconds) / 60
+    return float(summary.get("train_seconds", 0.0)) / 60
 
 
 def setup_logging() -> None:

@@ -98,3 +98,21 @@ def weights_status(folder: Path, profile: str) -> pd.DataFrame:
         rows[(backbone, pretrained)] = {"backbone": backbone, "weights": pretrained, "status": note,
                                         "first used in": notebook}
     return pd.DataFrame(list(rows.values()))
+
+
+def test_noise(test_photos: int) -> pd.Series:
+    """What a test split of `test_photos` photos can tell: one photo in points, the 95% interval of a top-1 of 50%,
+    70% and 90% (Wilson), and the fewest photos a change must fix, breaking none, for the paired test to call it
+    real (exact McNemar p < 0.05)."""
+    import pandas as pd
+
+    from .analysis import mcnemar, wilson
+
+    n = int(test_photos)
+    fewest = next(k for k in range(1, 64) if mcnemar(k, 0) < 0.05)
+    rows = {"test photos": n, "one photo (points)": round(100 / n, 2) if n else float("nan")}
+    for top1 in (50, 70, 90):
+        low, high = wilson(top1, n)
+        rows[f"95% interval of {top1}%"] = f"{low:.1f}-{high:.1f}"
+    rows["fewest photos fixed (none broken) for p < 0.05"] = fewest
+    return pd.Series(rows, name="this profile's test split", dtype=object)

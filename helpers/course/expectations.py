@@ -13,60 +13,15 @@ photos, 101 classes, tens to hundreds of epochs); the demo trains stand-in model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import analysis, roadmap
-from .roadmap import ROADMAP
+from . import analysis, comparison, roadmap
+from .roadmap import PUBLISHED, ROADMAP, Published
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .course import Course
-
-
-
-@dataclass(frozen=True)
-class Published:
-    """A published figure for a phase: what was measured, by whom, and where to read it."""
-
-    figure: str  # e.g. "93.0%" or "+2.3 points"
-    setting: str  # the model, data and schedule behind it
-    source: str  # short citation with the table
-    url: str
-
-
-PUBLISHED: dict[str, Published] = {
-    "baseline": Published("90.5%", "ResNet-50 fine-tuned on Food-101 with fastai (16 epochs, with TTA)",
-                          "Redkar et al. 2019 (platform.ai)",
-                          "https://platform.ai/blog/page/3/new-food-101-sota-with-fastai-and-platform-ais-fast-"
-                          "augmentation-search/"),
-    "2.1": Published("91.5%", "EfficientNet-B4 fine-tuned on Food-101 (B3 itself: plotted, no number)",
-                     "Tan & Le 2019, Table 5", "https://arxiv.org/abs/1905.11946"),
-    "2.2": Published("90.5%", "ResNet-50 fine-tuned on Food-101 with fastai", "Redkar et al. 2019 (platform.ai)",
-                     "https://platform.ai/blog/page/3/new-food-101-sota-with-fastai-and-platform-ais-fast-"
-                     "augmentation-search/"),
-    "3.1": Published("–", "no Food-101 ablation published; warmup + cosine are part of every recipe above",
-                     "He et al. 2019, Bag of Tricks (ImageNet)", "https://arxiv.org/abs/1812.01187"),
-    "3.2": Published("–", "no Food-101 ablation published", "Cubuk et al. 2020, RandAugment (ImageNet)",
-                     "https://arxiv.org/abs/1909.13719"),
-    "3.3": Published("+2.3 points", "ImageNet, ResNet-50, 300 epochs: CutMix 78.6% against 76.3% (error 21.40 "
-                     "against 23.68)", "Yun et al. 2019, CutMix, Table 3", "https://arxiv.org/abs/1905.04899"),
-    "3.4": Published("–", "no isolated Food-101 figure; the fastai ResNet-50 above averages 9 views",
-                     "Shanmugam et al. 2021, test-time augmentation", "https://arxiv.org/abs/2011.11156"),
-    "3.5": Published("+1 point (in-distribution)", "LP-FT against a plain fine-tune, mean over 10 datasets "
-                     "(Food-101 not among them)", "Kumar et al. 2022, LP-FT", "https://arxiv.org/abs/2202.10054"),
-    "4.1": Published("79.8%", "ImageNet, ResNet-50 trained at 224 px, tested bigger after a cheap fine-tune",
-                     "Touvron et al. 2019, FixRes", "https://arxiv.org/abs/1906.06423"),
-    "4.2": Published("93.0%", "the ladder's ceiling: EfficientNet-B7 fine-tuned on Food-101, one model",
-                     "Tan & Le 2019, Table 5", "https://arxiv.org/abs/1905.11946"),
-    "4.3": Published("most of the ensemble's gain", "speech: one model distilled from an ensemble of 10",
-                     "Hinton et al. 2015", "https://arxiv.org/abs/1503.02531"),
-    "5.1": Published("95.9%", "CLIP ViT-L/14@336 frozen features + logistic regression on Food-101",
-                     "Radford et al. 2021, Table 10", "https://arxiv.org/abs/2103.00020"),
-    "5.2": Published("96.2%", "EfficientNet-L2 fine-tuned on Food-101 with SAM", "Foret et al. 2020, Table 3",
-                     "https://arxiv.org/abs/2010.01412"),
-}
 
 
 def plan_figure(phase: str) -> str:
@@ -88,8 +43,8 @@ def table(course: Course | None = None, phases: list[str] | None = None) -> pd.D
 
     Returns:
         One row per phase: phase, technique, plan (Food-101), published (full scale), published setting, source,
-        this run (top-1 with its 95% interval; the column names the profile), gain (against what, and whether it
-        is outside the noise).
+        this run (top-1 with its 95% interval; the column names the profile), gain (against what, its paired p and
+        the verdict: real, within noise or no paired test).
     """
     import pandas as pd
 
@@ -108,9 +63,9 @@ def table(course: Course | None = None, phases: list[str] | None = None) -> pd.D
         if hit is not None and analysis.is_number(hit["measured: top-1"]):
             row["this run"] = (f"{hit['measured: top-1']:.1f}% ({hit['95% low']:.1f}-{hit['95% high']:.1f})"
                                + (" (earlier run)" if hit["source"] != "this course run" else ""))
-            if analysis.is_number(hit["measured: gain"]):
-                verdict = f", {hit['gain is']}" if hit["gain is"] else ""
-                row["gain"] = f"{hit['measured: gain']:+.1f} against {hit['gain against']}{verdict}"
+            if analysis.is_number(hit["measured: gain"]):  # the verdict by the course's one rule (paired test)
+                p = f", {comparison.p_text(hit['paired p'])}" if analysis.is_number(hit["paired p"]) else ""
+                row["gain"] = f"{hit['measured: gain']:+.1f} against {hit['gain against']}{p}, {hit['gain is']}"
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.rename(columns={"this run": f"this run ({course.profile})"}) if course is not None else frame

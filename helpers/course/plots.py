@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .analysis import format_value, paired_changes, wilson
+from .analysis import format_value, wilson
 from .analysis import is_number as analysis_is_number
+from .comparison import NO_PAIRED_TEST, compare
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,14 +219,12 @@ def _top1_and_n(value: Any) -> tuple[float, float]:
     return float(value), 0.0
 
 
-def _noise(entry: Any, reference: Any, base: float, lo: float, hi: float) -> str:
-    """", p=0.39, within noise": the paired McNemar test when both results kept their predictions (the same
-    photos), else the rule of thumb that the reference lies inside the entry's 95% interval."""
-    if isinstance(entry, dict) and isinstance(reference, dict) and entry.get("predictions") \
-            and reference.get("predictions"):
-        changes = paired_changes(reference["predictions"], entry["predictions"])
-        return f", p={changes['p']:.2g}" + (", within noise" if changes["p"] >= 0.05 else "")
-    return ", within noise" if np.isfinite(lo) and lo <= base <= hi else ""
+def _noise(entry: Any, reference: Any) -> str:
+    """", p=0.39, within noise": the course's one rule (`comparison.compare`): the exact McNemar test when both
+    results kept their predictions of the same photos, else ", no paired test"."""
+    if not (isinstance(entry, dict) and isinstance(reference, dict)):
+        return f", {NO_PAIRED_TEST}"
+    return ", " + compare(reference, entry, "").short().split(", ", 1)[1]
 
 
 @_styled
@@ -233,9 +232,9 @@ def compare_top1(results: dict[str, float | dict], *, highlight: str | None = No
                  title: str | None = None, xlabel: str = "test top-1 (%)", folder: str | Path | None = None,
                  name: str = "compare_top1") -> Figure:
     """Top-1 per model or technique as dots on one scale with their 95% Wilson intervals, each labelled with
-    its value and its gain over `reference` (default: the first entry). When both carry their "predictions" the
-    gain gets the exact McNemar p on the same photos and is "within noise" for p >= 0.05; otherwise a gain whose
-    reference lies inside the entry's interval is "within noise". Entries that are NaN show as "not measured".
+    its value and its gain over `reference` (default: the first entry) with the verdict of the course's one rule
+    (`comparison.compare`): when both carry their "predictions" of the same photos, the exact McNemar p and "real"
+    (p < 0.05) or "within noise"; otherwise "no paired test". Entries that are NaN show as "not measured".
 
     Args:
         results: {label: top-1 in percent, or a result dict with "top1" and "n" (the interval needs n)}.
@@ -267,7 +266,7 @@ def compare_top1(results: dict[str, float | dict], *, highlight: str | None = No
         ax.plot(value, yi, "o", ms=10, color=color)
         delta = ""
         if key != reference and np.isfinite(base):
-            delta = f"  ({value - base:+.1f}{_noise(results[key], results[reference], base, lo, hi)})"
+            delta = f"  ({value - base:+.1f}{_noise(results[key], results[reference])})"
         ax.text(max(value, hi if np.isfinite(hi) else value), yi, f"   {value:.1f}%{delta}", va="center", fontsize=10)
     ax.set_yticks(y, [textwrap.fill(k, 34) for k in labels])
     ax.set_ylim(len(labels) - 0.4, -0.6)
@@ -312,22 +311,26 @@ def tta_gain(top1_by_views: dict[int, float | dict], *, title: str | None = None
     ax.set_xlabel("test-time views averaged (1 = plain evaluation)")
     ax.set_ylabel("test top-1 (%)")
     summary = f"{values[-1] - base:+.1f} points with {views[-1]} views"  # the largest count, fixed in advance
-    summary += _noise(top1_by_views[views[-1]], top1_by_views[views[0]], base, *bounds[-1])
+    summary += _noise(top1_by_views[views[-1]], top1_by_views[views[0]])
     ax.set_title(title or f"Test-time augmentation: {summary}", loc="left")
     save_figure(fig, name, folder)
     return fig
 
 
-def ensemble_vs_members(result: dict[str, Any], *, title: str | None = None, folder: str | Path | None = None,
+def ensemble_vs_members(result: dict[str, Any], *, member_tests: Sequence[dict] | None = None,
+                        title: str | None = None, folder: str | Path | None = None,
                         name: str = "ensemble_vs_members") -> Figure:
-    """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`)."""
+    """Each member's test top-1 beside the ensemble's (the result of `helpers.ensemble`), the deltas against the best
+    member by validation with their paired test when the members' own evaluations (`member_tests`, in the order of
+    `result["members"]`, with their "predictions") are given."""
     from .analysis import best_by_val
 
     entries, runs = {}, {}
     for i, m in enumerate(result["members"], start=1):
         label = f"member {i}: {m['backbone']} @{m['image_size']}"
-        entries[label] = {"top1": m["top1"], "n": result.get("n"), **({"predictions": m["predictions"]}
-                                                                      if m.get("predictions") else {})}
+        predictions = m.get("predictions") or (member_tests[i - 1].get("predictions") if member_tests else None)
+        entries[label] = {"top1": m["top1"], "n": result.get("n"), **({"predictions": predictions}
+                                                                      if predictions else {})}
         runs[label] = m.get("model")
     best = best_by_val(runs)  # the best member by validation top-1: the test split chooses nothing
     entries[f"ensemble of {len(result['members'])} (mean softmax)"] = result
@@ -387,9 +390,8 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
                 ax.hlines(yi, lo, hi, color=NEUTRAL, lw=2, label="95% interval" if len(measured) == 1 else None)
                 lows.append(lo)
             gain = row["measured: gain"]
-            noise = ", within noise" if row.get("gain is") == "within noise" else ""
-            text = f" {value:.1f}%" + (f" ({float(gain):+.1f}{noise})" if gain is not None and np.isfinite(float(gain))
-                                       else "")
+            verdict = f", {row['gain is']}" if row.get("gain is") else ""  # the paired test's verdict, or none
+            text = f" {value:.1f}%" + (f" ({float(gain):+.1f}{verdict})" if analysis_is_number(gain) else "")
             ax.plot(value, yi, "o", color=NEUTRAL, ms=8, label="measured test top-1" if len(measured) == 1 else None)
             ax.text(value, yi - 0.32, text, fontsize=9, va="bottom", ha="center")
     ax.set_yticks(y, [f"{r['phase']}  {textwrap.shorten(r['technique'], 50)}" for _, r in rows.iterrows()])
@@ -406,11 +408,13 @@ def roadmap_chart(results: pd.DataFrame, *, title: str | None = None, folder: st
 
 ROADMAP_COLUMNS = (  # (results column, header, wrap width in characters)
     ("phase", "phase", 8), ("technique", "technique", 24), ("plan: recipe", "plan: recipe", 18),
-    ("plan: gain", "plan: gain", 9), ("plan: top-1", "plan (or published)\ntop-1", 20),
-    ("trained", "this run trained", 22), ("measured: top-1", "measured\ntop-1", 9),
-    ("95% interval", "95%\ninterval", 10), ("measured: gain", "measured\ngain", 13), ("paired p", "paired p\n(McNemar)", 9),
-    ("gain against", "gain against", 20), ("train min", "train\nminutes", 7),
+    ("plan: gain", "plan: gain", 9), ("plan: top-1", "plan: top-1", 11),
+    ("published", "published figure\n(full scale)", 22), ("trained", "this run trained", 22),
+    ("measured: top-1", "measured\ntop-1", 9), ("95% interval", "95%\ninterval", 10),
+    ("measured: gain", "measured\ngain", 13), ("paired p", "paired p\n(McNemar)", 9),
+    ("gain against", "gain against", 20), ("train minutes", "train minutes\n(machine)", 16),
 )
+MEASURED_COLUMNS = ("trained", "measured: top-1", "95% interval", "measured: gain", "paired p", "train minutes")
 
 
 def _roadmap_cell(row: Any, column: str) -> str:
@@ -418,21 +422,28 @@ def _roadmap_cell(row: Any, column: str) -> str:
     if column == "95% interval":
         low, high = row.get("95% low"), row.get("95% high")
         return f"{low:.1f}-{high:.1f}" if analysis_is_number(low) and analysis_is_number(high) else "–"
+    if column == "published":
+        figure, source = row.get("published: figure") or "–", row.get("published: source") or ""
+        return f"{figure}\n{source}" if source else figure
     if column == "measured: gain" and analysis_is_number(value):
         return f"{float(value):+.1f}" + (f"\n{row.get('gain is')}" if row.get("gain is") else "")
     if column == "measured: top-1" and analysis_is_number(value):
         return f"{float(value):.1f}%"
+    if column == "train minutes" and analysis_is_number(value):
+        return f"{float(value):.1f}" + (f"\n({row.get('machine')})" if row.get("machine") else "")
     return format_value(value, column)
 
 
 @_styled
 def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: str | Path | None = None,
                   name: str = "roadmap_table") -> Figure:
-    """The plan's Quick Reference table with the measured numbers beside the expected ones, as a picture.
+    """The plan's Quick Reference table with a published figure and the measured numbers beside the plan's, as a
+    picture.
 
     Each column is as wide as its longest (wrapped) line and each row as tall as its tallest cell, so every text
-    fits its cell. "this run trained" says what the profile ran (e.g. "lite2 @160 px, 2 epochs"), which is
-    not the plan's recipe; "gain is" follows the paired test where the ledger has the photos fixed and broken.
+    fits its cell. The plan's top-1 and the published figure (with its source) are separate columns; "this run
+    trained" says what the profile ran (e.g. "lite2 @160 px, 2 epochs"), which is not the plan's recipe; the
+    measured gain carries the paired test's verdict (or "no paired test"); the training minutes name the machine.
     """
     rows = results.reset_index(drop=True)
     texts = [[h for _, h, _ in ROADMAP_COLUMNS]]
@@ -457,8 +468,7 @@ def roadmap_table(results: pd.DataFrame, *, title: str | None = None, folder: st
         if r == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#eeeeee")
-        elif ROADMAP_COLUMNS[c][0] in ("trained", "measured: top-1", "95% interval", "measured: gain", "paired p",
-                                       "train min"):
+        elif ROADMAP_COLUMNS[c][0] in MEASURED_COLUMNS:
             cell.set_facecolor("#eef3fb")
     ax.set_title(title or "The plan's roadmap with the measured numbers", loc="left")
     save_figure(fig, name, folder)
