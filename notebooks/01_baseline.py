@@ -134,7 +134,24 @@ plots.training_curves({"baseline": cfg.output_dir}, title="01 · Baseline traini
 test = c.evaluate(cfg.output_dir)
 print(f"test top-1 {analysis.with_interval(test['top1'], test['n'])} (with its 95% interval), "
       f"top-5 {test['top5']:.1f}% on {test['n']} photos")
-failures.error_analysis(test["predictions"], title="01 · Baseline", prefix="01", folder=c.figures)
+failures.error_analysis(test["predictions"], title="01 · Baseline", prefix="01", folder=c.figures,
+                        run=cfg.output_dir, device=c.device)
+
+# %% [markdown]
+# **How to read a map, and what it cannot prove.** Given the run, the gallery shows each mistake three times: the
+# crop the model saw (resized and centre-cropped as `evaluate` does), then a Grad-CAM map for the predicted class
+# and one for the true class (`helpers/use/cam.py`, with the `grad-cam` library). Grad-CAM weighs the channels of
+# the last feature map (the one the head averages) by how much each raises that class's score and keeps the
+# positive part: red is where the evidence *for* that class lies, blue where there is none, and every map is scaled
+# to its own maximum, so a weak map looks as bright as a strong one: compare places, not brightness across panels.
+# Read it as a question to the photo: is the evidence for the wrong class on the dish, the plate, the table or a
+# garnish? A map cannot prove why. It is coarse (the feature map has a few cells a side at the demo's resolution,
+# smoothed up to the crop), it shows where gradient-weighted features sit, not which pixels caused the mistake,
+# and it says nothing about colour or texture against shape. A model that does not recognise the photo gives maps
+# that follow nothing: `scripts/cam_sanity.py` pastes test photos on a grey canvas and finds the maps on the photo
+# well above chance when the photo is at the model's scale, and no better than chance when the model's crop
+# shrinks it to half. To test a hunch from a map, change the photo (crop out the plate, cover the garnish) and see
+# whether the prediction moves.
 
 # %%
 c.record("baseline", cfg.output_dir, test)
@@ -169,11 +186,12 @@ failures.prediction_changes(test["predictions"], bn_test["predictions"], labels=
                             folder=c.figures, name="01_batchnorm_changes")
 
 # %% [markdown]
-# Pick a class or a confused pair and page through its failures (interactive in JupyterLab):
+# Pick a class or a confused pair and page through its failures (interactive in JupyterLab); tick "where it looked"
+# to see each failure's crop with its maps for the predicted and the true class:
 # (It comes after the training cells: a widget cannot respond while a cell below it trains.)
 
 # %%
-widgets.failure_explorer(test["predictions"])
+widgets.failure_explorer(test["predictions"], run=cfg.output_dir, device=c.device)
 
 # %% [markdown]
 # ## What we saw

@@ -95,6 +95,17 @@ mine[["path", "class", "label", "probability", "error"]]
 predict_figures.photo_predictions(mine, n=8, cols=2, title="Your photos", folder=c.figures, name="11_my_photos")
 
 # %% [markdown]
+# ## Where it looked
+# The same photos as the crop the model read, with the class activation map of its top class (Grad-CAM, as in 01's
+# failure gallery): red is where the evidence for that class is strongest. Look at the pizza: what did the model
+# take for its answer? (An ensemble has no single map: with several runs the photos are shown plain.)
+
+# %%
+predict_figures.photo_predictions(mine, n=8, cols=2, title="Your photos: where the model looked for its top class",
+                                  folder=c.figures, name="11_my_photos_maps",
+                                  model=None if isinstance(trained, list) else trained, device=device)
+
+# %% [markdown]
 # ## Export to ONNX
 # `export.export_onnx` (`python -m helpers export`) writes one graph that takes photos resized and centre-cropped
 # by the rule in its sidecar JSON, as float32 RGB in [0, 1], and returns probabilities: the normalisation and
