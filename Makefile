@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo course quick test lint format clean lab git-filter
+.PHONY: demo course quick test test-fast lint format clean lab git-filter
 
 # The project's Jupyter kernel: notebooks ask for it by name (kernelspec "food101").
 KERNEL_NAME := food101
@@ -54,11 +54,18 @@ course: $(STAMP)
 quick: $(STAMP)
 	$(PY) scripts/demo.py
 
+# The whole suite (what CI runs), with its 25 slowest tests listed at the end; PYTEST_ARGS="-x -k name" passes more.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=25 $(PYTEST_ARGS)
+
+# The inner loop of a change (under 5 minutes): every test not marked `slow` (pyproject.toml: the session's course,
+# its Try-its, the rehearsals, the browser and the fault tests that kill real processes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow" --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check helpers tests scripts
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff format helpers tests scripts

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +38,45 @@ def cli_flags(settings: dict) -> list[str]:
     return flags
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m helpers ...` in a subprocess, as a user would."""
+def run_process(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m helpers ...` in a new Python process, as a user would: for what only a process shows
+    (signals, locks between processes, environment inheritance, a process without torch, the entry point)."""
     return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m helpers ...` in this process (`cli.main(argv)`): the same exit code, stdout and stderr as
+    `run_process`, without 5-15 s of a new Python importing torch. Logging goes to the captured stderr as
+    `main`'s basicConfig sends it in a process; what `main` changes in the process (the SIGTERM handler, the
+    open-file limit, the working directory, logging) is put back. `timeout` is accepted and ignored."""
+    from helpers.commands import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    package, root = logging.getLogger("helpers"), logging.getLogger()
+    saved = (package.level, package.propagate, signal.getsignal(signal.SIGTERM),
+             resource.getrlimit(resource.RLIMIT_NOFILE), os.getcwd(), root.handlers[:], root.level)
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG if "-v" in args or "--verbose" in args else logging.INFO)
+    package.propagate = False  # as in a process: once to stderr, not again through pytest's root handlers
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # argparse: --help is 0, a bad flag 2
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+        signal.signal(signal.SIGTERM, saved[2])
+        resource.setrlimit(resource.RLIMIT_NOFILE, saved[3])
+        os.chdir(saved[4])
+        root.handlers[:], root.level = saved[5], saved[6]  # main's basicConfig, when pytest left root bare
+    return subprocess.CompletedProcess(["python", "-m", "helpers", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +94,57 @@ def tiny_copy(tmp_path) -> Path:
     """A writable copy of the tiny set (for tests that damage or change data)."""
     dst = tmp_path / "food-101-tiny"
     shutil.copytree(TINY, dst)
+    return dst
+
+
+# The course, executed once per test session (the ci profile on a five-class subset of the tiny set): every test
+# that needs executed notebooks reads this one run; a test that runs a notebook again works on `copy_course`.
+SUBSET_CLASSES, SUBSET_TRAIN, SUBSET_TEST = 5, 10, 4
+
+
+def make_subset(dst: Path) -> Path:
+    """A five-class copy of the tiny set (10 train and 4 test photos per class) in the official layout."""
+    classes = (TINY / "meta" / "classes.txt").read_text().split()[:SUBSET_CLASSES]
+    (dst / "meta").mkdir(parents=True)
+    (dst / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for split, per_class in (("train", SUBSET_TRAIN), ("test", SUBSET_TEST)):
+        ids = []
+        for name in classes:
+            ids += [i for i in (TINY / "meta" / f"{split}.txt").read_text().split() if i.startswith(f"{name}/")][:per_class]
+        (dst / "meta" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for image_id in ids:
+            target = dst / "images" / f"{image_id}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(TINY / "images" / f"{image_id}.jpg", target)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def subset(tmp_path_factory) -> Path:
+    return make_subset(tmp_path_factory.mktemp("data") / "food-101-subset")
+
+
+@pytest.fixture(scope="session")
+def ci_course(tmp_path_factory, subset) -> tuple[Path, subprocess.CompletedProcess]:
+    """The whole course, executed headless once per session: `run-notebooks --profile ci` on the subset (the
+    notebooks in their own papermill kernels). Returns (the run folder, the command's result)."""
+    out = tmp_path_factory.mktemp("course") / "ci"
+    res = run_cli("run-notebooks", "--profile", "ci", "--out", str(out), "-p", "data_dir", str(subset),
+                  "--ledger", str(out / "ledger.csv"))
+    return out, res
+
+
+def copy_course(course: Path, dst: Path) -> Path:
+    """A copy of a course run folder that a test may change (a notebook run again into it): checkpoints and cached
+    features hard-linked (they are only ever replaced, never written in place), the rest copied (the ledger is
+    appended to in place); the sequence's state.json is left out, so run-notebooks may start a new sequence there."""
+    def link_or_copy(src: str, dst_file: str) -> None:
+        if Path(src).suffix in (".pt", ".safetensors", ".onnx"):
+            os.link(src, dst_file)
+        else:
+            shutil.copy2(src, dst_file)
+
+    shutil.copytree(course, dst, copy_function=link_or_copy, ignore=shutil.ignore_patterns("state.json"))
     return dst
 
 

@@ -454,13 +454,10 @@ def test_running_and_closing_a_notebook_leaves_git_clean(ui_run):
     assert ui_run["git_status"] == "", ui_run["git_status"] + ui_run["git_diff"][-3000:]
 
 
-def test_an_executed_notebook_shows_the_explorers_picture_without_running(ui_run, page, lab, tmp_path):
-    """A notebook executed headless (run-notebooks, papermill) and opened later shows the explorer's first page.
-    It runs in the course folder of the run above, whose trained model it reuses (the notebook re-tests it)."""
-    out = lab["root"].parent / "course"
-    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--profile", "ci", "--only", "01",
-                          "--out", str(out), "--ledger", str(tmp_path / "ledger.csv")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+def test_an_executed_notebook_shows_the_explorers_picture_without_running(ui_run, page, lab, ci_course):
+    """A notebook executed headless (run-notebooks, papermill: the session's course) and opened later shows the
+    explorer's first page."""
+    out, res = ci_course
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     executed = lab["root"] / "executed_01.ipynb"
     shutil.copyfile(out / "executed" / f"{NOTEBOOK}.ipynb", executed)

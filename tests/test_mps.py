@@ -260,7 +260,7 @@ def test_run_info_and_ledger_record_the_mac(monkeypatch):
 
     assert course._device_name("cpu") == "cpu (Apple M2 Pro, macOS 14.5)"  # the ledger's device column
     monkeypatch.setattr(platform, "system", lambda: "Linux")
-    assert "macos" not in devices.run_info(torch.device("cpu"), 42) and course._device_name("cpu") == "cpu"
+    assert "macos" not in devices.run_info(torch.device("cpu"), 42) and course._device_name("cpu") == f"cpu ({os.cpu_count()} cores)"
 
 
 # ----------------------------------------------------------------------------------------------------------------

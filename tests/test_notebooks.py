@@ -26,6 +26,8 @@ from helpers.base.errors import UserError
 from helpers.course import course, roadmap
 from helpers.course.runner import parse_value, select
 
+from .conftest import SUBSET_CLASSES, SUBSET_TEST, copy_course, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "food-101-tiny"
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -58,7 +60,7 @@ FIGURES = {
 PHASES = {"01_baseline": ["baseline"], "02_b3_upgrade": ["2.1", "2.2"], "03_augmentations": ["3.1", "3.2"],
           "04_mixup_cutmix": ["3.3"], "05_two_stage": ["3.5"], "06_tta": ["3.4"], "07_high_resolution": ["4.1"],
           "08_ensemble": ["4.2"], "09_distillation": ["4.3"], "10_beyond_95": ["5.1", "5.2"]}
-CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 10, 4
+CLASSES, TEST_PER_CLASS = SUBSET_CLASSES, SUBSET_TEST
 
 
 def _notebooks() -> list[Path]:
@@ -69,40 +71,14 @@ def _code_cells(path: Path) -> list:
     return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
 
 
-def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _make_subset(dst: Path) -> Path:
-    """A five-class copy of the tiny set (10 train and 4 test photos per class) in the official layout."""
-    classes = (TINY / "meta" / "classes.txt").read_text().split()[:CLASSES]
-    (dst / "meta").mkdir(parents=True)
-    (dst / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
-    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
-        ids = []
-        for name in classes:
-            ids += [i for i in (TINY / "meta" / f"{split}.txt").read_text().split() if i.startswith(f"{name}/")][:per_class]
-        (dst / "meta" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for image_id in ids:
-            target = dst / "images" / f"{image_id}.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(TINY / "images" / f"{image_id}.jpg", target)
-    return dst
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return run_cli(*args)  # in this process: the notebooks still run in their own kernels
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory) -> Path:
-    return _make_subset(tmp_path_factory.mktemp("data") / "food-101-subset")
-
-
-@pytest.fixture(scope="module")
-def course_run(tmp_path_factory, subset) -> tuple[Path, subprocess.CompletedProcess]:
-    """The whole course, executed headless in the ci profile on the subset."""
-    out = tmp_path_factory.mktemp("course") / "ci"
-    res = _run("run-notebooks", "--profile", "ci", "--out", str(out), "-p", "data_dir", str(subset),
-               "--ledger", str(out / "ledger.csv"))
-    return out, res
+def course_run(ci_course) -> tuple[Path, subprocess.CompletedProcess]:
+    """The whole course in the ci profile on the five-class subset: the session's one run (conftest.ci_course)."""
+    return ci_course
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -322,10 +298,10 @@ def test_every_notebook_appends_its_ledger_row(course_run, subset):
     assert by_phase["baseline"]["backbone"] == "tf_efficientnet_lite0"  # what trained, not the plan's B0
 
 
-def test_a_run_with_other_settings_trains_beside_the_courses_run(course_run, subset):
+def test_a_run_with_other_settings_trains_beside_the_courses_run(course_run, subset, tmp_path):
     from helpers.course.parameters import parameters
 
-    out, _ = course_run
+    out = copy_course(course_run[0], tmp_path / "course")  # Course.config records run names in the folder
     p = parameters(NOTEBOOK_DIR / "01_baseline.ipynb")
     c = course.Course("01_baseline", "ci", data_dir=str(subset), output_dir=str(out))
     settings = {**c.pick(p["SETTINGS"]), **p["TECHNIQUE"]}  # the ci run reads the demo's literals
@@ -340,9 +316,30 @@ def test_a_run_with_other_settings_trains_beside_the_courses_run(course_run, sub
     assert not (out / "models" / "03_augmentations" / "longer").exists() and b3["scheduler"] == "cosine"
 
 
-def test_a_failing_notebook_is_named_with_its_cell_and_the_sequence_resumes(tmp_path, subset):
-    out = tmp_path / "seq"
-    common = ["--profile", "ci", "-p", "data_dir", str(subset), "--ledger", str(tmp_path / "ledger.csv")]
+def test_an_edited_notebook_fails_by_name_resumes_and_uses_the_edit(tmp_path, ci_course, subset):
+    """Edit a literal of 01's parameters cell in the .ipynb and save both files through jupytext (what JupyterLab
+    with jupytext does on save): the pair stays in sync and ruff stays clean. Run 00 and 01 into a copy of the
+    session's course with a bad -p value: 01 fails, named with its cell, after 00 is done; resumed with a good value,
+    00 is skipped, 01 runs green with the edit, and the course's runs are reused (nothing retrains)."""
+    folder = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOK_DIR, folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    path = folder / "01_baseline.ipynb"
+    nb = jupytext.read(path)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    old = '''LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 50}'''
+    assert old in cell.source
+    cell.source = cell.source.replace(old, old.replace('"demo": 50', '"demo": 20'))  # a demo literal ci keeps
+    jupytext.write(nb, path)  # the .ipynb, as saved by JupyterLab
+    jupytext.write(nb, path.with_suffix(".py"), fmt="py:percent")  # and its paired script
+    assert _cells(jupytext.read(path)) == _cells(jupytext.read(path.with_suffix(".py")))
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--stdin-filename", "notebooks/01_baseline.py", "-"],
+                          input=path.with_suffix(".py").read_text(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # as the repository's ruff settings see that script
+    assert lint.returncode == 0, lint.stdout
+    out = copy_course(ci_course[0], tmp_path / "seq")
+    weights = (out / "models" / "01_baseline" / "baseline" / "best.pt").stat().st_ino
+    common = ["--profile", "ci", "--notebooks", str(folder), "-p", "data_dir", str(subset), "--ledger",
+              str(out / "ledger.csv")]
     # (a setting the ci profile leaves alone: it sets the epochs of every run itself)
     res = _run("run-notebooks", *common, "--only", "00,01", "--out", str(out), "-p", "overrides", "{lr: 0}")
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
@@ -354,37 +351,17 @@ def test_a_failing_notebook_is_named_with_its_cell_and_the_sequence_resumes(tmp_
     state = json.loads((out / "state.json").read_text())["status"]
     assert state["00_setup"]["state"] == "done" and state["01_baseline"]["state"] == "failed"
 
-    res = _run("run-notebooks", "--resume", str(out), "-p", "overrides", "{lr: 0.003}")
+    assert f"--notebooks {folder}" in errors[0]  # the resume command it gives runs the same (edited) notebooks
+    res = _run("run-notebooks", "--resume", str(out), "--notebooks", str(folder), "-p", "overrides", "{}")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "00_setup             done earlier, skipped" in res.stdout
     assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {"00_setup": "done", "01_baseline": "done"}
     assert (out / "figures" / "01_failures.png").is_file()
-
-
-def test_a_notebook_edited_and_saved_as_jupyterlab_does_runs_green(tmp_path, subset):
-    """Edit a literal of the parameters cell in the .ipynb, save both files through jupytext (what JupyterLab with
-    jupytext does on save), then run that notebook: the pair stays in sync, ruff stays clean, the edit is used."""
-    folder = tmp_path / "notebooks"
-    shutil.copytree(NOTEBOOK_DIR, folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    path = folder / "01_baseline.ipynb"
-    nb = jupytext.read(path)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    old = '''TECHNIQUE = dict(augment="basic", lr=3e-3)'''
-    assert old in cell.source
-    cell.source = cell.source.replace(old, old.replace("lr=3e-3", "lr=2e-3"))  # a demo literal the ci run keeps
-    jupytext.write(nb, path)  # the .ipynb, as saved by JupyterLab
-    jupytext.write(nb, path.with_suffix(".py"), fmt="py:percent")  # and its paired script
-    assert _cells(jupytext.read(path)) == _cells(jupytext.read(path.with_suffix(".py")))
-    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--stdin-filename", "notebooks/01_baseline.py", "-"],
-                          input=path.with_suffix(".py").read_text(), cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)  # as the repository's ruff settings see that script
-    assert lint.returncode == 0, lint.stdout
-    out = tmp_path / "seq"
-    res = _run("run-notebooks", "--profile", "ci", "--notebooks", str(folder), "--only", "01", "--out", str(out),
-               "-p", "data_dir", str(subset), "--ledger", str(tmp_path / "ledger.csv"))
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    finder = json.loads(next((out / "lr-find" / "01_baseline").glob("*/lr_find.json")).read_text())
+    assert finder["steps"] == 20  # the edit was used
     saved = yaml.safe_load((out / "models" / "01_baseline" / "baseline" / "config.yaml").read_text())
-    assert saved["lr"] == 2e-3 and saved["image_size"] == 64 and saved["backbone"] == "tf_efficientnet_lite0"
+    assert saved["lr"] == 3e-3 and saved["image_size"] == 64 and saved["backbone"] == "tf_efficientnet_lite0"
+    assert (out / "models" / "01_baseline" / "baseline" / "best.pt").stat().st_ino == weights  # reused, not retrained
     executed = nbformat.read(out / "executed" / "01_baseline.ipynb", as_version=4)
     assert executed.metadata["kernelspec"]["name"] == "food101"
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

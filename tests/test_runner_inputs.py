@@ -19,6 +19,8 @@ import pytest
 from helpers.base.errors import UserError
 from helpers.course.parameters import parameters
 
+from .conftest import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# ---
 # jupyter:
@@ -45,9 +47,8 @@ def _later(path: Path, seconds: float = 5) -> None:
     os.utime(path, (time.time() + seconds, time.time() + seconds))
 
 
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli(*args)  # in this process: the notebooks still run in their own kernels
 
 
 WRITE = ("value = 1\n\n# %%\nimport os\nfrom pathlib import Path\n\n"

@@ -378,11 +378,14 @@ def _record(c: Course, phase: str, run: str | Path | list, test: dict[str, Any],
 
 
 def _device_name(device: str) -> str:
-    """The machine a run's minutes were measured on: the device in words (a CPU with its core count)."""
-    from ..base.devices import device_description, get_device
+    """The machine a run's minutes were measured on: the device in words (a Mac's chip and macOS; elsewhere a CPU
+    with its core count)."""
+    from ..base.devices import apple_machine, device_description, get_device
 
     found = get_device(device)
-    return f"cpu ({os.cpu_count()} cores)" if found.type == "cpu" else device_description(found)
+    if found.type == "cpu" and not apple_machine():
+        return f"cpu ({os.cpu_count()} cores)"
+    return device_description(found)
 
 
 def _run_facts(run: Path, evaluation_only: bool) -> dict[str, Any]:
