@@ -79,6 +79,15 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int | None = None) -> subproc
     return subprocess.CompletedProcess(["python", "-m", "helpers", *args], code, out.getvalue(), err.getvalue())
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    """A test that reads the session's executed course (`ci_course`, minutes to make) is `slow`: `make test-fast`
+    leaves it out; the other slow tests carry the mark themselves."""
+    for item in items:
+        if "ci_course" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A 3-epoch lite0 run on the tiny set (96 px): a real trained model for evaluation tests."""

@@ -34,6 +34,7 @@ import pytest
 from helpers.base import progress
 from helpers.course import widgets
 
+pytestmark = pytest.mark.slow  # JupyterLab in a real browser, and the executed course
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "01_baseline"
 KERNEL = "food101"

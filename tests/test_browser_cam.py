@@ -21,6 +21,7 @@ from helpers.course import widgets
 from .conftest import TINY
 from .test_browser import _kernelspec, _wait, browser, lab, page, shots  # noqa: F401 - fixtures used here
 
+pytestmark = pytest.mark.slow  # JupyterLab in a real browser
 NOTEBOOK = "cam_explorer"
 
 

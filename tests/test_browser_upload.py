@@ -21,6 +21,7 @@ from helpers.course import widgets
 from .conftest import FAST
 from .test_browser import _git, _kernelspec, _wait, browser, lab, page, shots  # noqa: F401 - fixtures used here
 
+pytestmark = pytest.mark.slow  # JupyterLab in a real browser
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "11_use_your_model"
 UPLOAD = ROOT / "data" / "my-photos" / "bibimbap.webp"

@@ -53,6 +53,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     from helpers.data.loaders import EpochSampler
     from helpers.data.splits import load_splits

@@ -223,6 +223,7 @@ def _position(run: Path) -> tuple[int, int]:
 
 
 @linux_only
+@pytest.mark.slow
 def test_sigkill_at_five_moments_then_resume_equals_an_uninterrupted_run(baseline, tmp_path):
     data = make_micro(tmp_path / "data")  # its own copy: the baseline's evaluation must not trigger our kills
     out, log = tmp_path / "run", tmp_path / "run.log"
@@ -285,6 +286,7 @@ def test_sigkill_at_five_moments_then_resume_equals_an_uninterrupted_run(baselin
 
 
 @linux_only
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_checkpoint_and_resumes(micro, baseline, tmp_path):
     out, log = tmp_path / "run", tmp_path / "run.log"
     out.mkdir()

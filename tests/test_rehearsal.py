@@ -39,6 +39,7 @@ def test_the_thumbnail_set_has_101_classes_in_the_official_layout_and_is_small()
     assert sum(p.stat().st_size for p in THUMBS.rglob("*") if p.is_file()) < 2_000_000
 
 
+@pytest.mark.slow
 def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
     out = tmp_path / "rehearsal"
     # 10_beyond_95's rehearsal computes features of SigLIP SO400M, CLIP ViT-L and EVA-02 with random weights and
@@ -112,6 +113,7 @@ def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
         made |= {(name, run) for run in _configured_runs(path) | set(runs if profile == "full" else ())}
 
 
+@pytest.mark.slow
 def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
     out = tmp_path / "rehearsal-medium"
     res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "medium",

@@ -54,6 +54,7 @@ def _args(micro: Path, out: Path) -> list[str]:
 
 
 @linux_only
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_stops_at_once_and_a_dead_holders_lock_is_taken_over(micro, tmp_path):
     out, log = tmp_path / "run", tmp_path / "first.log"
     first = _start(["train", *_args(micro, out), "--epochs", "20"], log)  # still running when the others come
@@ -184,6 +185,7 @@ def _fill(folder: Path) -> Path:
 
 
 @linux_only
+@pytest.mark.slow
 def test_a_real_full_disk_stops_with_exit_2_keeps_the_last_good_files_and_the_retry_equals_an_uninterrupted_run(
         micro, baseline, tmpfs, tmp_path):
     out = tmpfs / "run"
@@ -235,6 +237,7 @@ def test_a_real_full_disk_stops_with_exit_2_keeps_the_last_good_files_and_the_re
 
 
 @linux_only
+@pytest.mark.slow
 def test_sigint_during_a_checkpoint_write_exits_130_without_a_temporary_file(micro, baseline, tmp_path):
     out, log = tmp_path / "run", tmp_path / "run.log"
     out.mkdir()
