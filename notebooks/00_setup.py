@@ -118,8 +118,8 @@ from helpers.course import expectations
 expectations.table(c)
 
 # %% [markdown]
-# **Why the demo's numbers differ from both.** The demo trains stand-ins (efficientnet-lite0/1/2 at 112-160 px) for
-# 1-4 epochs on 360 photos of 10 classes and tests on 150, where the plan trains B0-B4 and ResNets at 224-384 px for
+# **Why the demo's numbers differ from both.** The demo trains stand-ins (efficientnet-lite0/1/2 at 96-144 px) for
+# 1-3 epochs on 360 photos of 10 classes and tests on 150, where the plan trains B0-B4 and ResNets at 224-384 px for
 # 50-150 epochs on 75,750 photos of 101 classes. So the demo's top-1 is on another scale (chance is one in ten, not
 # one in 101), its models are smaller and barely trained, and its test split tells only large differences apart
 # (the table above): many of its comparisons end "within noise". Techniques made for long training (schedules with

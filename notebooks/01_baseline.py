@@ -45,12 +45,12 @@
 # `lr=3e-3` is the head's rate (the backbone gets `3e-4`): AdamW fine-tunes of ImageNet backbones usually run the
 # whole network at `1e-4` to `1e-3`, and a random head learns faster at a few times that; on food-101-mini `3e-3`
 # was the best of the rates tried. `warmup_epochs=0.5` in the demo: its epochs have 12 steps, and the plan's one
-# epoch of warmup would spend a quarter of a 4-epoch run below the full rate.
+# epoch of warmup would spend a third of a 3-epoch run below the full rate.
 #
 # **What the plan expects.** Phase 1: 75-80% top-1 after 50 epochs at batch 24 (6-8 hours on MPS). Its purpose
 # is to verify the pipeline and to look at the failure cases, which is what the pictures below are for.
 #
-# **Demo profile.** `tf_efficientnet_lite0` (a B0 without squeeze-excitation, with offline weights) at 112 px
+# **Demo profile.** `tf_efficientnet_lite0` (a B0 without squeeze-excitation, with offline weights) at 96 px
 # for a few epochs on 10 classes: the numbers are not comparable with the plan's, the pictures and the code are
 # the same. **Medium profile:** the same model at its own 224 px on a tenth of Food-101, 8 epochs.
 
@@ -62,12 +62,12 @@ device = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
 SETTINGS = {
     "full": dict(backbone="efficientnet_b0", pretrained="hub", image_size=224, batch_size=24, epochs=50),
     "medium": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=224, batch_size=32, epochs=8),
-    "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=112, batch_size=32, epochs=4,
+    "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=96, batch_size=32, epochs=3,
                  warmup_epochs=0.5),
 }
 TECHNIQUE = dict(augment="basic", lr=3e-3)  # the plan's baseline: AdamW, cosine schedule, "current augmentations"
 overrides = {}  # any TrainConfig setting over the above for this run, e.g. {"epochs": 2, "num_workers": 2}
-LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 50}  # the learning-rate finder's steps at most (fastai: 100)
+LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 30}  # the learning-rate finder's steps at most (fastai: 100)
 
 # %%
 import helpers
@@ -213,7 +213,7 @@ expectations.table(c, phases=["baseline"])
 # statistics updated, validation accuracy follows training accuracy less closely, because the model is evaluated
 # with statistics gathered from augmented batches.
 #
-# **Why the demo is far below the plan.** lite0 at 112 px stands in for B0 at 224 px, trained 4 epochs on 360 photos
+# **Why the demo is far below the plan.** lite0 at 96 px stands in for B0 at 224 px, trained 3 epochs on 360 photos
 # instead of 50 epochs on 75,750. Chance is one in ten here (10 classes) and one in 101 on Food-101, so even the two
 # percentages are not on one scale.
 #
@@ -255,7 +255,7 @@ expectations.table(c, phases=["baseline"])
 #    confident mistakes in the failure gallery grow more confident?
 # 3. `overrides = {"head_warmup_epochs": 0}`: the random head and the backbone learn together from the first step.
 #    Watch the first epoch's validation top-1.
-# 4. `TECHNIQUE["augment"] = "light"` (from `"basic"`): only crop and flip. With 4 epochs, does less augmentation
+# 4. `TECHNIQUE["augment"] = "light"` (from `"basic"`): only crop and flip. With 3 epochs, does less augmentation
 #    help or hurt?
 
 # %% [markdown]

@@ -33,8 +33,8 @@
 # alone, and the B3 at its own size against it changes the size alone. The ResNet-50 runs at the baseline's size,
 # so it changes the backbone alone. Every comparison prints what differs, both intervals and the paired test.
 #
-# **Demo profile.** `tf_efficientnet_lite2` (the largest offline model) at 128 px stands in for B3 and
-# `tf_efficientnet_lite1` at 112 px for ResNet-50. **Medium:** lite2 at its own 260 px and lite1 at 240 px, 8 epochs.
+# **Demo profile.** `tf_efficientnet_lite2` (the largest offline model) at 112 px stands in for B3 and
+# `tf_efficientnet_lite1` at 96 px for ResNet-50. **Medium:** lite2 at its own 260 px and lite1 at 240 px, 8 epochs.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
@@ -48,10 +48,10 @@ SETTINGS = {
                           epochs=8),
                "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=240, batch_size=32,
                                 epochs=8)},
-    "demo": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=4,
+    "demo": {"b3": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=112, batch_size=32, epochs=3,
                         warmup_epochs=0.5),
-             "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=112, batch_size=32,
-                              epochs=4, warmup_epochs=0.5)},
+             "resnet50": dict(backbone="tf_efficientnet_lite1", pretrained="offline", image_size=96, batch_size=32,
+                              epochs=3, warmup_epochs=0.5)},
 }
 TECHNIQUE = dict(augment="basic", lr=3e-3)  # the baseline's recipe: only the backbone changes
 train_alternative = True  # False: skip the ResNet-50 alternative (2.2)
@@ -154,8 +154,8 @@ expectations.table(c, phases=["2.1", "2.2"])
 # make it is what the McNemar p says: below 0.05 the change is real on these photos, otherwise this test split cannot
 # tell it from chance.
 #
-# **What to expect at the demo's scale.** The demo's "upgrade" is lite0 → lite2 (4.7M → 6.1M parameters) and 112 →
-# 128 px, a far smaller step than B0 → B3 at 224 → 300 px, trained 4 epochs on 360 photos: a bigger model needs more
+# **What to expect at the demo's scale.** The demo's "upgrade" is lite0 → lite2 (4.7M → 6.1M parameters) and 96 →
+# 112 px, a far smaller step than B0 → B3 at 224 → 300 px, trained 3 epochs on 360 photos: a bigger model needs more
 # steps to use its capacity, so the backbone's effect is small here, and so is the resolution's when the size barely
 # changes. On food-101-mini the bigger lite2 at 260 px even scored below lite0 at 224 px over 6 epochs
 # ([the measured ladder](../docs/notebooks.md#measured-the-technique-ladder-on-food-101-mini)). The medium profile
@@ -170,7 +170,7 @@ expectations.table(c, phases=["2.1", "2.2"])
 # %% [markdown]
 # ## Questions
 # 1. What does EfficientNet's compound scaling scale together, and which of the three does 02's demo barely change?
-# 2. B3 has about 12M parameters and B0 about 5M. Why might the bigger backbone gain less over 4 epochs on 360
+# 2. B3 has about 12M parameters and B0 about 5M. Why might the bigger backbone gain less over 3 epochs on 360
 #    photos than over 100 epochs on 75,750?
 # 3. A gain of a few points is a handful of the 150 test photos. Why can't the two intervals alone tell whether it
 #    is chance, and what does the paired test count instead?
@@ -189,7 +189,7 @@ expectations.table(c, phases=["2.1", "2.2"])
 #    and from 09's `TEACHER` too.
 # 2. `TECHNIQUE["lr"] = 1e-3` (from `3e-3`; run by the tests): a bigger backbone often wants a lower rate. Compare
 #    the B3 stand-in's test top-1 and its training curves.
-# 3. `SETTINGS["demo"]["b3"]["image_size"] = 160` (from `128`): a bigger step in size. The run at the baseline's size
+# 3. `SETTINGS["demo"]["b3"]["image_size"] = 144` (from `112`): a bigger step in size. The run at the baseline's size
 #    stays as it is (reused): does the comparison "the image size alone" change?
 
 # %% [markdown]

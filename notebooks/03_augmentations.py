@@ -28,9 +28,9 @@
 # a control run, "longer", with 3.1's length and no restarts (against 02's B3: the length alone), then 3.1 itself
 # (against the control: the restarts alone). 3.2 differs from 3.1 in the augmentation alone.
 #
-# **Demo profile.** lite2 at 128 px for 4 epochs, restarts every 2 epochs. The demo keeps 02's 4 epochs (a run of a
-# few epochs more would show nothing a 4-epoch one does not) and leaves early stopping off (its patience cannot act
-# in 4 epochs), so its control has exactly the settings of 02's B3 and *is* that run, reused rather than trained
+# **Demo profile.** lite2 at 112 px for 3 epochs, restarts every 2 epochs. The demo keeps 02's 3 epochs (a run of a
+# few epochs more would show nothing a 3-epoch one does not) and leaves early stopping off (its patience cannot act
+# in 3 epochs), so its control has exactly the settings of 02's B3 and *is* that run, reused rather than trained
 # again: in the demo, 3.1 differs from 02's B3 by the restarts alone. On 360 training photos a few epochs cannot
 # show what 150 epochs do: the pictures of the augmentations are the point here. **Medium:** lite2 at 260 px for
 # 10 epochs (02's: 8) with early stopping, restarts every 5.
@@ -45,7 +45,7 @@ SETTINGS = {
                  warmup_epochs=5, early_stopping=True, patience=15),
     "medium": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=260, batch_size=32, epochs=10,
                    early_stopping=True, patience=4),
-    "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=4,
+    "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=112, batch_size=32, epochs=3,
                  warmup_epochs=0.5),
 }
 RECIPE = dict(lr=3e-3)  # 02's rate
@@ -176,7 +176,7 @@ expectations.table(c, phases=["3.1", "3.2"])
 # paired test weighs.
 #
 # **Why the demo cannot show these techniques.** Both are about long training. A schedule with warm restarts pays
-# off over 150 epochs with several cycles; the demo has 4 epochs and cycles of 2, so the rate is high again half way
+# off over 150 epochs with several cycles; the demo has 3 epochs and cycles of 2, so the rate is high again half way
 # through. Strong augmentation is a regulariser: it helps when a model would otherwise overfit over many epochs, and
 # costs accuracy when the run is too short to fit even the clean photos (on food-101-mini advanced augmentation cost
 # 4.0 points over 6 epochs, [the measured ladder](../docs/notebooks.md#measured-the-technique-ladder-on-food-101-mini)).
@@ -207,7 +207,7 @@ expectations.table(c, phases=["3.1", "3.2"])
 #    restarts. Compare 3.1's training curve (the learning-rate panel) and its test top-1 with the control's.
 # 2. `AUGMENT["3.2"] = "basic"`: 3.2 then has 3.1's settings, so it is 3.1's run, reused (the log says so): a
 #    control for the control. Its comparison with 3.1 changes no photo.
-# 3. `SETTINGS["demo"]["epochs"] = 12` (from `4`): longer runs for all three. Does the cost of advanced augmentation
+# 3. `SETTINGS["demo"]["epochs"] = 12` (from `3`): longer runs for all three. Does the cost of advanced augmentation
 #    shrink with more epochs?
 
 # %% [markdown]

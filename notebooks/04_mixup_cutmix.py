@@ -28,7 +28,7 @@
 # **The comparison.** The run with mixing against the same recipe without it (3.2's run of `03`: reused when its
 # settings are this notebook's, trained here when a Try it changes the recipe), so mixing is the only difference.
 #
-# **Demo profile.** The 3.2 recipe (lite2 at 128 px, advanced augmentation, restarts) plus mixup and CutMix
+# **Demo profile.** The 3.2 recipe (lite2 at 112 px, advanced augmentation, restarts) plus mixup and CutMix
 # (medium: the same at 260 px for 10 epochs).
 
 # %% tags=["parameters"]
@@ -41,7 +41,7 @@ SETTINGS = {
                  warmup_epochs=5, early_stopping=True, patience=15),
     "medium": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=260, batch_size=32, epochs=10,
                    early_stopping=True, patience=4, restart_epochs=5),
-    "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32, epochs=4,
+    "demo": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=112, batch_size=32, epochs=3,
                  warmup_epochs=0.5, restart_epochs=2),
 }
 RECIPE = dict(scheduler="cosine_restart", lr=3e-3, augment="advanced")  # 3.2's run
@@ -139,7 +139,7 @@ expectations.table(c, phases=["3.3"])
 # the validation curve is still climbing when the run ends (the run underfits: it needed more epochs) or has flattened.
 #
 # **Why mixing often costs accuracy in a short run.** Too little training for this much regularisation. The demo has
-# about 12 optimizer steps an epoch and 4 epochs; every batch is mixed (`mix_prob=1.0`), half of them by CutMix with
+# about 12 optimizer steps an epoch and 3 epochs; every batch is mixed (`mix_prob=1.0`), half of them by CutMix with
 # α = 1 (λ uniform: on average half of each photo is another dish), on top of the advanced augmentation and label
 # smoothing. The targets are soft, so each step pushes the true class less, and the first epoch trains the new head
 # alone on mixed photos too; the preview above shows how little of one class some mixed photos keep. Over 6 epochs
@@ -173,7 +173,7 @@ expectations.table(c, phases=["3.3"])
 # 2. `TECHNIQUE["cutmix"] = False`: mixup alone, on every batch. Does the loss come from CutMix?
 # 3. `RECIPE["augment"] = "light"` (from `"advanced"`): mixing without the advanced augmentation, against the same
 #    light recipe without mixing (trained here for the comparison). Does the run still underfit?
-# 4. `SETTINGS["demo"]["epochs"] = 12` (from `4`): give mixing time (both runs grow). Watch the gap between training
+# 4. `SETTINGS["demo"]["epochs"] = 12` (from `3`): give mixing time (both runs grow). Watch the gap between training
 #    and validation curves close.
 
 # %% [markdown]

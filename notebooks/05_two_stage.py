@@ -35,8 +35,8 @@
 # default of one head-only epoch is already a small two-stage). The only difference is the frozen first stage.
 # In the full profile that reference is a 110-epoch run of B3: as long as the two stages together.
 #
-# **Demo profile.** lite2 at 128 px: 1 frozen epoch at `lr=1e-2`, then 3 epochs at `lr=1e-3`; the one-stage run
-# 4 epochs at `lr=1e-3`. **Medium:** lite2 at 260 px, 2 + 8 epochs against 10.
+# **Demo profile.** lite2 at 112 px: 1 frozen epoch at `lr=1e-2`, then 2 epochs at `lr=1e-3`; the one-stage run
+# 3 epochs at `lr=1e-3`. **Medium:** lite2 at 260 px, 2 + 8 epochs against 10.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo: tiny set, CPU minutes · medium: 10% of Food-101, an evening on a Mac · full: the plan
@@ -52,10 +52,10 @@ SETTINGS = {
                               epochs=2, lr=1e-2, warmup_epochs=0.5),
                "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=260, batch_size=32,
                               epochs=8, lr=1e-3, warmup_epochs=0.5)},
-    "demo": {"stage1": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32,
+    "demo": {"stage1": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=112, batch_size=32,
                             epochs=1, lr=1e-2, warmup_epochs=0.5),
-             "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=128, batch_size=32,
-                            epochs=3, lr=1e-3, warmup_epochs=0.5)},
+             "stage2": dict(backbone="tf_efficientnet_lite2", pretrained="offline", image_size=112, batch_size=32,
+                            epochs=2, lr=1e-3, warmup_epochs=0.5)},
 }
 STAGE1 = dict(freeze_backbone=True, augment="advanced")  # only the new head learns
 STAGE2 = dict(augment="advanced", mixup=True, cutmix=True, backbone_lr_ratio=0.1,  # 3.6: backbone at lr / 10

@@ -41,7 +41,7 @@ SETTINGS = {
                  augment="advanced", mixup=True, mixup_alpha=0.2, cutmix=True, cutmix_alpha=1.0),
     "medium": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=224, batch_size=32, epochs=8,
                    augment="basic", lr=3e-3),
-    "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=112, batch_size=32, epochs=4,
+    "demo": dict(backbone="tf_efficientnet_lite0", pretrained="offline", image_size=96, batch_size=32, epochs=3,
                  warmup_epochs=0.5, augment="basic", lr=3e-3),
 }
 # The teacher: the ensemble of 08 (its members, averaged), per profile.

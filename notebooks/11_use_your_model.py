@@ -46,7 +46,7 @@ TOP_K = 5  # classes shown per photo
 # %%
 import helpers
 from helpers.course import course, environment, predict_figures, widgets
-from helpers.use import export, runs
+from helpers.use import cam, export, runs
 
 c = course.Course("11_use_your_model", profile, data_dir=data_dir, device=device)
 photos = str(c.project_path(my_photos))  # a relative path is taken from the project root
@@ -98,12 +98,17 @@ predict_figures.photo_predictions(mine, n=8, cols=2, title="Your photos", folder
 # ## Where it looked
 # The same photos as the crop the model read, with the class activation map of its top class (Grad-CAM, as in 01's
 # failure gallery): red is where the evidence for that class is strongest. Look at the pizza: what did the model
-# take for its answer? (An ensemble has no single map: with several runs the photos are shown plain.)
+# take for its answer? An ensemble of runs, or a probe over several backbones, has no single map (each member
+# reads the photo at its own size and crop): then the photos are shown plain and the cell says why.
 
 # %%
-predict_figures.photo_predictions(mine, n=8, cols=2, title="Your photos: where the model looked for its top class",
-                                  folder=c.figures, name="11_my_photos_maps",
-                                  model=None if isinstance(trained, list) else trained, device=device)
+no_map = cam.why_no_map(trained)  # None: this model's maps can be drawn
+if no_map:
+    print(no_map)
+predict_figures.photo_predictions(mine, n=8, cols=2, folder=c.figures, name="11_my_photos_maps",
+                                  title="Your photos" + (" (no maps: see above)" if no_map else
+                                                         ": where the model looked for its top class"),
+                                  model=None if no_map else trained, device=device)
 
 # %% [markdown]
 # ## Export to ONNX

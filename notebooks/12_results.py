@@ -76,7 +76,7 @@ expectations.table(c)
 
 # %% [markdown]
 # **Why this run's numbers differ from both.** In the demo profile the models are stand-ins (efficientnet-lite0/1/2
-# at 112-160 px, not B0-B4 at 224-384 px), trained 1-4 epochs (not 50-150) on 360 photos of 10 classes (not
+# at 96-144 px, not B0-B4 at 224-384 px), trained 1-3 epochs (not 50-150) on 360 photos of 10 classes (not
 # 75,750 of 101), and tested on 150 photos: chance is one in ten, and a gain must pass the paired test to mean
 # anything. Techniques made for long runs (restarts, strong augmentation, mixup) cost accuracy in a few epochs, and
 # techniques that need a strong reference (distillation, ensembles of diverse members) have little to work with.

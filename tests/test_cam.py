@@ -223,6 +223,10 @@ def test_a_probe_over_two_backbones_is_refused_naming_why(probe_run):
     model = trained.model
     head = nn.Linear(2 * model.head.in_features, model.head.out_features)
     two = ProbeModel([model.backbones[0]] * 2, model.members * 2, model.canvas, head)
+    both = Trained(two, trained.class_names, trained.data_config, trained.config, "two")
     with pytest.raises(UserError, match="probe over 2 backbones .* no single map is the probe's"):
-        cam.photo_maps(Trained(two, trained.class_names, trained.data_config, trained.config, "two"),
-                       [_one_per_class()[0][0]])
+        cam.photo_maps(both, [_one_per_class()[0][0]])
+    # what 11 asks before drawing its maps (the demo's best run was such a probe, and 11 failed on it)
+    assert "probe over 2 backbones" in cam.why_no_map(both)
+    assert "ensemble of 2 runs" in cam.why_no_map([probe_run, probe_run])
+    assert cam.why_no_map(trained) is None

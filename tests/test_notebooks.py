@@ -326,9 +326,9 @@ def test_an_edited_notebook_fails_by_name_resumes_and_uses_the_edit(tmp_path, ci
     path = folder / "01_baseline.ipynb"
     nb = jupytext.read(path)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    old = '''LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 50}'''
+    old = '''LR_FIND_STEPS = {"full": 100, "medium": 100, "demo": 30}'''
     assert old in cell.source
-    cell.source = cell.source.replace(old, old.replace('"demo": 50', '"demo": 20'))  # a demo literal ci keeps
+    cell.source = cell.source.replace(old, old.replace('"demo": 30', '"demo": 20'))  # a demo literal ci keeps
     jupytext.write(nb, path)  # the .ipynb, as saved by JupyterLab
     jupytext.write(nb, path.with_suffix(".py"), fmt="py:percent")  # and its paired script
     assert _cells(jupytext.read(path)) == _cells(jupytext.read(path.with_suffix(".py")))

@@ -52,8 +52,8 @@ RUNNER_FLAGS = {"profile": "--profile", "output_dir": "--out DIR", "ledger": "--
 
 
 # One figure of each kind, copied by --copy-figures as the repository's examples (figures/).
-EXAMPLE_FIGURES = ("00_class_samples", "01_training_curves", "01_confusion_matrix", "01_top_confusions", "01_failures",
-                   "02_compare", "03_augmentation_preview", "03_advanced_steps", "03_training_curves", "04_mix_preview",
+EXAMPLE_FIGURES = ("00_class_samples", "01_lr_find", "01_training_curves", "01_confusion_matrix", "01_top_confusions",
+                   "01_failures", "02_compare", "03_augmentation_preview", "03_advanced_steps", "03_training_curves", "04_mix_preview",
                    "05_training_curves", "06_tta_views", "06_tta_gain", "06_changes", "07_compare",
                    "08_ensemble_vs_members", "09_student_vs_teacher", "10_probe_l2_sweep", "10_probe_batch",
                    "10_routes", "11_my_photos", "11_pytorch_vs_onnx", "12_roadmap_table", "12_roadmap")

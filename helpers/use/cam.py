@@ -164,6 +164,21 @@ class _ProbeOnImages(nn.Module):
         return self.head((feats / norm).to(self.head.weight.dtype))
 
 
+def why_no_map(trained: Trained | list | tuple) -> str | None:
+    """Why a model has no single class activation map (an ensemble of runs, a probe over several backbones: each
+    member reads the photo at its own size and crop), or None when `cam_model` can draw its maps."""
+    if isinstance(trained, (list, tuple)):
+        return (f"an ensemble of {len(trained)} runs has no single class activation map (each member looks at its "
+                "own grid): the photos are shown without maps. Draw maps for one of its runs.")
+    backbones = getattr(trained.model, "backbones", None)
+    if getattr(trained.model, "is_probe", False) and backbones is not None and len(backbones) != 1:
+        names = " + ".join(m["backbone"] for m in trained.model.members)
+        return (f"{trained.source} is a probe over {len(backbones)} backbones ({names}): each reads the photo at "
+                "its own size and crop, and a class activation map lies on one backbone's grid, so no single map "
+                "is the probe's. Draw maps for a probe of one backbone, or a fine-tuned run.")
+    return None
+
+
 def cam_model(trained: Trained) -> tuple[nn.Module, nn.Module, Callable[[torch.Tensor], torch.Tensor], dict]:
     """What the maps explain: the module to run (its logits are the model's), the layer Grad-CAM reads in it and
     the transform of that layer's output to (N, C, h, w) (`target_layer`), and the data config of its input
@@ -176,11 +191,9 @@ def cam_model(trained: Trained) -> tuple[nn.Module, nn.Module, Callable[[torch.T
     if not getattr(model, "is_probe", False):
         module, layer, reshape = target_layer(model)
         return module, layer, reshape, trained.data_config
-    if len(model.backbones) != 1:
-        names = " + ".join(m["backbone"] for m in model.members)
-        raise UserError(f"{trained.source} is a probe over {len(model.backbones)} backbones ({names}): each reads "
-                        "the photo at its own size and crop, and a class activation map lies on one backbone's grid, "
-                        "so no single map is the probe's. Draw maps for a probe of one backbone, or a fine-tuned run.")
+    refusal = why_no_map(trained)
+    if refusal:
+        raise UserError(refusal)
     member = model.members[0]
     backbone, layer, reshape = target_layer(model.backbones[0])
     return _ProbeOnImages(backbone, model.head, int(member.get("views", 1))), layer, reshape, member["data_config"]
