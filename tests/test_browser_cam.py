@@ -57,7 +57,7 @@ def test_the_where_it_looked_toggle_shows_the_maps(page, lab):  # noqa: F811 - f
     from selenium.webdriver.common.by import By
 
     page.open(f"{NOTEBOOK}.ipynb")
-    page.command("Run", "Run All Cells")
+    page.run_all()
 
     def finished() -> bool:
         prompts = page.prompts()

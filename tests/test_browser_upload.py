@@ -63,7 +63,7 @@ def test_uploading_a_photo_shows_its_top5_from_pytorch_and_onnx(page, lab):  # n
     from selenium.webdriver.common.by import By
 
     page.open(f"{NOTEBOOK}.ipynb")
-    page.command("Run", "Run All Cells")
+    page.run_all()
 
     def finished() -> bool:
         prompts = page.prompts()
