@@ -314,6 +314,20 @@ class Page:
                 continue
         raise AssertionError(f"Run All Cells started no cell in {tries} tries (screenshots in {self.shots})")
 
+    def all_ran(self) -> bool:
+        """Every code cell shows its execution count and the kernel is idle."""
+        prompts = self.prompts()
+        return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) and \
+            "Idle" in self.toolbar("executionProgress")
+
+    def run_to_the_end(self, timeout: float, what: str) -> list[str]:
+        """Run All Cells, wait until every cell has run, and return the outputs that show a traceback (their first
+        500 characters)."""
+        self.run_all()
+        _wait(self.all_ran, timeout, f"{what} to run (screenshots in {self.shots})", every=1)
+        return self.js("return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                       ".filter(e => /Traceback/.test(e.textContent)).map(e => e.textContent.slice(0, 500))")
+
     def prompts(self) -> list[str]:
         return self.js("return Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
                        ".jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent.trim())")
@@ -370,9 +384,7 @@ def ui_run(page, lab) -> dict:
                 page.js("document.querySelector(`.${arguments[0]}`).scrollIntoView({block: 'center'})",
                         progress.CSS_CLASS)
                 page.shot(f"02_bar_mid_epoch_{len(mid)}")
-        prompts = page.prompts()
-        if prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) and \
-                "Idle" in page.toolbar("executionProgress"):
+        if page.all_ran():
             break
         time.sleep(0.3)
     seen["prompts"] = page.prompts()

@@ -9,7 +9,6 @@ holding the notebook. Screenshots go to <tmp>/shots (or BROWSER_SHOTS=DIR).
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -57,16 +56,7 @@ def test_the_where_it_looked_toggle_shows_the_maps(page, lab):  # noqa: F811 - f
     from selenium.webdriver.common.by import By
 
     page.open(f"{NOTEBOOK}.ipynb")
-    page.run_all()
-
-    def finished() -> bool:
-        prompts = page.prompts()
-        return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) and \
-            "Idle" in page.toolbar("executionProgress")
-
-    _wait(finished, 600, f"the notebook to run (screenshots in {page.shots})", every=1)
-    errors = page.js("return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
-                     ".filter(e => /Traceback/.test(e.textContent)).map(e => e.textContent.slice(0, 500))")
+    errors = page.run_to_the_end(600, "the notebook")
     assert not errors, errors
     before = _wait(lambda: (b := _explorer(page)) and b["width"] > 0 and b, 60, "the explorer's picture")
     assert before["checkbox"] and not before["checked"] and "where it looked" in before["text"], before

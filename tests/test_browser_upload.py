@@ -9,7 +9,6 @@ Screenshots go to <tmp>/shots (or BROWSER_SHOTS=DIR).
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -63,16 +62,7 @@ def test_uploading_a_photo_shows_its_top5_from_pytorch_and_onnx(page, lab):  # n
     from selenium.webdriver.common.by import By
 
     page.open(f"{NOTEBOOK}.ipynb")
-    page.run_all()
-
-    def finished() -> bool:
-        prompts = page.prompts()
-        return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) and \
-            "Idle" in page.toolbar("executionProgress")
-
-    _wait(finished, 900, f"every cell of {NOTEBOOK} to run (screenshots in {page.shots})", every=1)
-    errors = page.js("return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
-                     ".filter(e => /Traceback/.test(e.textContent)).map(e => e.textContent.slice(0, 500))")
+    errors = page.run_to_the_end(900, f"every cell of {NOTEBOOK}")
     assert not errors, errors
     before = _wait(lambda: _upload_box(page), 60, "the upload box")
     assert before["width"] > 300 and "showing" in before["text"], before
