@@ -79,6 +79,23 @@ def test_every_script_imports(monkeypatch):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
+@pytest.mark.parametrize("setting, asks", [(None, False), ("0", True)])
+def test_albumentations_asks_pypi_for_a_newer_release_only_when_the_user_keeps_its_check(setting, asks, monkeypatch):
+    """Importing helpers turns off albumentations' web request at import (every kernel and worker made one);
+    NO_ALBUMENTATIONS_UPDATE=0 keeps it. albumentations' own __init__ runs again here, with its request recorded."""
+    import albumentations
+    import albumentations.check_version as check
+
+    monkeypatch.delenv("NO_ALBUMENTATIONS_UPDATE", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", setting)
+    importlib.reload(helpers)  # as a fresh process importing the package
+    asked = []
+    monkeypatch.setattr(check, "fetch_version_info", lambda: asked.append(1) or "")
+    importlib.reload(albumentations)
+    assert bool(asked) is asks
+
+
 def test_the_public_surface_works(trained_run, tmp_path):
     """`import helpers` gives train/evaluate/ensemble/predict and the config; the trained_run fixture itself
     trained through `helpers.train`."""

@@ -132,6 +132,33 @@ def test_every_figure_function_returns_a_figure_and_saves_a_real_png(tmp_path, p
     assert plots.save_figure(fig, "unsaved", None) is None
 
 
+def test_a_notebook_shows_a_saved_figure_from_its_png_and_draws_a_changed_one_again(tmp_path, predictions,
+                                                                                      monkeypatch):
+    """In a kernel, a saved figure is shown from the PNG in figures/ (not drawn a second time), at the size the
+    inline backend would draw it; a figure changed after saving is drawn again, so it never shows a stale picture."""
+    import base64
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.pylabtools import select_figure_formats
+
+    shell = InteractiveShell.instance()
+    try:
+        select_figure_formats(shell, {"png"})  # what matplotlib's inline backend registers in a kernel
+        monkeypatch.setattr(plots, "_in_kernel", lambda: True)
+        fig = failures.top_confusions(predictions, folder=tmp_path, name="top")
+        saved = (tmp_path / "top.png").read_bytes()
+        data, meta = shell.display_formatter.format(fig)
+        assert base64.b64decode(data["image/png"]) == saved
+        assert meta["image/png"]["width"] == round(Image.open(tmp_path / "top.png").width * fig.dpi / plots.DPI)
+        fig.axes[0].set_title("changed after saving")
+        data, _ = shell.display_formatter.format(fig)
+        assert base64.b64decode(data["image/png"]) != saved  # drawn again, with the new title
+        other = failures.top_confusions(predictions)  # not saved: drawn as usual
+        assert shell.display_formatter.format(other)[0]["image/png"]
+    finally:
+        InteractiveShell.clear_instance()
+
+
 def test_figure_text_does_not_overlap(predictions, run_dir):
     fig = failures.failure_gallery(predictions, n=5, cols=3)
     texts = [t for ax in fig.axes for t in (ax.title, ax._left_title, ax.xaxis.label) if t.get_text()]

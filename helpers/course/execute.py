@@ -1,11 +1,13 @@
 """Executing one notebook headlessly with papermill, for `run-notebooks` (`runner.py`): its kernel checked, its
 output echoed cell by cell into a log (lines that matter also to the terminal), and a failure summarised as the
-notebook, the cell and its failing line (`NotebookFailure`)."""
+notebook, the cell and its failing line (`NotebookFailure`). `WarmKernel` starts the next notebook's kernel while
+the current one runs."""
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import sys
 import time
@@ -73,40 +75,57 @@ def _cell_lines(source: Path) -> tuple[list[str], int]:
     return lines, injected
 
 
+def kernel_name(source: Path, kernel: str | None = None) -> str:
+    """The kernel a notebook runs in: `kernel` if given, else the notebook's own kernelspec, else `food101`."""
+    import nbformat
+
+    return kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get("name") or KERNEL
+
+
+def _kernel_environment(cwd: Path, env: dict[str, str | None] | None) -> dict[str, str | None]:
+    """What a notebook's kernel changes in this process's environment (None: removed): the project first on
+    PYTHONPATH (the kernel imports helpers from it), no MPLBACKEND (figures are drawn inline), and `env`."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(cwd)] + ([path] if path else [])), "MPLBACKEND": None, **(env or {})}
+
+
 def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str | None = None,
-            cell_timeout: int | None = None, env: dict[str, str | None] | None = None) -> None:
+            cell_timeout: int | None = None, env: dict[str, str | None] | None = None,
+            warm: WarmKernel | None = None) -> None:
     """Run one notebook with papermill into `output`, logging everything it prints to `log`.
 
     Args:
         kernel: the Jupyter kernel (None: the notebook's own kernelspec, else `food101`).
         env: environment variables for the kernel (None values: removed), restored afterwards.
+        warm: this notebook's kernel, started earlier with the same kernel, folder and environment (shut down
+            here when the notebook ends); None: papermill starts one.
 
     Raises:
         UserError: the kernel is not installed (with how to install it).
         NotebookFailure: the notebook raised, its kernel died or a cell timed out; names the cell.
     """
-    import nbformat
     import papermill
 
-    kernel = kernel or nbformat.read(source, as_version=4).metadata.get("kernelspec", {}).get("name") or KERNEL
-    check_kernel(kernel)
-
-    lines, injected = _cell_lines(source)
+    kernel = kernel_name(source, kernel)
+    try:
+        check_kernel(kernel)
+        lines, injected = _cell_lines(source)
+    except BaseException:
+        if warm:
+            warm.discard()
+        raise
     logger = logging.getLogger("papermill")
     saved = (logger.level, logger.propagate)
-    env = env or {}
-    saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND", *env)}
+    changes = _kernel_environment(cwd, env)
+    saved_env = {k: os.environ.get(k) for k in changes}
+    km = warm.take(kernel) if warm else None
     with open(log, "a") as log_file:
         log_file.write(f"=== {source.name} {time.strftime('%Y-%m-%d %H:%M:%S')} parameters {parameters}\n")
         handler = _Echo(log_file, lines)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-        # The kernel imports helpers from the project, and draws figures inline (not with a backend set here).
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(cwd)] + ([saved_env["PYTHONPATH"]] if saved_env["PYTHONPATH"]
-                                                                 else []))
-        os.environ.pop("MPLBACKEND", None)
-        _set_environment(env)
+        _set_environment(changes)
         # The kernel process inherits file descriptor 2: send its own messages (start-up warnings, a crash) to
         # the log rather than into the progress lines.
         sys.stderr.flush()
@@ -115,7 +134,8 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
         try:
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel,
                                        cwd=str(cwd), log_output=True, progress_bar=False,
-                                       execution_timeout=cell_timeout, request_save_on_cell_execute=True)
+                                       execution_timeout=cell_timeout, request_save_on_cell_execute=True,
+                                       **({"km": km} if km is not None else {}))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # papermill and nbclient raise many types: execution, dead kernel, timeout
@@ -124,6 +144,8 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             log_file.write(f"=== FAILED in {where}: {error}\n")
             raise NotebookFailure(where, error, output, log) from exc
         finally:
+            if km is not None:
+                _shut_down(km)
             sys.stderr.flush()
             os.dup2(terminal_stderr, 2)
             os.close(terminal_stderr)
@@ -131,6 +153,86 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             logger.setLevel(saved[0])
             logger.propagate = saved[1]
             _set_environment(saved_env)
+
+
+class WarmKernel:
+    """A notebook's kernel, started while the notebook before it runs (`run-notebooks`): when its turn comes, the
+    kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot) are loaded, 4-6 s of each
+    notebook on 2 cores. The modules are loaded with `__import__`, which binds no name in the notebook's namespace:
+    a notebook that forgets an import still fails as it would alone. Its stderr goes to the notebook's log.
+
+        warm = WarmKernel(source, log, cwd=root, kernel=None, env=env)   # returns at once
+        execute(source, ..., warm=warm)                                  # runs in it, then shuts it down
+    """
+
+    PRELOAD = ("helpers.use.runs", "helpers.course.course", "helpers.course.failures", "matplotlib.pyplot")
+
+    def __init__(self, source: Path, log: Path, *, cwd: Path, kernel: str | None,
+                 env: dict[str, str | None] | None = None):
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        self.kernel, self.taken = kernel_name(source, kernel), False
+        environment = dict(os.environ)
+        for key, value in _kernel_environment(cwd, env).items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
+        self.km = AsyncKernelManager(kernel_name=self.kernel)
+        # papermill leaves the channels of a kernel it was given open: keep its clients, to stop them at shutdown
+        self.km.clients, make_client = [], self.km.client
+        self.km.client = lambda **kw: self.km.clients.append(make_client(**kw)) or self.km.clients[-1]
+        with open(log, "a") as stderr:
+            run_sync(self.km.start_kernel)(cwd=str(cwd), env=environment, stderr=stderr)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.request = self.kc.execute("; ".join(f"__import__({m!r})" for m in self.PRELOAD), silent=True,
+                                       store_history=False)
+
+    def take(self, kernel: str, wait: float = 300) -> Any:
+        """The kernel manager, once the imports are done (or failed: the notebook then shows why); None when
+        `kernel` is another kernel or the kernel died (papermill then starts a fresh one)."""
+        from jupyter_core.utils import run_sync
+
+        alive = kernel == self.kernel and run_sync(self.km.is_alive)()
+        deadline = time.monotonic() + wait
+        try:
+            while alive and time.monotonic() < deadline:
+                try:
+                    reply = run_sync(self.kc.get_shell_msg)(timeout=1)
+                except queue.Empty:
+                    alive = run_sync(self.km.is_alive)()
+                    continue
+                if reply["parent_header"].get("msg_id") == self.request:
+                    break
+        except BaseException:  # interrupted while waiting
+            self.discard()
+            raise
+        self.kc.stop_channels()
+        self.taken = True
+        if not alive:
+            _shut_down(self.km, now=True)
+            return None
+        return self.km
+
+    def discard(self) -> None:
+        """Shut the kernel down unused (the sequence stopped before its notebook); nothing once taken."""
+        if not self.taken:
+            self.taken = True
+            self.kc.stop_channels()
+            _shut_down(self.km, now=True)
+
+
+def _shut_down(km: Any, now: bool = False) -> None:
+    from jupyter_core.utils import run_sync
+
+    for client in getattr(km, "clients", ()):
+        client.stop_channels()
+    try:
+        run_sync(km.shutdown_kernel)(now=now)
+    except Exception as exc:  # a kernel already gone: nothing to shut down
+        logging.getLogger(__name__).debug("kernel shutdown: %s", exc)
 
 
 def _error_text(exc: Exception, cell_timeout: int | None = None) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..base.errors import UserError
 from .course import ENV_FOLDER, ENV_LEDGER, ENV_REHEARSE, literals_of
-from .execute import KERNEL, NotebookFailure, _say, check_kernel, execute
+from .execute import KERNEL, NotebookFailure, WarmKernel, _say, check_kernel, execute
 from .pairing import Resolved, resolve
 
 _logger = logging.getLogger(__name__)
@@ -459,37 +459,24 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
     _say(f"run-notebooks: profile {sequence.profile}, {total} notebooks, parameters: {params}")
     _say(f"  run folder {folder}  (executed/ notebooks, logs/, figures/; follow one with tail -f logs/<name>.log)")
     started = time.perf_counter()
-    failure = None
-    for i, name in enumerate(sequence.notebooks, start=1):
-        tag = f"[{i:>2}/{total}] {name:<20}"
-        status = sequence.status.setdefault(name, {"state": "pending"})
-        if status.get("state") == "done":
-            _say(f"{tag} done earlier, skipped")
-            continue
-        _say(f"{tag} started {time.strftime('%H:%M:%S')}")
-        status.update(state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"), error=None)
-        sequence.save()
-        t0, cpu0 = time.time(), _children_cpu()
-        try:
-            execute(sources[name], folder / "executed" / f"{name}.ipynb", folder / "logs" / f"{name}.log",
-                    parameters={"profile": sequence.profile, **sequence.parameters}, env=sequence.environment(),
-                    cwd=root, kernel=kernel, cell_timeout=cell_timeout)
-        except KeyboardInterrupt:
-            status.update(state="interrupted", seconds=time.time() - t0)
-            sequence.save()
-            raise KeyboardInterrupt(f"{name} was stopped; the notebooks done are kept in {folder}. Continue with: "
-                                    f"{resume}") from None
-        except NotebookFailure as exc:
-            status.update(state="failed", seconds=time.time() - t0, error=exc.summary)
-            sequence.save()
-            failure = (name, exc)
-            _say(f"{tag} FAILED after {_clock(time.time() - t0)}: {exc.summary}")
-            break
-        figures = [p for p in (folder / "figures").glob("*.png") if p.stat().st_mtime >= t0 - 1]
-        cpu = _children_cpu() - cpu0
-        status.update(state="done", seconds=time.time() - t0, cpu_seconds=cpu, figures=len(figures))
-        sequence.save()
-        _say(f"{tag} done in {_clock(time.time() - t0)} (CPU {_clock(cpu)}), {len(figures)} figures")
+    failure, warm = None, None
+    todo = [n for n in sequence.notebooks if sequence.status.get(n, {}).get("state") != "done"]
+    try:
+        for i, name in enumerate(sequence.notebooks, start=1):
+            if name not in todo:
+                _say(f"[{i:>2}/{total}] {name:<20} done earlier, skipped")
+                continue
+            # The next notebook's kernel starts now and loads its imports while this one runs.
+            mine, later = warm, todo[todo.index(name) + 1:]
+            warm = _warm_kernel(sources[later[0]], folder / "logs" / f"{later[0]}.log", root, kernel,
+                                sequence.environment()) if later else None
+            failure = _run_one(sequence, name, f"[{i:>2}/{total}] {name:<20}", sources[name], root, kernel=kernel,
+                               cell_timeout=cell_timeout, resume=resume, warm=mine)
+            if failure:
+                break
+    finally:
+        if warm is not None:
+            warm.discard()
     elapsed = time.perf_counter() - started
     _print_summary(sequence, elapsed)
     if failure:
@@ -500,6 +487,48 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
         )
     return {"run_dir": str(folder), "profile": sequence.profile, "minutes": round(elapsed / 60, 2),
             "notebooks": {n: sequence.status[n]["state"] for n in sequence.notebooks}}
+
+
+def _warm_kernel(source: Path, log: Path, root: Path, kernel: str | None, env: dict) -> WarmKernel | None:
+    """The kernel of the notebook after this one, started now (`execute.WarmKernel`); None when it cannot start
+    (then papermill starts it in its turn, and says why if it still cannot)."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return WarmKernel(source, log, cwd=root, kernel=kernel, env=env)
+    except Exception as exc:
+        _logger.debug("no warm kernel for %s: %s", source.name, exc)
+        return None
+
+
+def _run_one(sequence: Sequence, name: str, tag: str, source: Path, root: Path, *, kernel: str | None,
+             cell_timeout: int | None, resume: str, warm: WarmKernel | None) -> tuple[str, NotebookFailure] | None:
+    """Execute one notebook of the sequence and record its state; returns (name, failure) when it failed."""
+    folder = sequence.folder
+    status = sequence.status.setdefault(name, {"state": "pending"})
+    _say(f"{tag} started {time.strftime('%H:%M:%S')}")
+    status.update(state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"), error=None)
+    sequence.save()
+    t0, cpu0 = time.time(), _children_cpu()
+    try:
+        execute(source, folder / "executed" / f"{name}.ipynb", folder / "logs" / f"{name}.log",
+                parameters={"profile": sequence.profile, **sequence.parameters}, env=sequence.environment(),
+                cwd=root, kernel=kernel, cell_timeout=cell_timeout, warm=warm)
+    except KeyboardInterrupt:
+        status.update(state="interrupted", seconds=time.time() - t0)
+        sequence.save()
+        raise KeyboardInterrupt(f"{name} was stopped; the notebooks done are kept in {folder}. Continue with: "
+                                f"{resume}") from None
+    except NotebookFailure as exc:
+        status.update(state="failed", seconds=time.time() - t0, error=exc.summary)
+        sequence.save()
+        _say(f"{tag} FAILED after {_clock(time.time() - t0)}: {exc.summary}")
+        return name, exc
+    figures = [p for p in (folder / "figures").glob("*.png") if p.stat().st_mtime >= t0 - 1]
+    cpu = _children_cpu() - cpu0
+    status.update(state="done", seconds=time.time() - t0, cpu_seconds=cpu, figures=len(figures))
+    sequence.save()
+    _say(f"{tag} done in {_clock(time.time() - t0)} (CPU {_clock(cpu)}), {len(figures)} figures")
+    return None
 
 
 def _children_cpu() -> float:
