@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,6 +156,42 @@ def copy_course(course: Path, dst: Path) -> Path:
 
     shutil.copytree(course, dst, copy_function=link_or_copy, ignore=shutil.ignore_patterns("state.json"))
     return dst
+
+
+class KernelQueue:
+    """Kernels for tests that each run a notebook in their own copy of the course (the Try-its): the next test's
+    kernel starts, and loads its imports, while this test's notebook runs, as run-notebooks does
+    (`execute.WarmKernel`). A kernel is bound to its course folder (the kernel's HELPERS_COURSE_DIR), so `take`
+    hands out the folder to copy the course into with it."""
+
+    def __init__(self, root: Path):
+        self.root, self.count, self.next = root, 0, None
+
+    def _start(self) -> tuple[Path, Any]:
+        from helpers.course.execute import WarmKernel
+
+        self.count += 1
+        folder = self.root / f"course-{self.count}"
+        env = {"HELPERS_COURSE_DIR": str(folder), "HELPERS_LEDGER": str(folder / "ledger.csv")}
+        return folder, WarmKernel(ROOT / "notebooks" / "01_baseline.ipynb", self.root / f"kernel-{self.count}.log",
+                                  cwd=ROOT, kernel=None, env=env)
+
+    def take(self) -> tuple[Path, Any]:
+        """(a course folder that does not exist yet, a kernel started for it); the next one starts now."""
+        mine = self.next or self._start()
+        self.next = self._start()
+        return mine
+
+    def close(self) -> None:
+        if self.next:
+            self.next[1].discard()
+
+
+@pytest.fixture(scope="session")
+def kernel_queue(tmp_path_factory):
+    queue = KernelQueue(tmp_path_factory.mktemp("kernels"))
+    yield queue
+    queue.close()
 
 
 # The fault tests' shared fixtures (test_faults, test_survive): a micro dataset and an uninterrupted reference
