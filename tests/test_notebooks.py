@@ -252,6 +252,9 @@ def test_the_course_runs_headless_and_every_notebook_saves_its_figures(course_ru
         for figure in figures:
             _is_real_png(out / "figures" / f"{figure}.png")
         assert (out / "executed" / f"{name}.ipynb").is_file() and (out / "logs" / f"{name}.log").is_file()
+        saved = len(list((out / "figures").glob(f"{name[:2]}_*.png")))  # a notebook's figures carry its number
+        assert state["status"][name]["figures"] == saved, name  # not the figures the one before saved last
+        assert f"{name:<20} done in" in res.stdout and f"), {saved} figures" in res.stdout
     assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {n: "done" for n in FIGURES}
 
 

@@ -201,16 +201,16 @@ def test_a_sequence_started_with_the_old_parameters_resumes_with_them_as_runner_
                                       "HELPERS_REHEARSE": "1"}
 
 
-SEEN = ("pass\n\n# %%\nimport json, os, sys\nfrom pathlib import Path\n\n"
+SEEN = ("pass\n\n# %%\nimport json, os, sys, time\nfrom pathlib import Path\nimport psutil\n\n"
         "seen = {'loaded': 'helpers.use.runs' in sys.modules and 'torch' in sys.modules, 'bound': 'helpers' in dir(),\n"
-        "        'told': os.environ.get('HELPERS_COURSE_DIR')}\n"
+        "        'told': os.environ.get('HELPERS_COURSE_DIR'), 'born': psutil.Process().create_time(), 'at': time.time()}\n"
         "Path(seen['told'], f'seen-{os.getpid()}.json').write_text(json.dumps(seen))\n")
 
 
 def test_the_next_notebooks_kernel_is_warm_binds_no_name_and_is_shut_down_when_the_sequence_stops(tmp_path):
-    """Each notebook after the first finds its kernel started and the course's modules loaded (while the one
-    before it ran), with nothing bound in its namespace and the sequence's environment; when a notebook fails,
-    the kernel warmed for the next one is shut down with it."""
+    """Each notebook finds the course's modules loaded in its kernel, with nothing bound in its namespace and the
+    sequence's environment; a notebook's kernel started while the one before it ran; when a notebook fails, the
+    kernel warmed for the next one is shut down with it."""
     import psutil
 
     folder = tmp_path / "nb"
@@ -223,7 +223,8 @@ def test_the_next_notebooks_kernel_is_warm_binds_no_name_and_is_shut_down_when_t
     res = _cli("run-notebooks", "--notebooks", str(folder), "--out", str(out))
     assert res.returncode == 2 and "02_fails failed in cell" in res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
     seen = [json.loads(p.read_text()) for p in sorted(out.glob("seen-*.json"), key=lambda p: p.stat().st_mtime)]
-    assert [s["loaded"] for s in seen] == [False, True], seen  # 00's kernel started in its turn, 01's earlier
+    assert [s["loaded"] for s in seen] == [True, True], seen
+    assert seen[1]["born"] < seen[0]["at"], seen  # 01's kernel was up before 00's cell ran
     assert not any(s["bound"] for s in seen) and {s["told"] for s in seen} == {str(out)}
     assert json.loads((out / "state.json").read_text())["status"]["03_never"]["state"] == "pending"
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in kernels and p.is_running()

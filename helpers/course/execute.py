@@ -144,8 +144,8 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             log_file.write(f"=== FAILED in {where}: {error}\n")
             raise NotebookFailure(where, error, output, log) from exc
         finally:
-            if km is not None:
-                _shut_down(km)
+            if km is not None:  # its notebook has ended (every output received, every file closed): no need
+                _shut_down(km, now=True)  # to wait 1-2 s for a graceful exit of a process that imported torch
             sys.stderr.flush()
             os.dup2(terminal_stderr, 2)
             os.close(terminal_stderr)

@@ -466,8 +466,11 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
             if name not in todo:
                 _say(f"[{i:>2}/{total}] {name:<20} done earlier, skipped")
                 continue
-            # The next notebook's kernel starts now and loads its imports while this one runs.
-            mine, later = warm, todo[todo.index(name) + 1:]
+            # The next notebook's kernel starts now and loads its imports while this one runs (the first
+            # notebook's starts now too: every kernel is then one of ours, shut down at once when its notebook ends).
+            mine = warm or _warm_kernel(sources[name], folder / "logs" / f"{name}.log", root, kernel,
+                                        sequence.environment())
+            later = todo[todo.index(name) + 1:]
             warm = _warm_kernel(sources[later[0]], folder / "logs" / f"{later[0]}.log", root, kernel,
                                 sequence.environment()) if later else None
             failure = _run_one(sequence, name, f"[{i:>2}/{total}] {name:<20}", sources[name], root, kernel=kernel,
@@ -509,6 +512,7 @@ def _run_one(sequence: Sequence, name: str, tag: str, source: Path, root: Path, 
     status.update(state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"), error=None)
     sequence.save()
     t0, cpu0 = time.time(), _children_cpu()
+    saved_before = _figure_times(folder / "figures")
     try:
         execute(source, folder / "executed" / f"{name}.ipynb", folder / "logs" / f"{name}.log",
                 parameters={"profile": sequence.profile, **sequence.parameters}, env=sequence.environment(),
@@ -523,12 +527,17 @@ def _run_one(sequence: Sequence, name: str, tag: str, source: Path, root: Path, 
         sequence.save()
         _say(f"{tag} FAILED after {_clock(time.time() - t0)}: {exc.summary}")
         return name, exc
-    figures = [p for p in (folder / "figures").glob("*.png") if p.stat().st_mtime >= t0 - 1]
+    figures = [p for p, t in _figure_times(folder / "figures").items() if saved_before.get(p) != t]
     cpu = _children_cpu() - cpu0
     status.update(state="done", seconds=time.time() - t0, cpu_seconds=cpu, figures=len(figures))
     sequence.save()
     _say(f"{tag} done in {_clock(time.time() - t0)} (CPU {_clock(cpu)}), {len(figures)} figures")
     return None
+
+
+def _figure_times(folder: Path) -> dict[Path, int]:
+    """Each PNG of `folder` and its modification time (a notebook's figures are those new or changed after it)."""
+    return {p: p.stat().st_mtime_ns for p in folder.glob("*.png")}
 
 
 def _children_cpu() -> float:
