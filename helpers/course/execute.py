@@ -157,7 +157,7 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
 
 class WarmKernel:
     """A notebook's kernel, started while the notebook before it runs (`run-notebooks`): when its turn comes, the
-    kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot) are loaded, 4-6 s of each
+    kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot, grad-cam) are loaded, 4-6 s of each
     notebook on 2 cores. The modules are loaded with `__import__`, which binds no name in the notebook's namespace:
     a notebook that forgets an import still fails as it would alone. Its stderr goes to the notebook's log.
 
@@ -165,7 +165,9 @@ class WarmKernel:
         execute(source, ..., warm=warm)                                  # runs in it, then shuts it down
     """
 
-    PRELOAD = ("helpers.use.runs", "helpers.course.course", "helpers.course.failures", "matplotlib.pyplot")
+    # what nearly every notebook imports, directly or on its first figure or activation map
+    PRELOAD = ("helpers.use.runs", "helpers.course.course", "helpers.course.failures", "matplotlib.pyplot", "seaborn",
+               "pytorch_grad_cam")
 
     def __init__(self, source: Path, log: Path, *, cwd: Path, kernel: str | None,
                  env: dict[str, str | None] | None = None):
