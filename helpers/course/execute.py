@@ -170,7 +170,7 @@ class WarmKernel:
                "pytorch_grad_cam")
 
     def __init__(self, source: Path, log: Path, *, cwd: Path, kernel: str | None,
-                 env: dict[str, str | None] | None = None):
+                 env: dict[str, str | None] | None = None, preload: bool = True):
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
@@ -189,8 +189,9 @@ class WarmKernel:
             run_sync(self.km.start_kernel)(cwd=str(cwd), env=environment, stderr=stderr)
         self.kc = self.km.client()
         self.kc.start_channels()
+        # (preload=False: a kernel needed at once, which would only wait for modules its notebook may not use)
         self.request = self.kc.execute("; ".join(f"__import__({m!r})" for m in self.PRELOAD), silent=True,
-                                       store_history=False)
+                                       store_history=False) if preload else None
 
     def take(self, kernel: str, wait: float = 300) -> Any:
         """The kernel manager, once the imports are done (or failed: the notebook then shows why); None when
@@ -200,7 +201,7 @@ class WarmKernel:
         alive = kernel == self.kernel and run_sync(self.km.is_alive)()
         deadline = time.monotonic() + wait
         try:
-            while alive and time.monotonic() < deadline:
+            while alive and self.request and time.monotonic() < deadline:
                 try:
                     reply = run_sync(self.kc.get_shell_msg)(timeout=1)
                 except queue.Empty:

@@ -467,9 +467,10 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
                 _say(f"[{i:>2}/{total}] {name:<20} done earlier, skipped")
                 continue
             # The next notebook's kernel starts now and loads its imports while this one runs (the first
-            # notebook's starts now too: every kernel is then one of ours, shut down at once when its notebook ends).
+            # notebook's starts now too, without them: every kernel is then one of ours, shut down at once when its
+            # notebook ends).
             mine = warm or _warm_kernel(sources[name], folder / "logs" / f"{name}.log", root, kernel,
-                                        sequence.environment())
+                                        sequence.environment(), preload=False)
             later = todo[todo.index(name) + 1:]
             warm = _warm_kernel(sources[later[0]], folder / "logs" / f"{later[0]}.log", root, kernel,
                                 sequence.environment()) if later else None
@@ -492,12 +493,13 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
             "notebooks": {n: sequence.status[n]["state"] for n in sequence.notebooks}}
 
 
-def _warm_kernel(source: Path, log: Path, root: Path, kernel: str | None, env: dict) -> WarmKernel | None:
+def _warm_kernel(source: Path, log: Path, root: Path, kernel: str | None, env: dict,
+                 preload: bool = True) -> WarmKernel | None:
     """The kernel of the notebook after this one, started now (`execute.WarmKernel`); None when it cannot start
     (then papermill starts it in its turn, and says why if it still cannot)."""
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        return WarmKernel(source, log, cwd=root, kernel=kernel, env=env)
+        return WarmKernel(source, log, cwd=root, kernel=kernel, env=env, preload=preload)
     except Exception as exc:
         _logger.debug("no warm kernel for %s: %s", source.name, exc)
         return None
