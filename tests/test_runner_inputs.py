@@ -230,3 +230,23 @@ def test_the_next_notebooks_kernel_is_warm_binds_no_name_and_is_shut_down_when_t
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in kernels and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [p.cmdline() for p in left]
+
+
+def test_a_warm_kernel_is_left_unused_when_the_package_was_saved_after_it_started(tmp_path):
+    """A fix saved in helpers/ while the notebook before runs reaches the next notebook: its warm kernel, which
+    imported the old code, is shut down and the notebook gets a fresh one."""
+    from helpers.course.execute import WarmKernel, _shut_down
+
+    project = tmp_path / "project"
+    module = project / "helpers" / "fix.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("")
+    os.utime(module, (time.time() - 60, time.time() - 60))  # saved before the kernels start
+    notebook = _pair(tmp_path / "nb", "00_x", "pass\n")
+    kept = WarmKernel(notebook, tmp_path / "kept.log", cwd=project, kernel=None, preload=False)
+    km = kept.take("food101")
+    assert km is not None
+    _shut_down(km, now=True)
+    stale = WarmKernel(notebook, tmp_path / "stale.log", cwd=project, kernel=None, preload=False)
+    module.write_text("FIXED = True\n")  # the fix, saved while the kernel waits
+    assert stale.take("food101") is None and stale.taken

@@ -157,9 +157,11 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
 
 class WarmKernel:
     """A notebook's kernel, started while the notebook before it runs (`run-notebooks`): when its turn comes, the
-    kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot, grad-cam) are loaded, 4-6 s of each
-    notebook on 2 cores. The modules are loaded with `__import__`, which binds no name in the notebook's namespace:
-    a notebook that forgets an import still fails as it would alone. Its stderr goes to the notebook's log.
+    kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot, grad-cam) are loaded, 4-6 s
+    of each notebook on 2 cores. The modules are loaded with `__import__`, which binds no name in the notebook's
+    namespace: a notebook that forgets an import still fails as it would alone. Its stderr goes to the notebook's
+    log. A file of helpers/ saved after it started (a fix made during a long run) makes it unused: the notebook
+    then gets a fresh kernel that imports the fix.
 
         warm = WarmKernel(source, log, cwd=root, kernel=None, env=env)   # returns at once
         execute(source, ..., warm=warm)                                  # runs in it, then shuts it down
@@ -175,6 +177,7 @@ class WarmKernel:
         from jupyter_core.utils import run_sync
 
         self.kernel, self.taken = kernel_name(source, kernel), False
+        self.package, self.started = Path(cwd) / "helpers", time.time()
         environment = dict(os.environ)
         for key, value in _kernel_environment(cwd, env).items():
             if value is None:
@@ -195,10 +198,14 @@ class WarmKernel:
 
     def take(self, kernel: str, wait: float = 300) -> Any:
         """The kernel manager, once the imports are done (or failed: the notebook then shows why); None when
-        `kernel` is another kernel or the kernel died (papermill then starts a fresh one)."""
+        `kernel` is another kernel, a file of helpers/ changed since it started, or it died (papermill then starts a
+        fresh one)."""
         from jupyter_core.utils import run_sync
 
-        alive = kernel == self.kernel and run_sync(self.km.is_alive)()
+        if kernel != self.kernel or self._edited():
+            self.discard()
+            return None
+        alive = run_sync(self.km.is_alive)()
         deadline = time.monotonic() + wait
         try:
             while alive and self.request and time.monotonic() < deadline:
@@ -218,6 +225,11 @@ class WarmKernel:
             _shut_down(self.km, now=True)
             return None
         return self.km
+
+    def _edited(self) -> bool:
+        """A module of the project's package was saved after this kernel started (a fix made during a long run):
+        the notebook then gets a fresh kernel that imports it as it is now."""
+        return any(p.stat().st_mtime > self.started for p in self.package.rglob("*.py"))
 
     def discard(self) -> None:
         """Shut the kernel down unused (the sequence stopped before its notebook); nothing once taken."""
