@@ -158,6 +158,11 @@ def copy_course(course: Path, dst: Path) -> Path:
     return dst
 
 
+def course_environment(folder: Path) -> dict[str, str]:
+    """What run-notebooks tells a kernel that runs the course in `folder`: the run folder and the ledger."""
+    return {"HELPERS_COURSE_DIR": str(folder), "HELPERS_LEDGER": str(folder / "ledger.csv")}
+
+
 class KernelQueue:
     """Kernels for tests that each run a notebook in their own copy of the course (the Try-its): the next test's
     kernel starts, and loads its imports, while this test's notebook runs, as run-notebooks does
@@ -172,9 +177,8 @@ class KernelQueue:
 
         self.count += 1
         folder = self.root / f"course-{self.count}"
-        env = {"HELPERS_COURSE_DIR": str(folder), "HELPERS_LEDGER": str(folder / "ledger.csv")}
         return folder, WarmKernel(ROOT / "notebooks" / "01_baseline.ipynb", self.root / f"kernel-{self.count}.log",
-                                  cwd=ROOT, kernel=None, env=env)
+                                  cwd=ROOT, kernel=None, env=course_environment(folder))
 
     def take(self) -> tuple[Path, Any]:
         """(a course folder that does not exist yet, a kernel started for it); the next one starts now."""

@@ -30,7 +30,7 @@ from helpers.course.execute import WarmKernel, execute
 from helpers.course.parameters import parameters
 from helpers.course.runner import find_notebooks
 
-from .conftest import copy_course
+from .conftest import copy_course, course_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -235,14 +235,14 @@ def test_the_tested_try_it_runs_as_written_and_takes_effect(path, ci_course, sub
     untouched); after 01's, 02 runs as written and still reads the course's baseline."""
     out, warm = kernel_queue.take()  # this copy's kernel, started while the test before ran
     copy_course(ci_course[0], out)
-    monkeypatch.setenv("HELPERS_COURSE_DIR", str(out))  # as run-notebooks tells the kernel
-    monkeypatch.setenv("HELPERS_LEDGER", str(out / "ledger.csv"))
+    for key, value in course_environment(out).items():  # as run-notebooks tells the kernel
+        monkeypatch.setenv(key, value)
     change = next(c for c in _try_its(path) if c.tested)
     key = change.keys[-1] if change.keys else change.name
     t0, started = time.perf_counter(), time.time() - 1
     nb02 = NOTEBOOK_DIR / "02_b3_upgrade.ipynb"
-    warm02 = WarmKernel(nb02, out / "logs" / "again-02.log", cwd=ROOT, kernel=None, env={
-        "HELPERS_COURSE_DIR": str(out), "HELPERS_LEDGER": str(out / "ledger.csv")}) if path.stem == "01_baseline" else None
+    warm02 = WarmKernel(nb02, out / "logs" / "again-02.log", cwd=ROOT, kernel=None,
+                        env=course_environment(out)) if path.stem == "01_baseline" else None
     try:
         _run_try_it(path, change, key, out, subset, started, warm, warm02)
     finally:

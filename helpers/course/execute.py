@@ -179,11 +179,7 @@ class WarmKernel:
         self.kernel, self.taken = kernel_name(source, kernel), False
         self.package, self.started = Path(cwd) / "helpers", time.time()
         environment = dict(os.environ)
-        for key, value in _kernel_environment(cwd, env).items():
-            if value is None:
-                environment.pop(key, None)
-            else:
-                environment[key] = value
+        _set_environment(_kernel_environment(cwd, env), environment)
         self.km = AsyncKernelManager(kernel_name=self.kernel)
         # papermill leaves the channels of a kernel it was given open: keep its clients, to stop them at shutdown
         self.km.clients, make_client = [], self.km.client
@@ -336,9 +332,10 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _set_environment(values: dict[str, str | None]) -> None:
+def _set_environment(values: dict[str, str | None], target: Any = os.environ) -> None:
+    """Set `values` in `target` (this process's environment, or a copy of it); None removes a variable."""
     for key, value in values.items():
         if value is None:
-            os.environ.pop(key, None)
+            target.pop(key, None)
         else:
-            os.environ[key] = value
+            target[key] = value
