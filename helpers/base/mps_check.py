@@ -105,16 +105,29 @@ class _DispatchCheck(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if _state.paused:
             return out
-        name = func.__name__.split(".")[0]
-        if name in MPS_CPU_FALLBACK:
-            _refuse(f"aten.{name} (which MPS runs on the CPU, per pytorch's MPSFallback.mm)",
+        fallback = _FALLBACK.get(func)
+        if fallback is None:  # once per operator overload: the name test is most of a cheap operator's check
+            fallback = _FALLBACK[func] = func.__name__.split(".")[0] in MPS_CPU_FALLBACK
+        if fallback:
+            _refuse(f"aten.{func.__name__.split('.')[0]} (which MPS runs on the CPU, per pytorch's MPSFallback.mm)",
                     "Avoid the operator in device code, or move its inputs to the CPU explicitly.")
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.dtype in REFUSED_DTYPES:
-                _refuse(f"aten.{func.__name__} made a {REFUSED_DTYPES[t.dtype]} tensor",
-                        "MPS has no float64 or complex128: keep device tensors float32 (or int64 for counts), and "
-                        "convert to float64 on the host only (after .cpu()/.item()).")
+        if isinstance(out, torch.Tensor):  # most operators: one tensor, no tree to flatten
+            if out.dtype in REFUSED_DTYPES:
+                _refuse_dtype(func, out)
+        elif out is not None:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.dtype in REFUSED_DTYPES:
+                    _refuse_dtype(func, t)
         return out
+
+
+_FALLBACK: dict = {}  # operator overload -> whether MPS runs it on the CPU
+
+
+def _refuse_dtype(func, t: torch.Tensor) -> None:
+    _refuse(f"aten.{func.__name__} made a {REFUSED_DTYPES[t.dtype]} tensor",
+            "MPS has no float64 or complex128: keep device tensors float32 (or int64 for counts), and "
+            "convert to float64 on the host only (after .cpu()/.item()).")
 
 
 _COPIES = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.copy_}
