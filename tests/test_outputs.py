@@ -115,6 +115,28 @@ def test_continuing_a_copied_run_trains_in_the_copy_not_where_its_config_points(
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
+def test_continuing_a_finished_run_keeps_its_test_result_unless_its_test_never_ran(finished, micro, tmp_path, caplog):
+    """A finished run continued (a course's reused run, a second --resume) returns its summary without testing
+    the same weights again: not a byte of the folder changes. Killed after its last checkpoint but before its
+    test (no summary.json), it is tested then, with the same result."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    before = _snapshot(copy)
+    cfg = TrainConfig(**CONFIG, data_dir=str(micro), output_dir=str(copy), resume=str(copy))
+    with caplog.at_level(logging.INFO, logger="helpers"):
+        summary = helpers.train(cfg)
+    assert _snapshot(copy) == before and "finished earlier (2 epochs): its test result stands" in caplog.text
+    saved = json.loads((copy / "summary.json").read_text())
+    assert summary == {**{k: v for k, v in saved.items() if k != "weights"}, "output_dir": str(copy)}
+    (copy / "summary.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="helpers"):
+        again = helpers.train(cfg)
+    assert "finished earlier" not in caplog.text and "Test top-1" in caplog.text
+    assert again["test_top1"] == summary["test_top1"] and again["test_n"] == summary["test_n"] > 0
+    assert json.loads((copy / "summary.json").read_text())["weights"] == saved["weights"]
+
+
 def test_a_new_stage_writes_only_into_a_folder_that_holds_no_other_run(finished, micro, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(finished, other)  # another finished run, in its own folder

@@ -334,6 +334,10 @@ def fit(cfg: TrainConfig, *, teachers: Sequence[Trained] = (),
     cfg, state, continuing = prepare_output(cfg)
     distributed.barrier()  # every rank has checked the output folder before rank 0 writes into it
     splits = _load_splits(cfg, state if continuing else None, dist_info)
+    earlier = _finished_earlier(cfg, state if continuing else None, splits.class_names, dist_info)
+    if earlier is not None:
+        distributed.cleanup()
+        return earlier
     seed_everything(cfg.seed)
     model, dtype = build_model(cfg, splits.class_names, state, device, init)
     data = build_data(cfg, splits, model, device, dtype, dist_info, state if continuing else None)
@@ -351,6 +355,27 @@ def fit(cfg: TrainConfig, *, teachers: Sequence[Trained] = (),
     summary = distributed.broadcast_object(summary)
     distributed.cleanup()
     return summary
+
+
+def _finished_earlier(cfg: TrainConfig, state: dict | None, class_names: list[str], dist_info) -> dict | None:
+    """The summary of a continued run with nothing left to train (a course's reused run, a second `--resume` of a
+    finished run), when its summary.json is its last training's: it records the weights best.pt holds and counts
+    every row of metrics.csv. Testing the same weights on the same split again would only write the same numbers
+    (the split's photos were checked against the checkpoint's by `_load_splits`). None: train and test as usual."""
+    if state is None or dist_info.world_size > 1 or not (state.get("finished") or state["epoch"] >= cfg.epochs):
+        return None
+    out = Path(cfg.output_dir)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):  # killed between its last checkpoint and its test: test it now
+        return None
+    if (not isinstance(summary, dict) or summary.get("weights") != weights_record(out / checkpoint.BEST, class_names)
+            or summary.get("epochs_run") != count_rows(out / "metrics.csv")
+            or (cfg.model_ema and "test_ema_top1" not in summary)):
+        return None
+    _logger.info("%s finished earlier (%d epochs): its test result stands (summary.json), test top-1 %.2f%%",
+                 out, summary["epochs_run"], summary.get("test_top1", float("nan")))
+    return {**{k: v for k, v in summary.items() if k != "weights"}, "output_dir": str(out)}  # a copied run: here
 
 
 def _load_splits(cfg: TrainConfig, state: dict | None, dist_info) -> Splits:
