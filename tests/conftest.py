@@ -165,9 +165,9 @@ def course_environment(folder: Path) -> dict[str, str]:
 
 class KernelQueue:
     """Kernels for tests that each run a notebook in their own copy of the course (the Try-its): the next test's
-    kernel starts, and loads its imports, while this test's notebook runs, as run-notebooks does
-    (`execute.WarmKernel`). A kernel is bound to its course folder (the kernel's HELPERS_COURSE_DIR), so `take`
-    hands out the folder to copy the course into with it."""
+    kernel starts while this test's notebook runs and loads its imports in that notebook's last cells
+    (`execute(on_tail=queue.load_next)`), as run-notebooks does (`execute.WarmKernel`). A kernel is bound to its
+    course folder (the kernel's HELPERS_COURSE_DIR), so `take` hands out the folder to copy the course into with it."""
 
     def __init__(self, root: Path):
         self.root, self.count, self.next = root, 0, None
@@ -178,13 +178,18 @@ class KernelQueue:
         self.count += 1
         folder = self.root / f"course-{self.count}"
         return folder, WarmKernel(ROOT / "notebooks" / "01_baseline.ipynb", self.root / f"kernel-{self.count}.log",
-                                  cwd=ROOT, kernel=None, env=course_environment(folder))
+                                  cwd=ROOT, kernel=None, env=course_environment(folder), preload=False)
 
     def take(self) -> tuple[Path, Any]:
         """(a course folder that does not exist yet, a kernel started for it); the next one starts now."""
         mine = self.next or self._start()
         self.next = self._start()
         return mine
+
+    def load_next(self) -> None:
+        """The next test's kernel loads its imports now."""
+        if self.next:
+            self.next[1].load()
 
     def close(self) -> None:
         if self.next:

@@ -241,21 +241,22 @@ def test_the_tested_try_it_runs_as_written_and_takes_effect(path, ci_course, sub
     key = change.keys[-1] if change.keys else change.name
     t0, started = time.perf_counter(), time.time() - 1
     nb02 = NOTEBOOK_DIR / "02_b3_upgrade.ipynb"
-    warm02 = WarmKernel(nb02, out / "logs" / "again-02.log", cwd=ROOT, kernel=None,
-                        env=course_environment(out)) if path.stem == "01_baseline" else None
+    warm02 = WarmKernel(nb02, out / "logs" / "again-02.log", cwd=ROOT, kernel=None, env=course_environment(out),
+                        preload=False) if path.stem == "01_baseline" else None
     try:
-        _run_try_it(path, change, key, out, subset, started, warm, warm02)
+        _run_try_it(path, change, key, out, subset, started, warm, warm02, kernel_queue.load_next)
     finally:
         if warm02:
             warm02.discard()  # when the Try it failed before 02 ran
     print(f"{path.stem} Try it: {time.perf_counter() - t0:.0f} s")
 
 
-def _run_try_it(path, change, key, out, subset, started, warm, warm02) -> None:
+def _run_try_it(path, change, key, out, subset, started, warm, warm02, load_next) -> None:
     run = FIRST_AS_WRITTEN.get(path.stem)
     before = (out / "models" / path.stem / run / "best.pt").stat().st_ino if run else None
     execute(path, out / "executed" / f"try-{path.name}", out / "logs" / f"try-{path.stem}.log", cwd=ROOT,
-            parameters={"profile": "ci", "data_dir": str(subset), change.name: _changed(path, change)}, warm=warm)
+            parameters={"profile": "ci", "data_dir": str(subset), change.name: _changed(path, change)}, warm=warm,
+            on_tail=warm02.load if warm02 else load_next)
     injected = next(c.source for c in nbformat.read(out / "executed" / f"try-{path.name}", as_version=4).cells
                     if "injected-parameters" in c.metadata.get("tags", []))
     assert f"{change.name} = " in injected, injected
@@ -269,7 +270,7 @@ def _run_try_it(path, change, key, out, subset, started, warm, warm02) -> None:
         assert change.value in _config_values(out, path.stem, key), (path.stem, key, change.value)
     if path.stem == "01_baseline":  # a later notebook still runs, on the course's runs
         execute(NOTEBOOK_DIR / "02_b3_upgrade.ipynb", out / "executed" / "again-02.ipynb", out / "logs" / "again-02.log",
-                cwd=ROOT, parameters={"profile": "ci", "data_dir": str(subset)}, warm=warm02)
+                cwd=ROOT, parameters={"profile": "ci", "data_dir": str(subset)}, warm=warm02, on_tail=load_next)
         rows = ledger.read(out / "ledger.csv").drop_duplicates("phase", keep="last").set_index("phase")
         baseline = json.loads((out / "models" / "01_baseline" / "baseline" / "summary.json").read_text())
         assert rows.loc["2.1", "reference_top1"] == pytest.approx(baseline["test_top1"], abs=1e-3)

@@ -232,6 +232,28 @@ def test_the_next_notebooks_kernel_is_warm_binds_no_name_and_is_shut_down_when_t
     assert not left, [p.cmdline() for p in left]
 
 
+def test_the_next_kernel_loads_its_imports_when_the_last_cells_begin(capsys):
+    """The next notebook's imports load when this notebook's last TAIL_CELLS code cells begin (its figures, on one
+    core), once, not while it trains; a notebook shorter than that loads them at its first code cell."""
+    import io
+    import logging
+
+    from helpers.course.execute import TAIL_CELLS, _Echo
+
+    def fed(cells: list[str]) -> list[int]:
+        calls: list[int] = []
+        echo = _Echo(io.StringIO(), cells, on_tail=lambda: calls.append(echo.code_seen))
+        for i in range(1, len(cells) + 1):
+            echo.emit(logging.makeLogRecord({"msg": f"Executing Cell {i}---------"}))
+            echo.emit(logging.makeLogRecord({"msg": f"Ending Cell {i}---------"}))
+        return calls
+
+    code = [f"step_{i}()" for i in range(9)]
+    assert fed(["", *code[:4], "", *code[4:]]) == [len(code) - TAIL_CELLS + 1]
+    assert fed(["", code[0], "", code[1]]) == [1]
+    assert "cell 1/2: step_0()" in capsys.readouterr().out
+
+
 def test_a_warm_kernel_is_left_unused_when_the_package_was_saved_after_it_started(tmp_path):
     """A fix saved in helpers/ while the notebook before runs reaches the next notebook: its warm kernel, which
     imported the old code, is shut down and the notebook gets a fresh one."""

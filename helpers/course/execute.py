@@ -11,6 +11,7 @@ import queue
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from ..base.errors import UserError
 KERNEL = "food101"  # the kernel every notebook names: the project's environment
 # Notebook output lines worth showing in the terminal (the rest is in the notebook's log).
 ECHO = re.compile(r"epoch \d+/\d+ |Test top-1|Resuming|Starting a new stage|Early stopping|Ledger |rror")
+# A notebook's last code cells draw its figures and print its summary on one core: the next notebook's kernel loads
+# its imports then (`execute(on_tail=...)`). Loading them while the notebook trains would take a core from
+# torch's threads, which then wait for each other: its training ran 2-4x slower for those seconds.
+TAIL_CELLS = 4
 
 
 class NotebookFailure(Exception):
@@ -33,12 +38,13 @@ class NotebookFailure(Exception):
 class _Echo(logging.Handler):
     """Writes papermill's log of a notebook (cells, outputs) to a file and shows progress lines in the terminal."""
 
-    def __init__(self, log_file, cells: list[str]):
+    def __init__(self, log_file, cells: list[str], on_tail: Callable[[], None] | None = None):
         super().__init__(logging.INFO)
         self.file = log_file
         self.cells = cells  # the first source line of each cell of the executed notebook ("" for markdown)
         self.code_total = sum(1 for c in cells if c)
         self.code_seen = 0
+        self.on_tail = on_tail  # called once, when the notebook's last TAIL_CELLS code cells begin
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -51,6 +57,9 @@ class _Echo(logging.Handler):
             if line:
                 self.code_seen += 1
                 _say(f"{'':9}cell {self.code_seen}/{self.code_total}: {line[:90]}")
+                if self.on_tail is not None and self.code_seen > self.code_total - TAIL_CELLS:
+                    tail, self.on_tail = self.on_tail, None
+                    tail()
             return
         if message.startswith("Ending Cell"):
             return
@@ -91,7 +100,7 @@ def _kernel_environment(cwd: Path, env: dict[str, str | None] | None) -> dict[st
 
 def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any], cwd: Path, kernel: str | None = None,
             cell_timeout: int | None = None, env: dict[str, str | None] | None = None,
-            warm: WarmKernel | None = None) -> None:
+            warm: WarmKernel | None = None, on_tail: Callable[[], None] | None = None) -> None:
     """Run one notebook with papermill into `output`, logging everything it prints to `log`.
 
     Args:
@@ -99,6 +108,8 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
         env: environment variables for the kernel (None values: removed), restored afterwards.
         warm: this notebook's kernel, started earlier with the same kernel, folder and environment (shut down
             here when the notebook ends); None: papermill starts one.
+        on_tail: called once when the notebook's last `TAIL_CELLS` code cells begin (figures and summaries, one
+            core busy): `run-notebooks` has the next notebook's kernel load its imports then (`WarmKernel.load`).
 
     Raises:
         UserError: the kernel is not installed (with how to install it).
@@ -121,7 +132,7 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
     km = warm.take(kernel) if warm else None
     with open(log, "a") as log_file:
         log_file.write(f"=== {source.name} {time.strftime('%Y-%m-%d %H:%M:%S')} parameters {parameters}\n")
-        handler = _Echo(log_file, lines)
+        handler = _Echo(log_file, lines, on_tail)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -176,7 +187,7 @@ class WarmKernel:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
-        self.kernel, self.taken = kernel_name(source, kernel), False
+        self.kernel, self.taken, self.request = kernel_name(source, kernel), False, None
         self.package, self.started = Path(cwd) / "helpers", time.time()
         environment = dict(os.environ)
         _set_environment(_kernel_environment(cwd, env), environment)
@@ -186,11 +197,17 @@ class WarmKernel:
         self.km.client = lambda **kw: self.km.clients.append(make_client(**kw)) or self.km.clients[-1]
         with open(log, "a") as stderr:
             run_sync(self.km.start_kernel)(cwd=str(cwd), env=environment, stderr=stderr)
-        self.kc = self.km.client()
+        self.kc = self.km.blocking_client()  # (synchronous: `load` may be called from inside papermill's loop)
         self.kc.start_channels()
-        # (preload=False: a kernel needed at once, which would only wait for modules its notebook may not use)
-        self.request = self.kc.execute("; ".join(f"__import__({m!r})" for m in self.PRELOAD), silent=True,
-                                       store_history=False) if preload else None
+        if preload:
+            self.load()
+
+    def load(self) -> None:
+        """Have the kernel import PRELOAD now (once; not after `take`). Not called: the notebook imports them itself
+        (a kernel needed at once would only wait for modules its notebook may not use)."""
+        if self.request is None and not self.taken:
+            self.request = self.kc.execute("; ".join(f"__import__({m!r})" for m in self.PRELOAD), silent=True,
+                                           store_history=False)
 
     def take(self, kernel: str, wait: float = 300) -> Any:
         """The kernel manager, once the imports are done (or failed: the notebook then shows why); None when
@@ -206,7 +223,7 @@ class WarmKernel:
         try:
             while alive and self.request and time.monotonic() < deadline:
                 try:
-                    reply = run_sync(self.kc.get_shell_msg)(timeout=1)
+                    reply = self.kc.get_shell_msg(timeout=1)
                 except queue.Empty:
                     alive = run_sync(self.km.is_alive)()
                     continue

@@ -36,6 +36,7 @@ import os
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -466,16 +467,17 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
             if name not in todo:
                 _say(f"[{i:>2}/{total}] {name:<20} done earlier, skipped")
                 continue
-            # The next notebook's kernel starts now and loads its imports while this one runs (the first
-            # notebook's starts now too, without them: every kernel is then one of ours, shut down at once when its
-            # notebook ends).
+            # The next notebook's kernel starts now, and loads its imports when this one reaches its last cells
+            # (`execute.TAIL_CELLS`: figures on one core, not training on two). The first notebook's kernel starts
+            # now too, without them: every kernel is then one of ours, shut down at once when its notebook ends.
             mine = warm or _warm_kernel(sources[name], folder / "logs" / f"{name}.log", root, kernel,
-                                        sequence.environment(), preload=False)
+                                        sequence.environment())
             later = todo[todo.index(name) + 1:]
             warm = _warm_kernel(sources[later[0]], folder / "logs" / f"{later[0]}.log", root, kernel,
                                 sequence.environment()) if later else None
             failure = _run_one(sequence, name, f"[{i:>2}/{total}] {name:<20}", sources[name], root, kernel=kernel,
-                               cell_timeout=cell_timeout, resume=resume, warm=mine)
+                               cell_timeout=cell_timeout, resume=resume, warm=mine,
+                               on_tail=warm.load if warm else None)
             if failure:
                 break
     finally:
@@ -493,20 +495,20 @@ def _run(sequence: Sequence, sources: dict[str, Path], root: Path, *, kernel: st
             "notebooks": {n: sequence.status[n]["state"] for n in sequence.notebooks}}
 
 
-def _warm_kernel(source: Path, log: Path, root: Path, kernel: str | None, env: dict,
-                 preload: bool = True) -> WarmKernel | None:
-    """The kernel of the notebook after this one, started now (`execute.WarmKernel`); None when it cannot start
-    (then papermill starts it in its turn, and says why if it still cannot)."""
+def _warm_kernel(source: Path, log: Path, root: Path, kernel: str | None, env: dict) -> WarmKernel | None:
+    """A notebook's kernel, started now without its imports (`execute.WarmKernel`, `load` loads them); None when it
+    cannot start (then papermill starts it in its turn, and says why if it still cannot)."""
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
-        return WarmKernel(source, log, cwd=root, kernel=kernel, env=env, preload=preload)
+        return WarmKernel(source, log, cwd=root, kernel=kernel, env=env, preload=False)
     except Exception as exc:
         _logger.debug("no warm kernel for %s: %s", source.name, exc)
         return None
 
 
 def _run_one(sequence: Sequence, name: str, tag: str, source: Path, root: Path, *, kernel: str | None,
-             cell_timeout: int | None, resume: str, warm: WarmKernel | None) -> tuple[str, NotebookFailure] | None:
+             cell_timeout: int | None, resume: str, warm: WarmKernel | None,
+             on_tail: Callable[[], None] | None = None) -> tuple[str, NotebookFailure] | None:
     """Execute one notebook of the sequence and record its state; returns (name, failure) when it failed."""
     folder = sequence.folder
     status = sequence.status.setdefault(name, {"state": "pending"})
@@ -518,7 +520,7 @@ def _run_one(sequence: Sequence, name: str, tag: str, source: Path, root: Path, 
     try:
         execute(source, folder / "executed" / f"{name}.ipynb", folder / "logs" / f"{name}.log",
                 parameters={"profile": sequence.profile, **sequence.parameters}, env=sequence.environment(),
-                cwd=root, kernel=kernel, cell_timeout=cell_timeout, warm=warm)
+                cwd=root, kernel=kernel, cell_timeout=cell_timeout, warm=warm, on_tail=on_tail)
     except KeyboardInterrupt:
         status.update(state="interrupted", seconds=time.time() - t0)
         sequence.save()
