@@ -16,6 +16,8 @@ import yaml
 
 from helpers.course import course
 
+from .conftest import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 THUMBS = ROOT / "data" / "food-101-thumbs"
 # The full profile's runs and the backbones the plan gives them (the rehearsal keeps both).
@@ -116,9 +118,8 @@ def test_the_profiles_plan_is_complete_and_valid_in_every_notebook(profile):
 @pytest.mark.slow
 def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
     out = tmp_path / "rehearsal-medium"
-    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "medium",
-                          "--out", str(out), "--only", "01", "--ledger", str(out / "ledger.csv")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+    res = run_cli("run-notebooks", "--rehearse", "--profile", "medium", "--out", str(out), "--only", "01",
+                  "--ledger", str(out / "ledger.csv"))  # in this process: the notebook's kernel is the process
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     state = json.loads((out / "state.json").read_text())
     assert state["profile"] == "medium" and state["rehearse"] is True
@@ -128,6 +129,5 @@ def test_medium_rehearses_with_random_weights_on_the_thumbnails(tmp_path):
     assert Path(cfg["data_dir"]) == THUMBS
     with open(out / "ledger.csv") as f:
         assert [r["profile"] for r in csv.DictReader(f)] == ["medium-rehearsal"]
-    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--profile", "demo"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = run_cli("run-notebooks", "--rehearse", "--profile", "demo")
     assert res.returncode == 2 and "--rehearse rehearses the full profile" in res.stderr
