@@ -138,3 +138,34 @@ def test_ensemble_predictions_average_members_matched_by_class_name(trained_run,
         pa, pb = ({p["class"]: p["probability"] for p in x} for x in (a, b))
         for p in mean:
             assert p["probability"] == pytest.approx((pa[p["class"]] + pb[p["class"]]) / 2, abs=2e-6)
+
+
+def test_a_cached_result_is_reused_only_for_the_same_weights_and_split_files(trained_run, tmp_path, monkeypatch):
+    """A course evaluates the same run in several notebooks: with a cache folder the second evaluation (and an
+    ensemble with it as a member) reuses the first one's softmax without loading the model, writing the same
+    predictions; a replaced best.pt or a changed split file is evaluated again."""
+    from helpers.use import inference
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data = tmp_path / "tiny"
+    shutil.copytree(TINY / "meta", data / "meta")
+    (data / "images").symlink_to(TINY / "images")
+    cache, loads = tmp_path / "cache", []
+    load = inference.load_trained
+    monkeypatch.setattr(inference, "load_trained", lambda *a, **k: loads.append(a[0]) or load(*a, **k))
+    args = dict(dataset="food-101", data_dir=str(data), device="cpu", num_workers=0, cache=cache)
+    first = helpers.evaluate(str(run), predictions=str(tmp_path / "a.csv"), **args)
+    again = helpers.evaluate(str(run), predictions=str(tmp_path / "b.csv"), **args)
+    both = helpers.ensemble([str(run), str(run)], **args)
+    assert len(loads) == 1 and first == again and both["top1"] == first["top1"] and first["n"] > 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    helpers.evaluate(str(run), tta=2, **args)  # another setting: computed
+    assert len(loads) == 2
+    shutil.copy2(run / "best.pt", run / "best.tmp")
+    (run / "best.tmp").replace(run / "best.pt")  # the same bytes, a new file: as a retrained run replaces it
+    helpers.evaluate(str(run), **args)
+    assert len(loads) == 3
+    test = data / "meta" / "test.txt"
+    test.write_text("\n".join(test.read_text().split()[:-1]) + "\n")  # one test photo fewer
+    assert helpers.evaluate(str(run), **args)["n"] == first["n"] - 1 and len(loads) == 4

@@ -251,9 +251,16 @@ class Course:
         """This notebook's time in each profile, the machine and how it was obtained (docs/times.csv)."""
         return times.table(self.root, self.notebook)
 
+    @property
+    def probs_cache(self) -> Path:
+        """Where `evaluate` and `ensemble` keep each run's softmax on a split: later notebooks evaluate the same
+        runs again (06 and 07 read 05's, 09's teacher is 08's ensemble), and reuse them while the run's weights
+        file and the split's files are unchanged (`inference.member_probs`)."""
+        return self.output_dir / "predictions" / "cache"
+
     def evaluate(self, run: str | Path, *, tta: int = 1, image_size: int | None = None, split: str = "test",
                  tag: str | None = None) -> dict[str, Any]:
-        """Evaluate a trained run on a split and keep its per-image predictions.
+        """Evaluate a trained run on a split and keep its per-image predictions (reusing `probs_cache`).
 
         Returns:
             {"top1", "top5", "n", "predictions": the CSV path, "run": the run folder}
@@ -265,7 +272,7 @@ class Course:
         path = self.output_dir / "predictions" / f"{self.notebook}-{tag}.csv"
         result = evaluate(str(run), dataset="food-101", data_dir=str(self.data_dir), split=split, tta=tta,
                           image_size=image_size, device=self.device, predictions=str(path),
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, cache=self.probs_cache)
         return {**result, "predictions": str(path), "run": str(run)}
 
     def ensemble(self, runs: list[str | Path], *, tta: int = 1, tag: str = "ensemble") -> dict[str, Any]:
@@ -278,7 +285,8 @@ class Course:
 
         path = self.output_dir / "predictions" / f"{self.notebook}-{tag}.csv"
         result = ensemble([str(r) for r in runs], dataset="food-101", data_dir=str(self.data_dir), split="test",
-                          tta=tta, device=self.device, predictions=str(path), num_workers=self.num_workers)
+                          tta=tta, device=self.device, predictions=str(path), num_workers=self.num_workers,
+                          cache=self.probs_cache)
         return {**result, "predictions": str(path)}
 
     def test_result(self, notebook: str, run: str) -> dict[str, Any]:

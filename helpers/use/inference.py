@@ -5,16 +5,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..base.devices import amp_dtype, get_device
 from ..base.errors import UserError
+from ..base.io import WriteError, atomic_open
 from ..data import augment
 from ..data.loaders import ImageDataset, make_loader
 from ..data.splits import Sample, load_splits, read_test_folder
+from ..training import checkpoint
 from ..training.evaluation import predict_logits
 from ..training.metrics import metrics_from_probs, write_predictions
 from ..training.run_folder import check_output_path
@@ -65,12 +72,87 @@ def _samples(dataset: str, data_dir: str, split: str, config: dict) -> tuple[lis
     return splits.get(split), splits.class_names
 
 
+@dataclass
+class MemberProbs:
+    """One model's softmax on a split, in the dataset's class order (`member_probs`)."""
+
+    probs: torch.Tensor
+    labels: torch.Tensor
+    samples: list[Sample]
+    class_names: list[str]
+    backbone: str
+    image_size: int
+
+
+def member_probs(path: str | Path, *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
+                 image_size: int | None = None, batch_size: int = 32, device: torch.device, use_ema: bool = False,
+                 num_workers: int = -1, use: str = "evaluated", cache: str | Path | None = None) -> MemberProbs:
+    """A trained model's softmax on a split (its own preprocessing, `tta` views), its columns in the dataset's
+    class order.
+
+    Args:
+        cache: a folder of earlier results (a course's: `Course.evaluate` and `Course.ensemble` evaluate the same
+            runs in several notebooks). A result is reused only for the same weights file (device, inode, size and
+            modification time: a retrained run replaces it), the same split files and every same setting; None: no
+            cache.
+    """
+    key = _cache_key(path, dataset, data_dir, split, tta, image_size, batch_size, device, use_ema) if cache else None
+    if key is not None:
+        try:
+            return MemberProbs(**torch.load(Path(cache) / f"{key}.pt", weights_only=True))
+        except (OSError, RuntimeError, EOFError, TypeError, KeyError):  # none yet, or damaged: compute it again
+            pass
+    trained = load_trained(path, use_ema=use_ema, device=device)
+    samples, class_names = _samples(dataset, data_dir, split, trained.config)
+    columns = check_classes(trained, class_names, data_dir, use=use)
+    probs, labels = tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size, device=device,
+                              num_workers=num_workers)
+    if columns is not None:
+        probs = probs[:, columns]
+    result = MemberProbs(probs, labels, samples, class_names, trained.config["backbone"],
+                         trained.data_config["image_size"])
+    if key is not None:
+        _keep(dataclasses.asdict(result), Path(cache) / f"{key}.pt")
+    return result
+
+
+def _keep(result: dict, file: Path) -> None:
+    """Write a cache entry; a cache that cannot be written (a full disk, another process writing the same entry)
+    costs only the time of computing it again."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(file, durable=False) as f:
+            torch.save(result, f)
+    except (OSError, WriteError) as exc:
+        _logger.debug("not kept in the cache: %s", exc)
+
+
+def _cache_key(path: str | Path, dataset: str, data_dir: str, split: str, tta: int, image_size: int | None,
+               batch_size: int, device: torch.device, use_ema: bool) -> str | None:
+    """What `member_probs`' result depends on, hashed; None when it cannot be told (no weights file, another
+    dataset kind)."""
+    try:
+        weights = checkpoint.resolve(path, checkpoint.BEST)
+        meta = Path(data_dir) / "meta"
+        files = [weights, *(meta / f"{n}.txt" for n in ("classes", "train", "test"))]
+        stats = [(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for st in (os.stat(f) for f in files)]
+    except (OSError, UserError):
+        return None
+    if dataset != "food-101":
+        return None
+    settings = [stats, str(Path(data_dir).resolve()), split, tta, image_size, batch_size, str(device), use_ema]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:32]
+
+
 def evaluate(checkpoint_path: str | Path, *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
              image_size: int | None = None, batch_size: int = 32, device: str = "auto", use_ema: bool = False,
-             predictions: str | Path | None = None, num_workers: int = -1) -> dict:
+             predictions: str | Path | None = None, num_workers: int = -1, cache: str | Path | None = None) -> dict:
     """Evaluate a trained model on a split; optionally write per-image predictions to a CSV file.
 
     The val split is rebuilt with the run's own seed and fraction, so it is the split the run held out.
+
+    Args:
+        cache: a folder where results are kept and reused (`member_probs`); None: none.
 
     Returns:
         {"top1": %, "top5": %, "n": images}
@@ -80,23 +162,21 @@ def evaluate(checkpoint_path: str | Path, *, dataset: str, data_dir: str, split:
     """
     if predictions:
         check_output_path(predictions, "--predictions")
-    dev = get_device(device)
-    trained = load_trained(checkpoint_path, use_ema=use_ema, device=dev)
-    samples, class_names = _samples(dataset, data_dir, split, trained.config)
-    columns = check_classes(trained, class_names, data_dir)
-    probs, labels = tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size, device=dev,
-                              num_workers=num_workers)
-    if columns is not None:
-        probs = probs[:, columns]
+    member = member_probs(checkpoint_path, dataset=dataset, data_dir=data_dir, split=split, tta=tta,
+                          image_size=image_size, batch_size=batch_size, device=get_device(device), use_ema=use_ema,
+                          num_workers=num_workers, cache=cache)
     if predictions:
-        write_predictions(predictions, samples, probs, class_names)
-    return metrics_from_probs(probs, labels)
+        write_predictions(predictions, member.samples, member.probs, member.class_names)
+    return metrics_from_probs(member.probs, member.labels)
 
 
 def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
              batch_size: int = 32, device: str = "auto", predictions: str | Path | None = None,
-             num_workers: int = -1) -> dict:
+             num_workers: int = -1, cache: str | Path | None = None) -> dict:
     """Average the softmax of several trained models, each with its own preprocessing and input size.
+
+    Args:
+        cache: a folder where each member's result is kept and reused (`member_probs`); None: none.
 
     Returns:
         {"top1", "top5", "n", "members": [{"model", "backbone", "image_size", "top1", "top5"}, ...]}
@@ -106,20 +186,16 @@ def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: st
     if predictions:
         check_output_path(predictions, "--predictions")
     dev = get_device(device)
-    total, members, labels, samples, class_names = None, [], None, None, None
+    total, members, first = None, [], None
     for path in models:
-        trained = load_trained(path, device=dev)
-        if samples is None:
-            samples, class_names = _samples(dataset, data_dir, split, trained.config)
-        columns = check_classes(trained, class_names, data_dir, use="in an ensemble")
-        probs, labels = tta_probs(trained, samples, tta=tta, batch_size=batch_size, device=dev, num_workers=num_workers)
-        if columns is not None:
-            probs = probs[:, columns]
-        member = metrics_from_probs(probs, labels)
-        members.append({"model": str(path), "backbone": trained.config["backbone"],
-                        "image_size": trained.data_config["image_size"], "top1": member["top1"], "top5": member["top5"]})
-        total = probs if total is None else total + probs
-        del trained
+        member = member_probs(path, dataset=dataset, data_dir=data_dir, split=split, tta=tta, batch_size=batch_size,
+                              device=dev, num_workers=num_workers, use="in an ensemble", cache=cache)
+        first = first or member
+        scores = metrics_from_probs(member.probs, member.labels)
+        members.append({"model": str(path), "backbone": member.backbone, "image_size": member.image_size,
+                        "top1": scores["top1"], "top5": scores["top5"]})
+        total = member.probs if total is None else total + member.probs
+    labels, samples, class_names = first.labels, first.samples, first.class_names
     mean = total / len(models)
     if predictions:
         write_predictions(predictions, samples, mean, class_names)
