@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,9 +45,7 @@ def test_rehearsal_runs_the_full_profiles_chain(tmp_path):
     # 10_beyond_95's rehearsal computes features of SigLIP SO400M, CLIP ViT-L and EVA-02 with random weights and
     # fine-tunes EVA-02: 9 minutes on 2 CPU cores, too long for CI. It ran by hand (README); 00-10 run here.
     plan = ",".join(n for n in course.notebooks() if n != "10_beyond_95")
-    res = subprocess.run([sys.executable, "-m", "helpers", "run-notebooks", "--rehearse", "--out", str(out),
-                          "--only", plan, "--ledger", str(out / "ledger.csv")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1800)
+    res = run_cli("run-notebooks", "--rehearse", "--out", str(out), "--only", plan, "--ledger", str(out / "ledger.csv"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     state = json.loads((out / "state.json").read_text())
     assert state["profile"] == "full" and state["rehearse"] is True
