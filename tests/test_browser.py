@@ -304,7 +304,8 @@ class Page:
         """Run > Run All Cells, as a user does, until a cell has started: a click that lands while the kernel's
         info still reaches a just-opened notebook can be lost (the notebook then waits for nothing), and a user
         would click again."""
-        for _ in range(tries):
+        for attempt in range(tries):
+            self.answer_dialog(f"run_all_{attempt}")
             self.command("Run", "Run All Cells")
             try:
                 _wait(lambda: any(p == "[*]:" or re.fullmatch(r"\[\d+\]:", p) for p in self.prompts()), 20,
@@ -313,6 +314,18 @@ class Page:
             except AssertionError:
                 continue
         raise AssertionError(f"Run All Cells started no cell in {tries} tries (screenshots in {self.shots})")
+
+    def answer_dialog(self, name: str) -> None:
+        """A dialog left open (JupyterLab asked something while the click before was handled) would take the next
+        click: its text is printed and screenshot, and its default button pressed, as a user would."""
+        from selenium.webdriver.common.by import By
+
+        for dialog in self.driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
+            print(f"dialog before {name}: {dialog.text!r} (screenshot {self.shot('dialog_' + name)})")
+            buttons = dialog.find_elements(By.CSS_SELECTOR, ".jp-mod-accept")
+            if buttons:
+                buttons[0].click()
+                _wait(lambda: not self.driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"), 10, "the dialog to close")
 
     def all_ran(self) -> bool:
         """Every code cell shows its execution count and the kernel is idle."""
