@@ -1,4 +1,4 @@
-# Two commands from a fresh clone:  make demo  (the whole notebook course, headless, demo profile: ~8 min on
+# Two commands from a fresh clone:  make demo  (the whole notebook course, headless, demo profile: ~5 min on
 # 2 CPU cores)  and  make test.  make quick trains and evaluates one small model (~3 min).
 # Each creates .venv with Python 3.11 and the pinned requirements on first use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
