@@ -86,7 +86,8 @@ class MemberProbs:
 
 def member_probs(path: str | Path, *, dataset: str, data_dir: str, split: str = "test", tta: int = 1,
                  image_size: int | None = None, batch_size: int = 32, device: torch.device, use_ema: bool = False,
-                 num_workers: int = -1, use: str = "evaluated", cache: str | Path | None = None) -> MemberProbs:
+                 num_workers: int = -1, use: str = "evaluated", cache: str | Path | None = None,
+                 photos: tuple[list[Sample], list[str]] | None = None) -> MemberProbs:
     """A trained model's softmax on a split (its own preprocessing, `tta` views), its columns in the dataset's
     class order.
 
@@ -95,15 +96,20 @@ def member_probs(path: str | Path, *, dataset: str, data_dir: str, split: str = 
             runs in several notebooks). A result is reused only for the same weights file (device, inode, size and
             modification time: a retrained run replaces it), the same split files and every same setting; None: no
             cache.
+        photos: (samples, class names) to predict instead of the split as this run rebuilds it (an ensemble's
+            later members predict its first member's photos; a run's val split depends on its own seed).
     """
     key = _cache_key(path, dataset, data_dir, split, tta, image_size, batch_size, device, use_ema) if cache else None
     if key is not None:
         try:
-            return MemberProbs(**torch.load(Path(cache) / f"{key}.pt", weights_only=True))
+            kept = MemberProbs(**torch.load(Path(cache) / f"{key}.pt", weights_only=True))
         except (OSError, RuntimeError, EOFError, TypeError, KeyError):  # none yet, or damaged: compute it again
-            pass
+            kept = None
+        if kept is not None and (photos is None or (kept.samples, kept.class_names) == photos):
+            return kept
     trained = load_trained(path, use_ema=use_ema, device=device)
-    samples, class_names = _samples(dataset, data_dir, split, trained.config)
+    own = _samples(dataset, data_dir, split, trained.config)
+    samples, class_names = photos or own
     columns = check_classes(trained, class_names, data_dir, use=use)
     probs, labels = tta_probs(trained, samples, tta=tta, image_size=image_size, batch_size=batch_size, device=device,
                               num_workers=num_workers)
@@ -111,7 +117,7 @@ def member_probs(path: str | Path, *, dataset: str, data_dir: str, split: str = 
         probs = probs[:, columns]
     result = MemberProbs(probs, labels, samples, class_names, trained.config["backbone"],
                          trained.data_config["image_size"])
-    if key is not None:
+    if key is not None and (samples, class_names) == own:  # the cache holds each run's own split only
         _keep(dataclasses.asdict(result), Path(cache) / f"{key}.pt")
     return result
 
@@ -189,7 +195,8 @@ def ensemble(models: list[str | Path], *, dataset: str, data_dir: str, split: st
     total, members, first = None, [], None
     for path in models:
         member = member_probs(path, dataset=dataset, data_dir=data_dir, split=split, tta=tta, batch_size=batch_size,
-                              device=dev, num_workers=num_workers, use="in an ensemble", cache=cache)
+                              device=dev, num_workers=num_workers, use="in an ensemble", cache=cache,
+                              photos=(first.samples, first.class_names) if first else None)
         first = first or member
         scores = metrics_from_probs(member.probs, member.labels)
         members.append({"model": str(path), "backbone": member.backbone, "image_size": member.image_size,
