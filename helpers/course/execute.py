@@ -117,6 +117,8 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
     """
     import papermill
 
+    from .kernels import KernelManager
+
     kernel = kernel_name(source, kernel)
     try:
         check_kernel(kernel)
@@ -146,7 +148,7 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel,
                                        cwd=str(cwd), log_output=True, progress_bar=False,
                                        execution_timeout=cell_timeout, request_save_on_cell_execute=True,
-                                       **({"km": km} if km is not None else {}))
+                                       **({"km": km} if km is not None else {"kernel_manager_class": KernelManager}))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # papermill and nbclient raise many types: execution, dead kernel, timeout
@@ -169,7 +171,7 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
 class WarmKernel:
     """A notebook's kernel, started while the notebook before it runs (`run-notebooks`): when its turn comes, the
     kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot, grad-cam) are loaded, 4-6 s
-    of each notebook on 2 cores. The modules are loaded with `__import__`, which binds no name in the notebook's
+    of each notebook on 2 cores (on Linux the kernel is forked with the third-party ones loaded: `kernels.py`). The modules are loaded with `__import__`, which binds no name in the notebook's
     namespace: a notebook that forgets an import still fails as it would alone. Its stderr goes to the notebook's
     log. A file of helpers/ saved after it started (a fix made during a long run) makes it unused: the notebook
     then gets a fresh kernel that imports the fix.
@@ -184,14 +186,15 @@ class WarmKernel:
 
     def __init__(self, source: Path, log: Path, *, cwd: Path, kernel: str | None,
                  env: dict[str, str | None] | None = None, preload: bool = True):
-        from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
+
+        from .kernels import KernelManager
 
         self.kernel, self.taken, self.request = kernel_name(source, kernel), False, None
         self.package, self.started = Path(cwd) / "helpers", time.time()
         environment = dict(os.environ)
         _set_environment(_kernel_environment(cwd, env), environment)
-        self.km = AsyncKernelManager(kernel_name=self.kernel)
+        self.km = KernelManager(kernel_name=self.kernel)  # forked from a process that loaded torch (Linux)
         # papermill leaves the channels of a kernel it was given open: keep its clients, to stop them at shutdown
         self.km.clients, make_client = [], self.km.client
         self.km.client = lambda **kw: self.km.clients.append(make_client(**kw)) or self.km.clients[-1]

@@ -1,0 +1,205 @@
+"""Kernels forked from a process that has already loaded torch (Linux): `run-notebooks` starts one kernel per
+notebook, and each paid 3-4 s of a core to import torch, timm, pyplot and the rest before its first cell. Here a
+fork server (`zygote.py`, started once, with the kernels' environment) loads them once and forks each kernel, which
+then starts in a fraction of a second with those modules in memory. The kernel is otherwise the one its kernelspec
+names: `python -m ipykernel_launcher -f CONNECTION_FILE`, its own session, the folder, environment and output
+files `jupyter_client` would give it; it imports helpers itself, as it is at that moment.
+
+`KernelManager` is jupyter_client's `AsyncKernelManager` with only the launch changed (the hook its docstring
+offers); it launches as jupyter_client does where forking does not apply: not Linux (macOS forbids fork() after
+its system frameworks are loaded, and torch loads them), a kernelspec that is not this interpreter's
+ipykernel_launcher, or a fork server that failed to start (the reason is logged)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import AsyncKernelManager
+
+_logger = logging.getLogger(__name__)
+SCRIPT = Path(__file__).with_name("zygote.py")
+# Environment variables a fork server may differ in from the kernel it forks: it imports nothing that reads them
+# (not helpers: HELPERS_*; jupyter_client's JPY_*), and PYTHONPATH is applied to the kernel's sys.path.
+PER_KERNEL = ("HELPERS_", "JPY_", "PYTHONPATH")
+
+
+def can_fork(argv: list[str]) -> bool:
+    """Whether a kernel with this kernelspec command can be forked: Linux, and `python [-X... options] -m
+    ipykernel_launcher -f CONNECTION_FILE`, as `ipykernel install` writes it."""
+    return (sys.platform == "linux" and len(argv) >= 5 and Path(argv[0]).name.startswith("python")
+            and argv[-4:-1] == ["-m", "ipykernel_launcher", "-f"] and all(a.startswith("-X") for a in argv[1:-4]))
+
+
+class _Server:
+    """A running fork server: its process, the socket to it, and the exits it reported."""
+
+    def __init__(self, python: list[str], env: dict[str, str]):
+        self.python, self.key = python, _key(env)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        environment = {k: v for k, v in env.items() if not k.startswith("JPY_")}
+        code = f"import runpy; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+        self.process = subprocess.Popen([*python, "-c", code, str(theirs.fileno())], stdin=subprocess.DEVNULL,
+                                        pass_fds=(theirs.fileno(),), env=environment, cwd="/",
+                                        start_new_session=True)
+        theirs.close()
+        self.sock, self.exits = ours, {}
+        ready = self._receive(timeout=120)
+        if not ready or not ready.get("ready"):
+            self.close()
+            raise RuntimeError(f"the fork server did not start (exit code {self.process.poll()})")
+
+    def _receive(self, timeout: float | None) -> dict | None:
+        try:
+            self.sock.settimeout(timeout)
+            data = self.sock.recv(1 << 16)
+        except OSError:  # nothing yet (a timeout), or the socket closed here
+            return None
+        return json.loads(data) if data else {"closed": True}
+
+    def _drain(self, until_pid: bool = False, timeout: float = 60) -> int | None:
+        """Read what the server sent (exits; with until_pid, up to the pid of the kernel just asked for)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._receive(max(0.0, deadline - time.monotonic()) if until_pid else 0)
+            if message is None:
+                if until_pid:
+                    raise RuntimeError("the fork server did not answer")
+                return None
+            if message.get("closed"):
+                self.process.poll()
+                if until_pid:
+                    raise RuntimeError("the fork server has ended")
+                return None
+            if "exit" in message:
+                self.exits[message["exit"]] = message["code"]
+            elif until_pid and "pid" in message:
+                return message["pid"]
+
+    def fork(self, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int) -> int:
+        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        request = {"argv": ["ipykernel_launcher"] + argv[-2:], "env": env, "cwd": cwd, "path": path}
+        socket.send_fds(self.sock, [json.dumps(request).encode()], [stdout, stderr])
+        return self._drain(until_pid=True)
+
+    def returncode(self, pid: int) -> int | None:
+        self._drain()
+        if pid in self.exits:
+            return self.exits[pid]
+        if self.process.poll() is not None:  # the server is gone: its kernels end with it (their parent poller)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return -signal.SIGKILL
+        return None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()  # the server reads end-of-file and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+
+def _key(env: dict[str, str]) -> tuple:
+    return tuple(sorted((k, v) for k, v in env.items() if not k.startswith(PER_KERNEL)))
+
+
+_server: _Server | None = None
+
+
+def server(python: list[str], env: dict[str, str]) -> _Server:
+    """The fork server for kernels of `python` (the interpreter and its options) with this environment (apart from PER_KERNEL variables): the
+    running one, or a new one (the old one, of another environment, is ended)."""
+    global _server
+    if _server is not None and (_server.python != python or _server.key != _key(env) or not _server.alive()):
+        shut_down()
+    if _server is None:
+        _server = _Server(python, env)
+    return _server
+
+
+@atexit.register
+def shut_down() -> None:
+    """End the fork server (its kernels end with it); the next forked kernel starts a new one."""
+    global _server
+    if _server is not None:
+        _server, old = None, _server
+        old.close()
+
+
+class _Forked:
+    """The part of `subprocess.Popen` jupyter_client's LocalProvisioner uses, for a kernel the fork server started
+    (its parent is the server, which reports its exit code)."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int, server: _Server):
+        self.pid, self.server, self.returncode = pid, server, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.server.returncode(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class KernelManager(AsyncKernelManager):
+    """jupyter_client's kernel manager; on Linux its kernel is forked from the fork server (module docstring)."""
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if not can_fork(kernel_cmd):
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        env = dict(kw.get("env") or os.environ)
+        try:
+            forker = server(kernel_cmd[:-4], env)
+            out, err = kw.get("stdout"), kw.get("stderr")
+            pid = forker.fork(kernel_cmd, env, str(kw.get("cwd") or os.getcwd()),
+                              _fd(out, 1), _fd(err, 2))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            _logger.warning("kernel started without the fork server: %s", exc)
+            shut_down()
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        provisioner = self.provisioner
+        provisioner.process = _Forked(pid, forker)
+        provisioner.pid = provisioner.pgid = pid  # the kernel made itself a session leader
+        provisioner.cwd = kw.get("cwd") or os.getcwd()
+        self._reconcile_connection_info(provisioner.connection_info)
+
+
+def _fd(stream: Any, default: int) -> int:
+    """The file descriptor a Popen-style stream argument names (None: this process's own)."""
+    if stream is None:
+        return default
+    return stream if isinstance(stream, int) else stream.fileno()

@@ -1,0 +1,149 @@
+"""Kernels forked from the fork server (`helpers/course/kernels.py`, `zygote.py`): the same kernel jupyter_client
+starts (folder, environment, sys.path, own session, output files, interrupts, exit), with torch already loaded;
+it ends with its server, also when the process that started the server is killed; where forking does not apply,
+the kernel is started as jupyter_client starts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
+
+from helpers.course import kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOK = ("import os, sys, json; print(json.dumps({'cwd': os.getcwd(), 'path': sys.path, 'env': dict(os.environ), "
+        "'pid': os.getpid(), 'ppid': os.getppid(), 'pgid': os.getpgid(0), "
+        "'loaded': sorted(m for m in ('torch', 'timm', 'helpers') if m in sys.modules)})); "
+        "print('written to stderr', file=sys.__stderr__, flush=True)")
+
+
+def _start(cls, folder: Path, log: Path, env: dict):
+    km = cls(kernel_name="food101")
+    with open(log, "w") as stderr:
+        run_sync(km.start_kernel)(cwd=str(folder), env=env, stderr=stderr)
+    kc = km.blocking_client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc
+
+
+def _run(kc, code: str, timeout: float = 60) -> tuple[str, dict]:
+    out = []
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=lambda m: m["msg_type"] == "stream" and
+                                   out.append(m["content"]["text"]))
+    return "".join(out), reply["content"]
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():  # ended and reaped: no zombie left either
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kernels are forked on Linux only")
+def test_a_forked_kernel_is_the_kernel_jupyter_starts_with_torch_loaded(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mine.py").write_text("ANSWER = 42\n")
+    folder = tmp_path / "here"
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(project), "HELPERS_COURSE_DIR": str(tmp_path / "course")}
+    env.pop("MPLBACKEND", None)
+    seen, managers = {}, {}
+    for name, cls in (("plain", AsyncKernelManager), ("forked", kernels.KernelManager)):
+        km, kc = _start(cls, folder, tmp_path / f"{name}.log", env)
+        managers[name] = (km, kc)
+        text, _ = _run(kc, LOOK)
+        seen[name] = json.loads(text)
+        assert _run(kc, "import mine; print(mine.ANSWER)")[0] == "42\n"  # the kernel's PYTHONPATH
+        assert "written to stderr" in (tmp_path / f"{name}.log").read_text()
+    plain, forked = seen["plain"], seen["forked"]
+    assert plain["loaded"] == [] and forked["loaded"] == ["timm", "torch"]  # helpers: imported by the notebook
+    assert forked["path"] == plain["path"] and forked["cwd"] == plain["cwd"] == str(folder)
+    server = kernels._server.process.pid
+    assert plain["ppid"] == os.getpid() and forked["ppid"] == server
+    assert forked["env"].pop("JPY_PARENT_PID") == str(server)  # it ends when its server ends
+    plain["env"].pop("JPY_PARENT_PID")
+    assert forked["env"] == plain["env"]
+    assert forked["pgid"] == forked["pid"] and plain["pgid"] == plain["pid"]  # its own session, as launched
+
+    km, kc = managers["forked"]
+    kc.execute("import time; time.sleep(60)")
+    time.sleep(0.5)
+    run_sync(km.interrupt_kernel)()
+    assert kc.get_shell_msg(timeout=10)["content"]["ename"] == "KeyboardInterrupt"
+    for km, kc in managers.values():
+        kc.stop_channels()
+        run_sync(km.shutdown_kernel)(now=True)
+        assert not run_sync(km.is_alive)()
+    assert _gone(forked["pid"], 5) and _gone(plain["pid"], 5)
+
+    km, kc = _start(kernels.KernelManager, folder, tmp_path / "left.log", env)  # a kernel left running
+    pid = json.loads(_run(kc, LOOK)[0])["pid"]
+    kc.stop_channels()
+    kernels.shut_down()
+    assert _gone(server, 5) and _gone(pid, 5)  # its parent poller saw the server end
+    assert not run_sync(km.is_alive)()
+    run_sync(km.shutdown_kernel)(now=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kernels are forked on Linux only")
+def test_killing_the_process_that_started_the_server_ends_the_server_and_its_kernels(tmp_path):
+    script = tmp_path / "starter.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from jupyter_core.utils import run_sync
+        from helpers.course import kernels
+        km = kernels.KernelManager(kernel_name="food101")
+        run_sync(km.start_kernel)(cwd={str(tmp_path)!r})
+        print(json.dumps({{"server": kernels._server.process.pid, "kernel": km.provisioner.pid}}), flush=True)
+        time.sleep(600)
+    """))
+    starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(starter.stdout.readline())
+        assert Path(f"/proc/{pids['kernel']}").exists()
+    finally:
+        starter.send_signal(signal.SIGKILL)
+        starter.wait()
+    assert _gone(pids["server"], 5) and _gone(pids["kernel"], 5)
+
+
+def test_kernels_are_forked_only_where_it_applies_and_otherwise_started_as_jupyter_does(tmp_path, monkeypatch, caplog):
+    python = sys.executable
+    assert kernels.can_fork([python, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"]) \
+        == (sys.platform == "linux")
+    assert not kernels.can_fork([python, "-m", "other_kernel", "-f", "{connection_file}"])
+    assert not kernels.can_fork(["/usr/bin/R", "--slave", "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    monkeypatch.setattr(sys, "platform", "darwin")  # macOS: no fork() after torch loaded its system frameworks
+    assert not kernels.can_fork([python, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    monkeypatch.undo()
+    if sys.platform != "linux":
+        return
+    broken = tmp_path / "zygote.py"
+    broken.write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(kernels, "SCRIPT", broken)
+    kernels.shut_down()
+    km, kc = _start(kernels.KernelManager, tmp_path, tmp_path / "k.log", dict(os.environ))
+    try:
+        assert isinstance(km.provisioner.process, subprocess.Popen)  # jupyter_client's own launch
+        assert json.loads(_run(kc, LOOK)[0])["ppid"] == os.getpid()
+        assert "kernel started without the fork server: the fork server did not start (exit code 3)" in caplog.text
+        assert kernels._server is None
+    finally:
+        kc.stop_channels()
+        run_sync(km.shutdown_kernel)(now=True)
