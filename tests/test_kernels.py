@@ -1,7 +1,7 @@
 """Kernels forked from the fork server (`helpers/course/kernels.py`, `zygote.py`): the same kernel jupyter_client
 starts (folder, environment, sys.path, own session, output files, interrupts, exit), with torch already loaded;
-it ends with its server, also when the process that started the server is killed; where forking does not apply,
-the kernel is started as jupyter_client starts it."""
+the server ends with the process that started it, also when that process is killed, and its kernels with it;
+where forking does not apply, the kernel is started as jupyter_client starts it."""
 
 from __future__ import annotations
 
@@ -90,14 +90,7 @@ def test_a_forked_kernel_is_the_kernel_jupyter_starts_with_torch_loaded(tmp_path
         run_sync(km.shutdown_kernel)(now=True)
         assert not run_sync(km.is_alive)()
     assert _gone(forked["pid"], 5) and _gone(plain["pid"], 5)
-
-    km, kc = _start(kernels.KernelManager, folder, tmp_path / "left.log", env)  # a kernel left running
-    pid = json.loads(_run(kc, LOOK)[0])["pid"]
-    kc.stop_channels()
-    kernels.shut_down()
-    assert _gone(server, 5) and _gone(pid, 5)  # its parent poller saw the server end
-    assert not run_sync(km.is_alive)()
-    run_sync(km.shutdown_kernel)(now=True)
+    assert kernels._server.alive()  # it serves the next kernel (the next test: it ends with its starter)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="kernels are forked on Linux only")
@@ -129,6 +122,10 @@ def test_kernels_are_forked_only_where_it_applies_and_otherwise_started_as_jupyt
         == (sys.platform == "linux")
     assert not kernels.can_fork([python, "-m", "other_kernel", "-f", "{connection_file}"])
     assert not kernels.can_fork(["/usr/bin/R", "--slave", "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    # one server for kernels whose environments differ only in what it never reads (PER_KERNEL)
+    env = {"LANG": "C", "HELPERS_COURSE_DIR": "/a", "PYTHONPATH": "/p", "PYTEST_CURRENT_TEST": "t1", "JPY_PARENT_PID": "1"}
+    assert kernels._key(env) == kernels._key({"LANG": "C", "HELPERS_COURSE_DIR": "/b", "PYTEST_CURRENT_TEST": "t2"})
+    assert kernels._key(env) != kernels._key({**env, "LANG": "de_DE.UTF-8"})
     monkeypatch.setattr(sys, "platform", "darwin")  # macOS: no fork() after torch loaded its system frameworks
     assert not kernels.can_fork([python, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
     monkeypatch.undo()
@@ -137,7 +134,7 @@ def test_kernels_are_forked_only_where_it_applies_and_otherwise_started_as_jupyt
     broken = tmp_path / "zygote.py"
     broken.write_text("raise SystemExit(3)\n")
     monkeypatch.setattr(kernels, "SCRIPT", broken)
-    kernels.shut_down()
+    monkeypatch.setattr(kernels, "_server", None)  # a server started now (the running one is back after the test)
     km, kc = _start(kernels.KernelManager, tmp_path, tmp_path / "k.log", dict(os.environ))
     try:
         assert isinstance(km.provisioner.process, subprocess.Popen)  # jupyter_client's own launch

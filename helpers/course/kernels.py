@@ -29,8 +29,9 @@ from jupyter_client.manager import AsyncKernelManager
 _logger = logging.getLogger(__name__)
 SCRIPT = Path(__file__).with_name("zygote.py")
 # Environment variables a fork server may differ in from the kernel it forks: it imports nothing that reads them
-# (not helpers: HELPERS_*; jupyter_client's JPY_*), and PYTHONPATH is applied to the kernel's sys.path.
-PER_KERNEL = ("HELPERS_", "JPY_", "PYTHONPATH")
+# (not helpers: HELPERS_*; jupyter_client's JPY_*; pytest's name of the running test, which changes with every
+# test), and PYTHONPATH is applied to the kernel's sys.path. Any other difference starts a new server.
+PER_KERNEL = ("HELPERS_", "JPY_", "PYTHONPATH", "PYTEST_CURRENT_TEST")
 
 
 def can_fork(argv: list[str]) -> bool:
@@ -106,12 +107,10 @@ class _Server:
         return self.process.poll() is None
 
     def close(self) -> None:
-        self.sock.close()  # the server reads end-of-file and exits
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """End the server at once (it holds nothing to save; its kernels' parent pollers see it end)."""
+        self.sock.close()
+        self.process.kill()
+        self.process.wait()
 
 
 
