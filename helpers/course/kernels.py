@@ -7,8 +7,9 @@ files `jupyter_client` would give it; it imports helpers itself, as it is at tha
 
 `KernelManager` is jupyter_client's `AsyncKernelManager` with only the launch changed (the hook its docstring
 offers); it launches as jupyter_client does where forking does not apply: not Linux (macOS forbids fork() after
-its system frameworks are loaded, and torch loads them), a kernelspec that is not this interpreter's
-ipykernel_launcher, or a fork server that failed to start (the reason is logged)."""
+its system frameworks are loaded, and torch loads them), a kernelspec that is not `python -m ipykernel_launcher`,
+while the server still loads its modules (the first kernels of a process: nobody waits for it, so a run of one
+small notebook costs no more than before), or after a server failed to start (logged once)."""
 
 from __future__ import annotations
 
@@ -53,11 +54,22 @@ class _Server:
                                         pass_fds=(theirs.fileno(),), env=environment, cwd="/",
                                         start_new_session=True)
         theirs.close()
-        self.sock, self.exits = ours, {}
-        ready = self._receive(timeout=120)
-        if not ready or not ready.get("ready"):
-            self.close()
-            raise RuntimeError(f"the fork server did not start (exit code {self.process.poll()})")
+        self.sock, self.exits, self.loaded = ours, {}, False
+
+    def ready(self, timeout: float = 0) -> bool:
+        """Whether the server has loaded its modules (waiting up to `timeout` s for it).
+
+        Raises:
+            RuntimeError: it ended before.
+        """
+        if not self.loaded:
+            message = self._receive(timeout)
+            if message and message.get("ready"):
+                self.loaded = True
+            elif (message and message.get("closed")) or self.process.poll() is not None:
+                self.close()
+                raise RuntimeError(f"the fork server did not start (exit code {self.process.poll()})")
+        return self.loaded
 
     def _receive(self, timeout: float | None) -> dict | None:
         try:
@@ -81,7 +93,9 @@ class _Server:
                 if until_pid:
                     raise RuntimeError("the fork server has ended")
                 return None
-            if "exit" in message:
+            if message.get("ready"):
+                self.loaded = True
+            elif "exit" in message:
                 self.exits[message["exit"]] = message["code"]
             elif until_pid and "pid" in message:
                 return message["pid"]
@@ -119,12 +133,22 @@ def _key(env: dict[str, str]) -> tuple:
 
 
 _server: _Server | None = None
+_failed: str | None = None  # why a fork server failed to start in this process (no second try)
 
 
 def server(python: list[str], env: dict[str, str]) -> _Server:
-    """The fork server for kernels of `python` (the interpreter and its options) with this environment (apart from PER_KERNEL variables): the
-    running one, or a new one (the old one, of another environment, is ended)."""
+    """The fork server for kernels of `python` (the interpreter and its options) with this environment (apart
+    from PER_KERNEL variables): the running one, or a new one, which loads its modules while the caller goes on
+    (the old one, of another environment, is ended).
+
+    Raises:
+        RuntimeError: a fork server failed to start earlier in this process.
+    """
     global _server
+    if _failed:
+        raise RuntimeError(_failed)
+    if _server is not None and not _server.loaded and not _server.alive():
+        _server.ready()  # raises: it ended before it had loaded its modules
     if _server is not None and (_server.python != python or _server.key != _key(env) or not _server.alive()):
         shut_down()
     if _server is None:
@@ -180,14 +204,19 @@ class KernelManager(AsyncKernelManager):
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         if not can_fork(kernel_cmd):
             return await super()._async_launch_kernel(kernel_cmd, **kw)
+        global _failed
         env = dict(kw.get("env") or os.environ)
         try:
             forker = server(kernel_cmd[:-4], env)
+            if not forker.ready():  # still loading (the first kernels of a process): started as jupyter does
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
             out, err = kw.get("stdout"), kw.get("stderr")
             pid = forker.fork(kernel_cmd, env, str(kw.get("cwd") or os.getcwd()),
                               _fd(out, 1), _fd(err, 2))
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _logger.warning("kernel started without the fork server: %s", exc)
+            if not _failed:
+                _logger.warning("kernels start without the fork server: %s", exc)
+            _failed = _failed or str(exc)
             shut_down()
             return await super()._async_launch_kernel(kernel_cmd, **kw)
         provisioner = self.provisioner
