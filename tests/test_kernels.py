@@ -91,6 +91,8 @@ def test_a_forked_kernel_is_the_kernel_jupyter_starts_with_torch_loaded(tmp_path
     assert forked["pgid"] == forked["pid"] and plain["pgid"] == plain["pid"]  # its own session, as launched
 
     km, kc = managers["forked"]
+    cpu = kernels.finished_cpu()
+    _run(kc, "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass")
     kc.execute("import time; time.sleep(60)")
     time.sleep(0.5)
     run_sync(km.interrupt_kernel)()
@@ -100,6 +102,7 @@ def test_a_forked_kernel_is_the_kernel_jupyter_starts_with_torch_loaded(tmp_path
         run_sync(km.shutdown_kernel)(now=True)
         assert not run_sync(km.is_alive)()
     assert _gone(forked["pid"], 5) and _gone(plain["pid"], 5)
+    assert kernels.finished_cpu() - cpu > 0.5  # its CPU, counted when it ended (run-notebooks' CPU column)
     assert kernels._server.alive()  # it serves the next kernel (the next test: it ends with its starter)
 
 

@@ -255,6 +255,9 @@ def test_the_course_runs_headless_and_every_notebook_saves_its_figures(course_ru
         saved = len(list((out / "figures").glob(f"{name[:2]}_*.png")))  # a notebook's figures carry its number
         assert state["status"][name]["figures"] == saved, name  # not the figures the one before saved last
         assert f"{name:<20} done in" in res.stdout and f"), {saved} figures" in res.stdout
+        # its kernel's CPU, also when it was forked (its parent is then the fork server, not this process):
+        # drawing its figures alone takes more than half a CPU second
+        assert state["status"][name]["cpu_seconds"] > 0.5, (name, state["status"][name])
     assert json.loads(res.stdout.strip().splitlines()[-1])["notebooks"] == {n: "done" for n in FIGURES}
 
 

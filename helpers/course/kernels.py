@@ -96,7 +96,9 @@ class _Server:
             if message.get("ready"):
                 self.loaded = True
             elif "exit" in message:
+                global _finished_cpu
                 self.exits[message["exit"]] = message["code"]
+                _finished_cpu += message.get("cpu", 0.0)
             elif until_pid and "pid" in message:
                 return message["pid"]
 
@@ -134,6 +136,13 @@ def _key(env: dict[str, str]) -> tuple:
 
 _server: _Server | None = None
 _failed: str | None = None  # why a fork server failed to start in this process (no second try)
+_finished_cpu = 0.0  # CPU seconds of the forked kernels that ended (they are the servers' children, not ours)
+
+
+def finished_cpu() -> float:
+    """CPU seconds (user + system) used by the kernels forked for this process that have ended: what
+    `resource.getrusage(RUSAGE_CHILDREN)` counts for the kernels it started itself."""
+    return _finished_cpu
 
 
 def server(python: list[str], env: dict[str, str]) -> _Server:

@@ -551,8 +551,10 @@ def _children_cpu() -> float:
         import resource
     except ImportError:  # Windows
         return 0.0
+    from .kernels import finished_cpu  # the forked kernels are the fork server's children
+
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime + finished_cpu()
 
 
 def _print_summary(sequence: Sequence, elapsed: float) -> None:

@@ -7,7 +7,8 @@ project (helpers) is imported here, so a kernel imports helpers as they are when
 HELPERS_* settings itself. It reports each child's exit, and ends when the socket to its starter closes.
 
 Protocol (a SOCK_SEQPACKET socket, its file descriptor the first argument): a request is JSON {"argv", "env", "cwd", "path"} with two file
-descriptors (the kernel's stdout and stderr); the reply {"pid"}; later {"exit": pid, "code": returncode}.
+descriptors (the kernel's stdout and stderr); the reply {"pid"}; later {"exit": pid, "code": returncode, "cpu":
+seconds}.
 """
 
 import json
@@ -74,14 +75,17 @@ def _child(request: dict, out: int, err: int, sock: socket.socket, wake: tuple[i
 
 
 def _reap(sock: socket.socket) -> None:
+    """Report each kernel that ended: its exit code and the CPU seconds it used (its starter is not its parent,
+    so its own accounting of children's CPU does not see them)."""
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        sock.send(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
+        sock.send(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status),
+                              "cpu": usage.ru_utime + usage.ru_stime}).encode())
 
 
 def main() -> None:
