@@ -21,8 +21,9 @@ from jupyter_core.utils import run_sync
 from helpers.course import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOK = ("import os, sys, json; print(json.dumps({'cwd': os.getcwd(), 'path': sys.path, 'env': dict(os.environ), "
-        "'pid': os.getpid(), 'ppid': os.getppid(), 'pgid': os.getpgid(0), "
+LOOK = ("import os, sys, json, signal; print(json.dumps({'cwd': os.getcwd(), 'path': sys.path, 'env': dict(os.environ), "
+        "'pid': os.getpid(), 'ppid': os.getppid(), 'pgid': os.getpgid(0), 'draw': __import__('numpy').random.random(), "
+        "'signals': [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGPIPE, signal.SIGTERM, signal.SIGCHLD)], "
         "'loaded': sorted(m for m in ('torch', 'timm', 'helpers') if m in sys.modules)})); "
         "print('written to stderr', file=sys.__stderr__, flush=True)")
 
@@ -73,7 +74,8 @@ def test_a_forked_kernel_is_the_kernel_jupyter_starts_with_torch_loaded(tmp_path
     env.pop("MPLBACKEND", None)
     seen, managers = {}, {}
     _server_ready(env)
-    for name, cls in (("plain", AsyncKernelManager), ("forked", kernels.KernelManager)):
+    for name, cls in (("plain", AsyncKernelManager), ("forked", kernels.KernelManager),
+                      ("forked again", kernels.KernelManager)):
         km, kc = _start(cls, folder, tmp_path / f"{name}.log", env)
         managers[name] = (km, kc)
         text, _ = _run(kc, LOOK)
@@ -81,6 +83,8 @@ def test_a_forked_kernel_is_the_kernel_jupyter_starts_with_torch_loaded(tmp_path
         assert _run(kc, "import mine; print(mine.ANSWER)")[0] == "42\n"  # the kernel's PYTHONPATH
         assert "written to stderr" in (tmp_path / f"{name}.log").read_text()
     plain, forked = seen["plain"], seen["forked"]
+    assert forked["signals"] == plain["signals"]  # SIGPIPE ignored, SIGINT a KeyboardInterrupt, as in a new Python
+    assert len({s.pop("draw") for s in seen.values()}) == 3  # numpy's generator seeded in each kernel, not shared
     assert plain["loaded"] == [] and forked["loaded"] == ["timm", "torch"]  # helpers: imported by the notebook
     assert forked["path"] == plain["path"] and forked["cwd"] == plain["cwd"] == str(folder)
     server = kernels._server.process.pid

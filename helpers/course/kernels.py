@@ -42,6 +42,10 @@ def can_fork(argv: list[str]) -> bool:
             and argv[-4:-1] == ["-m", "ipykernel_launcher", "-f"] and all(a.startswith("-X") for a in argv[1:-4]))
 
 
+class _Refused(RuntimeError):
+    """The server could not fork this kernel (it goes on serving)."""
+
+
 class _Server:
     """A running fork server: its process, the socket to it, and the exits it reported."""
 
@@ -99,7 +103,10 @@ class _Server:
                 global _finished_cpu
                 self.exits[message["exit"]] = message["code"]
                 _finished_cpu += message.get("cpu", 0.0)
+            elif until_pid and "error" in message:
+                raise _Refused(message["error"])
             elif until_pid and "pid" in message:
+                self.exits.pop(message["pid"], None)  # an earlier kernel's exit under the same pid (pids wrap)
                 return message["pid"]
 
     def fork(self, argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int) -> int:
@@ -222,6 +229,9 @@ class KernelManager(AsyncKernelManager):
             out, err = kw.get("stdout"), kw.get("stderr")
             pid = forker.fork(kernel_cmd, env, str(kw.get("cwd") or os.getcwd()),
                               _fd(out, 1), _fd(err, 2))
+        except (_Refused, ValueError) as exc:  # this kernel only: the server and its other kernels go on
+            _logger.warning("kernel started without the fork server: %s", exc)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             if not _failed:
                 _logger.warning("kernels start without the fork server: %s", exc)
@@ -239,4 +249,7 @@ def _fd(stream: Any, default: int) -> int:
     """The file descriptor a Popen-style stream argument names (None: this process's own)."""
     if stream is None:
         return default
-    return stream if isinstance(stream, int) else stream.fileno()
+    fd = stream if isinstance(stream, int) else stream.fileno()
+    if fd < 0:  # subprocess.PIPE or DEVNULL: streams only Popen makes
+        raise ValueError("a kernel whose output goes to a pipe Popen makes is started by Popen")
+    return fd

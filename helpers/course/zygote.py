@@ -39,8 +39,10 @@ def _child(request: dict, out: int, err: int, sock: socket.socket, wake: tuple[i
     try:
         os.setsid()  # its own process group, as jupyter_client's launcher gives a kernel: interrupts reach only it
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+        # as a new Python has them: SIGINT raises KeyboardInterrupt, SIGPIPE is ignored (BrokenPipeError)
+        for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
+                                (signal.SIGINT, signal.default_int_handler), (signal.SIGPIPE, signal.SIG_IGN)):
+            signal.signal(signum, handler)
         sock.close()
         os.close(wake[0])
         os.close(wake[1])
@@ -55,7 +57,9 @@ def _child(request: dict, out: int, err: int, sock: socket.socket, wake: tuple[i
         os.environ.update(request["env"])
         os.environ["JPY_PARENT_PID"] = str(os.getppid())  # the kernel ends when this server ends
         # sys.path as `python -m` in `cwd` with the request's PYTHONPATH would have built it
-        sys.path[:] = [request["cwd"]] + request["path"] + base
+        sys.path[:] = [os.getcwd()] + request["path"] + base
+        if "numpy" in sys.modules:  # its global generator was seeded once, in the server: each kernel its own
+            sys.modules["numpy"].random.seed()
         sys.argv = list(request["argv"])
         import runpy
 
@@ -66,6 +70,12 @@ def _child(request: dict, out: int, err: int, sock: socket.socket, wake: tuple[i
     except BaseException:
         traceback.print_exc()
     finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()  # what a kernel's own interpreter runs at exit (history, temporary folders)
+        except BaseException:
+            pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -118,12 +128,19 @@ def main() -> None:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 2)
             if not data:
                 return
-            pid = os.fork()
-            if pid == 0:
-                _child(json.loads(data), fds[0], fds[1], sock, wake, base)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # no memory or process left for it: the starter launches this kernel itself
+                reply = {"error": f"fork() failed: {exc}"}
+            else:
+                if pid == 0:
+                    _child(json.loads(data), fds[0], fds[1], sock, wake, base)
+                reply = {"pid": pid}
             for fd in fds:
                 os.close(fd)
-            sock.send(json.dumps({"pid": pid}).encode())
+            sock.send(json.dumps(reply).encode())
             _reap(sock)
 
 
