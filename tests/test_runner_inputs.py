@@ -229,9 +229,10 @@ def test_the_next_notebooks_kernel_is_warm_binds_no_name_and_is_shut_down_when_t
     assert json.loads((out / "state.json").read_text())["status"]["03_never"]["state"] == "pending"
     from helpers.course import kernels as forking
 
-    server = forking._server.process.pid if forking._server else None  # serves this process's kernels until it
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in kernels and p.is_running()  # ends
-            and p.status() != psutil.STATUS_ZOMBIE and p.pid != server]  # (tests/test_kernels.py)
+    # the fork server serves this process's kernels until the process ends (tests/test_kernels.py)
+    server = forking._server.process.pid if forking._server else None
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in kernels and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE and p.pid != server]
     assert not left, [p.cmdline() for p in left]
 
 

@@ -171,10 +171,11 @@ def execute(source: Path, output: Path, log: Path, *, parameters: dict[str, Any]
 class WarmKernel:
     """A notebook's kernel, started while the notebook before it runs (`run-notebooks`): when its turn comes, the
     kernel is up and the modules every notebook imports (torch, timm, helpers, pyplot, grad-cam) are loaded, 4-6 s
-    of each notebook on 2 cores (on Linux the kernel is forked with the third-party ones loaded: `kernels.py`). The modules are loaded with `__import__`, which binds no name in the notebook's
-    namespace: a notebook that forgets an import still fails as it would alone. Its stderr goes to the notebook's
-    log. A file of helpers/ saved after it started (a fix made during a long run) makes it unused: the notebook
-    then gets a fresh kernel that imports the fix.
+    of each notebook on 2 cores (on Linux the kernel is forked with the third-party ones loaded: `kernels.py`).
+    The modules are loaded with `__import__`, which binds no name in the notebook's namespace: a notebook that
+    forgets an import still fails as it would alone. Its stderr goes to the notebook's log. A file of helpers/
+    saved after it started (a fix made during a long run) makes it unused: the notebook then gets a fresh kernel
+    that imports the fix.
 
         warm = WarmKernel(source, log, cwd=root, kernel=None, env=env)   # returns at once
         execute(source, ..., warm=warm)                                  # runs in it, then shuts it down

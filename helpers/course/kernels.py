@@ -136,7 +136,6 @@ class _Server:
         self.process.wait()
 
 
-
 def _key(env: dict[str, str]) -> tuple:
     return tuple(sorted((k, v) for k, v in env.items() if not k.startswith(PER_KERNEL)))
 

@@ -6,9 +6,9 @@ already in memory, in its own session, with the environment, folder and output f
 project (helpers) is imported here, so a kernel imports helpers as they are when it starts, and reads its
 HELPERS_* settings itself. It reports each child's exit, and ends when the socket to its starter closes.
 
-Protocol (a SOCK_SEQPACKET socket, its file descriptor the first argument): a request is JSON {"argv", "env", "cwd", "path"} with two file
-descriptors (the kernel's stdout and stderr); the reply {"pid"}; later {"exit": pid, "code": returncode, "cpu":
-seconds}.
+Protocol (a SOCK_SEQPACKET socket, its file descriptor the first argument): a request is JSON {"argv", "env",
+"cwd", "path"} with two file descriptors (the kernel's stdout and stderr); the reply {"pid"} (or {"error"} when
+fork() failed); later {"exit": pid, "code": returncode, "cpu": seconds}.
 """
 
 import json
