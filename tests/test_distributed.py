@@ -131,7 +131,10 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
         "metrics.csv",
         "run_info.json",
         "summary.json",
+        "test_predictions.pt",  # the final test's softmax (rank 0's), read by a later evaluation of best.pt
     ]
+    kept = [torch.load(d / "test_predictions.pt", weights_only=True)["entries"]["model"]["probs"] for d in (single, ddp)]
+    torch.testing.assert_close(kept[1], kept[0], rtol=1e-4, atol=1e-6)
 
 
 def _free_port() -> int:

@@ -143,7 +143,7 @@ def test_ensemble_predictions_average_members_matched_by_class_name(trained_run,
 def test_a_cached_result_is_reused_only_for_the_same_weights_and_split_files(trained_run, tmp_path, monkeypatch):
     """A course evaluates the same run in several notebooks: with a cache folder the second evaluation (and an
     ensemble with it as a member) reuses the first one's softmax without loading the model, writing the same
-    predictions; a replaced best.pt or a changed split file is evaluated again."""
+    predictions; a replaced best.pt, a changed split file or a damaged entry is evaluated again."""
     from helpers.use import inference
 
     run = tmp_path / "run"
@@ -169,3 +169,59 @@ def test_a_cached_result_is_reused_only_for_the_same_weights_and_split_files(tra
     test = data / "meta" / "test.txt"
     test.write_text("\n".join(test.read_text().split()[:-1]) + "\n")  # one test photo fewer
     assert helpers.evaluate(str(run), **args)["n"] == first["n"] - 1 and len(loads) == 4
+    for entry in cache.glob("*.pt"):
+        entry.write_bytes(b"\0" * 100)  # a damaged entry (a disk that failed mid-write): computed again, no error
+    assert helpers.evaluate(str(run), **args)["n"] == first["n"] - 1 and len(loads) == 5
+
+
+def test_evaluating_a_run_on_its_test_split_reads_the_predictions_of_its_final_test(trained_run, tmp_path, monkeypatch,
+                                                                                     caplog):
+    """Training ends with a test pass and keeps its softmax (test_predictions.pt): evaluating the same weights on
+    the same test photos in the same way reads it, without loading the model, and equals predicting again; any
+    difference (views, size, split, photos, a replaced best.pt, a damaged file) predicts again."""
+    import logging
+    import os
+
+    import torch
+
+    from helpers.training.metrics import metrics_from_probs
+    from helpers.use import inference
+    from helpers.use.runs import load_trained
+
+    run = tmp_path / "run"  # the run's files hard-linked: the same weights file, as a course's copies have it
+    shutil.copytree(trained_run, run, copy_function=os.link)
+    assert (run / "test_predictions.pt").is_file()
+    loads = []
+    load = inference.load_trained
+    monkeypatch.setattr(inference, "load_trained", lambda *a, **k: loads.append(a[0]) or load(*a, **k))
+    args = dict(dataset="food-101", data_dir=str(TINY), device=torch.device("cpu"), num_workers=0)
+    with caplog.at_level(logging.INFO, logger="helpers"):
+        kept = inference.member_probs(run, **args)
+    assert loads == [] and "the test predictions of its final test are used" in caplog.text
+    summary = json.loads((run / "summary.json").read_text())
+    assert metrics_from_probs(kept.probs, kept.labels)["top1"] == pytest.approx(summary["test_top1"])
+    assert kept.samples == load_splits("food-101", TINY).test
+    probs, labels = inference.tta_probs(load_trained(run, device=torch.device("cpu")), kept.samples, tta=1,
+                                        batch_size=32, device=torch.device("cpu"), num_workers=0)
+    torch.testing.assert_close(kept.probs, probs, rtol=1e-4, atol=1e-5)  # what evaluate would compute
+    assert torch.equal(kept.labels, labels)
+    assert helpers.evaluate(str(run), dataset="food-101", data_dir=str(TINY), device="cpu", num_workers=0)["top1"] \
+        == pytest.approx(summary["test_top1"]) and loads == []
+
+    for n, changed in enumerate((dict(tta=2), dict(image_size=64), dict(split="val")), start=1):
+        inference.member_probs(run, **{**args, **changed})
+        assert len(loads) == n, changed
+    data = tmp_path / "tiny"  # the same photos under another folder are other files: predicted again
+    shutil.copytree(TINY / "meta", data / "meta")
+    (data / "images").symlink_to(TINY / "images")
+    inference.member_probs(run, **{**args, "data_dir": str(data)})
+    assert len(loads) == 4
+    shutil.copy2(run / "best.pt", run / "best.tmp")
+    (run / "best.tmp").replace(run / "best.pt")  # the same bytes, a new file: as a resumed run replaces it
+    inference.member_probs(run, **args)
+    assert len(loads) == 5
+    shutil.copytree(trained_run, tmp_path / "again", copy_function=os.link)
+    (tmp_path / "again" / "test_predictions.pt").unlink()
+    (tmp_path / "again" / "test_predictions.pt").write_bytes(b"\0" * 100)  # damaged: predicted again, no error
+    again = inference.member_probs(tmp_path / "again", **args)
+    assert len(loads) == 6 and torch.equal(again.labels, kept.labels)

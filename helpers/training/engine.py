@@ -52,7 +52,7 @@ from ..base.progress import progress_bar
 from ..data import augment
 from ..data.loaders import ImageDataset, index_seed, make_loader
 from ..data.splits import Splits, load_splits
-from . import checkpoint
+from . import checkpoint, test_predictions
 from .distill import Teacher, kd_loss
 from .evaluation import validate_model
 from .metrics import Sums, append_row
@@ -575,18 +575,18 @@ def _save_last(cfg: TrainConfig, run: Run, data: Data, progress: Progress, out: 
 
 def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, seconds, dist_info) -> dict:
     """Evaluate the best checkpoint (and its EMA weights) once on the test split, with the validation split's
-    transform and normaliser; write summary.json."""
+    transform and normaliser; write summary.json and the predictions (`test_predictions`)."""
     summary = {"output_dir": str(out), "best_epoch": best["epoch"], "val_top1": best["top1"], "train_seconds": seconds}
     if not dist_info.is_main:
         return summary
     loader = make_loader(ImageDataset(splits.test, eval_tf, strict=cfg.strict_data), batch_size=64, shuffle=False,
                          seed=0, num_workers=cfg.num_workers)
-    for weights in ("model", "model_ema"):
-        if weights == "model_ema" and not cfg.model_ema:
-            continue
+    kept = test_predictions.Recorder(out, cfg, splits, device, dtype)
+    for weights in ("model", "model_ema") if cfg.model_ema else ("model",):
         trained = from_state(checkpoint.load(out), str(out), use_ema=weights == "model_ema", device=device)
         test_bad: set[int] = set()
-        test = (validate_model(trained.model, loader, device, dtype, reduce=False, bad=test_bad, normalize=normalize)
+        test = (validate_model(trained.model, loader, device, dtype, reduce=False, bad=test_bad, normalize=normalize,
+                               keep=kept.keep(weights, cfg.backbone, trained.data_config["image_size"]))
                 if splits.test else {})
         report_bad_files({splits.test[i][0] for i in test_bad}, out)
         prefix = "test" if weights == "model" else "test_ema"
@@ -594,6 +594,7 @@ def _final_test(cfg, out, splits, eval_tf, normalize, device, dtype, best, secon
     summary["epochs_run"] = count_rows(out / "metrics.csv")
     record = {"weights": weights_record(out / checkpoint.BEST, splits.class_names)}  # loading checks best.pt by it
     atomic_write_text(out / "summary.json", json.dumps({**summary, **record}, indent=2))
+    kept.write()  # test_predictions.pt: a later evaluation of these weights on this split reads them
     _logger.info("Test top-1 %.2f%% (top-5 %.2f%%) on %d images; outputs in %s", summary.get("test_top1", float("nan")),
                  summary.get("test_top5", float("nan")), summary.get("test_n", 0), out)
     return summary

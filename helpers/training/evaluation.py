@@ -19,11 +19,15 @@ from .metrics import topk_correct
 @device_code
 @torch.no_grad()
 def validate_model(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None = None, *,
-                   reduce: bool = True, bad: set[int] | None = None, normalize: Callable | None = None) -> dict:
+                   reduce: bool = True, bad: set[int] | None = None, normalize: Callable | None = None,
+                   keep: dict | None = None) -> dict:
     """Cross-entropy, top-1 and top-5 on a loader, summed over all processes (`reduce=False`: this process
-    only). Dataset indices of unreadable images (replaced by the next readable one) are added to `bad`."""
-    logits, labels, _ = predict_logits(model, _recording(loader, bad if bad is not None else set()), device, dtype,
-                                       normalize=normalize)
+    only). Dataset indices of unreadable images (replaced by the next readable one) are added to `bad`; the
+    logits, labels and dataset indices are put in `keep` (the final test keeps them: `test_predictions`)."""
+    logits, labels, index = predict_logits(model, _recording(loader, bad if bad is not None else set()), device, dtype,
+                                           normalize=normalize)
+    if keep is not None:
+        keep.update(logits=logits, labels=labels, index=index)
     loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
     top1, top5 = topk_correct(logits, labels)
     if reduce:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..base.io import WriteError, atomic_open
 from ..data import augment
 from ..data.loaders import ImageDataset, make_loader
 from ..data.splits import Sample, load_splits, read_test_folder
-from ..training import checkpoint
+from ..training import checkpoint, test_predictions
 from ..training.evaluation import predict_logits
 from ..training.metrics import metrics_from_probs, write_predictions
 from ..training.run_folder import check_output_path
@@ -103,10 +104,14 @@ def member_probs(path: str | Path, *, dataset: str, data_dir: str, split: str = 
     if key is not None:
         try:
             kept = MemberProbs(**torch.load(Path(cache) / f"{key}.pt", weights_only=True))
-        except (OSError, RuntimeError, EOFError, TypeError, KeyError):  # none yet, or damaged: compute it again
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, TypeError, KeyError):  # none, or damaged
             kept = None
         if kept is not None and (photos is None or (kept.samples, kept.class_names) == photos):
             return kept
+    if tta == 1 and split == "test" and dataset == "food-101":
+        own = _own_test(path, data_dir, image_size, device, use_ema, photos)
+        if own is not None:
+            return own
     trained = load_trained(path, use_ema=use_ema, device=device)
     own = _samples(dataset, data_dir, split, trained.config)
     samples, class_names = photos or own
@@ -120,6 +125,26 @@ def member_probs(path: str | Path, *, dataset: str, data_dir: str, split: str = 
     if key is not None and (samples, class_names) == own:  # the cache holds each run's own split only
         _keep(dataclasses.asdict(result), Path(cache) / f"{key}.pt")
     return result
+
+
+def _own_test(path: str | Path, data_dir: str, image_size: int | None, device: torch.device, use_ema: bool,
+              photos: tuple[list[Sample], list[str]] | None) -> MemberProbs | None:
+    """The test predictions the run computed at the end of its training (`training.test_predictions`), when they
+    are what would be computed now: the same weights file, photos, view, size, device and precision."""
+    try:
+        weights = checkpoint.resolve(path, checkpoint.BEST)
+    except UserError:
+        return None
+    kept = test_predictions.read(weights, use_ema=use_ema, image_size=image_size, device=device,
+                                 dtype=amp_dtype(device, True))
+    if kept is None:
+        return None
+    samples, class_names = _samples("food-101", data_dir, "test", kept["split"])
+    if (samples, class_names) != (kept["samples"], kept["class_names"]) or photos not in (None, (samples, class_names)):
+        return None
+    _logger.info("%s: the test predictions of its final test are used (the same weights, photos and preprocessing)",
+                 weights.parent)
+    return MemberProbs(kept["probs"], kept["labels"], samples, class_names, kept["backbone"], kept["image_size"])
 
 
 def _keep(result: dict, file: Path) -> None:
