@@ -300,19 +300,22 @@ class Page:
 
         _wait(entry, 10, f"{label!r} in the {menu} menu").click()
 
-    def run_all(self, tries: int = 3) -> None:
+    def run_all(self, tries: int = 6, wait: float = 5) -> None:
         """Run > Run All Cells, as a user does, until a cell has started: a click that lands while the kernel's
         info still reaches a just-opened notebook can be lost (the notebook then waits for nothing), and a user
-        would click again."""
+        would click again. A click that is not lost marks the first cell [*] at once (the page queues it before the
+        kernel answers), so `wait` seconds without a started cell is a lost click (it cost 20 s a time when the
+        wait was 20 s)."""
         for attempt in range(tries):
             self.answer_dialog(f"run_all_{attempt}")
             self.command("Run", "Run All Cells")
             try:
-                _wait(lambda: any(p == "[*]:" or re.fullmatch(r"\[\d+\]:", p) for p in self.prompts()), 20,
+                _wait(lambda: any(p == "[*]:" or re.fullmatch(r"\[\d+\]:", p) for p in self.prompts()), wait,
                       "a cell to start")
                 return
             except AssertionError:
-                continue
+                print(f"Run All Cells started no cell in {wait:.0f} s (try {attempt + 1}; prompts {self.prompts()}, "
+                      f"kernel {self.toolbar('executionProgress')!r}): clicking again")
         raise AssertionError(f"Run All Cells started no cell in {tries} tries (screenshots in {self.shots})")
 
     def answer_dialog(self, name: str) -> None:

@@ -2,7 +2,8 @@
 
 - SIGKILL of a real `python -m helpers train` process: during its first checkpoint write, during a later one,
   at a random moment mid-epoch, during evaluation and during the best-checkpoint write; each time it is
-  restarted with --resume, and the finished run must equal an uninterrupted one (weights, metrics, test).
+  restarted with --resume, and the finished run must equal an uninterrupted one (weights, metrics, test). The last
+  restart, which meets no fault, runs in the test's own process (`finish_in_process`).
   The moments are observed from outside with Linux inotify (the trainer has no test hook): the creation of
   `.last.pt.tmp` is a checkpoint write starting, an open() of a validation image is evaluation running.
 - A full disk: `.last.pt.tmp` is made a link to /dev/full, so the next checkpoint write gets a real ENOSPC.
@@ -44,7 +45,7 @@ from helpers.data.images import BadImageError, read_image
 from helpers.data.splits import load_splits
 from helpers.training import checkpoint, engine, recipe, weights
 
-from .conftest import ROOT, TINY, cli_flags
+from .conftest import ROOT, TINY, cli_flags, run_cli
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify and /dev/full are Linux-only")
 
@@ -92,6 +93,22 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "helpers", *args], cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT
         )
+
+
+def finish_in_process(args: list[str], log: Path) -> int:
+    """Run `python -m helpers train ARGS` to its end in this process (`cli.main`), its output appended to `log`:
+    for the fault-free run that ends a fault test. The fault needed a real process (a signal, a full disk), the
+    resume that follows only reads what the killed process left on disk, so a new Python (3 s of imports) adds
+    nothing; one thread, as the processes of these tests have (`_env`), so its sums are theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = run_cli("train", *args)
+    finally:
+        torch.set_num_threads(threads)
+    with open(log, "a") as f:
+        f.write(res.stdout + res.stderr)
+    return res.returncode
 
 
 class Baseline:
@@ -280,7 +297,7 @@ def test_sigkill_at_five_moments_then_resume_equals_an_uninterrupted_run(baselin
         watch.close()
 
     # 6. The last restart runs to the end.
-    assert _start(["train", *args, "--resume", str(out)], log).wait(600) == 0, log.read_text()[-3000:]
+    assert finish_in_process([*args, "--resume", str(out)], log) == 0, log.read_text()[-3000:]
     assert log.read_text().count("Resuming") == 4, moments  # restarts 3, 4, 5 and 6 continued a checkpoint
     assert_same_run(baseline.result(), out)
 
@@ -309,7 +326,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_resumes(micro, baseline, tm
     assert _position(out) == (0, 2) and not os.path.lexists(out / ".last.pt.tmp")
     assert Path("/dev/full").is_char_device()  # the link was removed, not its target
 
-    assert _start(["train", *args, "--resume", str(out)], log).wait(600) == 0, log.read_text()[-3000:]
+    assert finish_in_process([*args, "--resume", str(out)], log) == 0, log.read_text()[-3000:]
     assert_same_run(baseline.result(), out)
 
 

@@ -30,7 +30,7 @@ from helpers.commands.cli import main
 from helpers.training import checkpoint
 from helpers.training.engine import locked_output
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 from .test_faults import (
     FLAGS,
     Watch,
@@ -40,6 +40,7 @@ from .test_faults import (
     _rows,
     _start,
     assert_same_run,
+    finish_in_process,
     linux_only,
     train_until,
 )
@@ -81,9 +82,9 @@ def test_a_second_run_into_a_busy_folder_stops_at_once_and_a_dead_holders_lock_i
     assert (out / LOCK_NAME).exists() and "lr: 0.003" in (out / "config.yaml").read_text()
     epochs = [r["epoch"] for r in _rows(out / "metrics.csv")]
     assert epochs == [str(i) for i in range(1, len(epochs) + 1)]  # one run's rows, not two interleaved
-    again = subprocess.run([sys.executable, "-m", "helpers", "evaluate", "--checkpoint", str(out), "--data-dir",
-                            str(micro), "--num-workers", "0", "--predictions", str(out / "predictions.csv")],
-                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    # the lock is taken over by the next command (in this process: a new process only adds its imports)
+    again = run_cli("evaluate", "--checkpoint", str(out), "--data-dir", str(micro), "--num-workers", "0",
+                    "--predictions", str(out / "predictions.csv"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "predictions.csv").exists() and not (out / LOCK_NAME).exists()
 
@@ -228,7 +229,7 @@ def test_a_real_full_disk_stops_with_exit_2_keeps_the_last_good_files_and_the_re
 
     # 3. Free the space again: the retry finishes equal to a run that never failed.
     filler[0].unlink()
-    assert _start(["train", *args, "--resume", "auto"], log).wait(600) == 0, log.read_text()[-3000:]
+    assert finish_in_process([*args, "--resume", "auto"], log) == 0, log.read_text()[-3000:]
     assert_same_run(baseline.result(), out)
 
 
@@ -262,7 +263,7 @@ def test_sigint_during_a_checkpoint_write_exits_130_without_a_temporary_file(mic
     assert code == 130 and "Traceback" not in text, text[-3000:]
     assert "interrupted" in text and not list(out.glob(".*.tmp"))
     assert _position(out) == (0, 2)  # the checkpoint being written never replaced the good one
-    assert _start(["train", *args, "--resume", "auto"], log).wait(600) == 0, log.read_text()[-3000:]
+    assert finish_in_process([*args, "--resume", "auto"], log) == 0, log.read_text()[-3000:]
     assert_same_run(baseline.result(), out)
 
 
