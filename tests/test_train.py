@@ -37,6 +37,33 @@ def test_short_run_learns_and_writes_its_outputs(trained_run):
     assert info["seed"] == 42 and info["torch"] == torch.__version__ and "timm" in info and "git_commit" in info
 
 
+def test_a_loaded_run_is_its_checkpoint_and_draws_no_random_numbers(trained_run):
+    """Loading a run builds the model with torch's initialisers turned off (`models.skipped_init`): every tensor is
+    the checkpoint's, no random number is drawn (a run's random streams are not moved by loading a teacher), and
+    outside the loading a model is initialised as timm makes it."""
+    from helpers.training.models import create_model, skipped_init
+    from helpers.training.trained import from_state
+
+    state = checkpoint.load(trained_run)
+    before = torch.random.get_rng_state()
+    trained = from_state(state, str(trained_run))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    loaded = trained.model.state_dict()
+    assert loaded.keys() == state["model"].keys()
+    assert all(torch.equal(loaded[k], state["model"][k]) for k in loaded)
+    torch.manual_seed(0)
+    fresh = create_model("tf_efficientnet_lite0", 10)
+    torch.manual_seed(0)
+    again = create_model("tf_efficientnet_lite0", 10)
+    with skipped_init():
+        create_model("tf_efficientnet_lite0", 10)
+    torch.manual_seed(0)
+    after = create_model("tf_efficientnet_lite0", 10)  # the initialisers are back
+    for a, b, c in zip(fresh.parameters(), again.parameters(), after.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert float(fresh.conv_stem.weight.std()) > 0.01
+
+
 def test_evaluate_cli_prints_json_last_and_saves_predictions(trained_run, tmp_path):
     from .conftest import TINY, run_cli
 

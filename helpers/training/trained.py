@@ -13,7 +13,7 @@ from torch import nn
 
 from ..base.config import config_from_dict
 from ..base.errors import UserError
-from .models import create_model
+from .models import create_model, skipped_init
 
 _logger = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def from_state(state: dict, source: str, *, use_ema: bool = False, device: torch
         UserError: `use_ema` for a run trained without --model-ema.
     """
     cfg = config_from_dict(state["config"])
-    model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none", image_size=cfg.image_size)
+    with skipped_init():  # every parameter comes from the checkpoint (strict load below)
+        model = create_model(cfg.backbone, len(state["class_names"]), pretrained="none", image_size=cfg.image_size)
     weights = state["model"]
     if use_ema:
         if not state.get("model_ema"):
