@@ -33,11 +33,11 @@ $(STAMP): requirements.txt
 # clone). Outside a git repository (an unpacked archive) there is nothing to set up.
 git-filter:
 	@if git -C "$(REPO)" rev-parse --git-dir >/dev/null 2>&1; then \
-		git -C "$(REPO)" config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
+		git -C "$(REPO)" config filter.nbstripout.clean '"$(abspath $(PY))" "$(CURDIR)/scripts/lab.py" strip --keep-id' && \
 		git -C "$(REPO)" config filter.nbstripout.smudge '"$(abspath $(PY))" "$(CURDIR)/scripts/lab.py" smudge' && \
 		git -C "$(REPO)" config filter.nbstripout.required true && \
 		git -C "$(REPO)" config filter.nbstripout.extrakeys "$(STRIP_KEYS)" && \
-		git -C "$(REPO)" config diff.ipynb.textconv '"$(abspath $(PY))" -m nbstripout --keep-id -t' && \
+		git -C "$(REPO)" config diff.ipynb.textconv '"$(abspath $(PY))" "$(CURDIR)/scripts/lab.py" strip --keep-id -t' && \
 		echo "git filter nbstripout set up in $(REPO): notebook outputs stay out of git"; \
 	else echo "$(REPO) is not a git repository: no output filter set up"; fi
 

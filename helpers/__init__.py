@@ -6,18 +6,24 @@
     summary = helpers.train(cfg)
     helpers.evaluate("runs/demo", dataset="food-101", data_dir="data/food-101-tiny", split="test")
 
-Heavy modules load when their functions are called. Importing the package does one thing besides: it turns off
+Heavy modules load when their functions are called. Importing the package does two things besides: it turns off
 albumentations' check for a newer release, a web request to PyPI at every import (in every DataLoader worker and
-notebook kernel; up to 2 s each offline). NO_ALBUMENTATIONS_UPDATE=0 in the environment keeps the check.
+notebook kernel; up to 2 s each offline; NO_ALBUMENTATIONS_UPDATE=0 in the environment keeps the check), and it
+keeps jsonschema (under nbformat, papermill and jupytext) from importing rfc3987_syntax, which compiles an Earley
+grammar at import (0.85 s of every process that reads a notebook) for the "iri" string format only, which no
+notebook schema uses (jsonschema issue 1428); scripts/lab.py does the same for JupyterLab and the git filters.
 """
 
 import os
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from .base.config import TrainConfig, make_config
 from .base.devices import get_device, seed_everything
 from .base.errors import UserError
+
+sys.modules.setdefault("rfc3987_syntax", None)  # None: `import rfc3987_syntax` raises ImportError, which jsonschema skips
 
 __all__ = ["TrainConfig", "UserError", "make_config", "train", "lr_find", "evaluate", "ensemble", "predict", "get_device",
            "seed_everything"]

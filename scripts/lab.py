@@ -3,6 +3,7 @@
     python scripts/lab.py [JUPYTERLAB ARGS]    # JupyterLab on this environment and the project, on notebooks/
     python scripts/lab.py smudge < stored.ipynb > working.ipynb      # git's smudge filter (make git-filter)
     python scripts/lab.py smudge-files notebooks/*.ipynb             # the same, in place, for checked-out files
+    python scripts/lab.py strip --keep-id < working.ipynb            # git's clean filter: nbstripout (make git-filter)
 
 Notebooks are committed without outputs: nbstripout, as the clean filter of .gitattributes, strips outputs and the
 kernel's `language_info` fields (they differ between machines) from what git stores and compares. Two things
@@ -16,21 +17,72 @@ both:
   is listed even though its filtered content is what git has. After each save, JupyterLab calls `post_save`, which
   re-stages a notebook whose filtered content equals the staged one: only git's cached file size and time change.
 
-It imports no part of `helpers` (that would load torch into every filter run and into the server).
+On Linux JupyterLab's kernels are forked from a process that has loaded torch and the course's other libraries
+(`helpers/course/kernels.py`, as run-notebooks' kernels are): a kernel starts, or restarts, in half a second instead
+of four. That process starts with JupyterLab and lives as long as it does (about 1 GB, shared with the kernels).
+
+It imports no part of `helpers` as a package (that would load torch into every filter run and into the server);
+`kernels.py`, which needs only jupyter_client, is loaded from its file.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+# jsonschema (under nbformat) imports rfc3987_syntax, which compiles an Earley grammar at import: 0.85 s of every git
+# filter run and of JupyterLab's start, for the "iri" string format only, which no notebook schema uses (jsonschema
+# issue 1428). None makes that import fail, which jsonschema skips (helpers/__init__.py does the same).
+sys.modules.setdefault("rfc3987_syntax", None)
+
 _logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 # Given to JupyterLab by `main`: the post-save hook, found on sys.path as this file's module.
 SERVER_ARGS = (f"--ContentsManager.post_save_hook={Path(__file__).stem}.post_save",)
+# ... and on Linux the kernel manager that forks kernels (`ForkedServerKernelManager`, made on first use).
+FORKED_ARGS = (f"--MappingKernelManager.kernel_manager_class={Path(__file__).stem}.ForkedServerKernelManager",)
+KERNEL_NAME = "food101"  # the project's kernel (Makefile: KERNEL_NAME); its fork server starts with JupyterLab
+
+
+def _kernels():
+    """helpers/course/kernels.py, loaded once from its file (importing `helpers` would load torch here)."""
+    name = "food101_kernels"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "helpers" / "course" / "kernels.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def __getattr__(name: str):
+    """`ForkedServerKernelManager`: jupyter_server's kernel manager with the forked launch (made when JupyterLab
+    asks for it, so that the git filters, which import this file too, never import jupyter_server)."""
+    if name == "ForkedServerKernelManager":
+        from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
+
+        cls = type(name, (_kernels().ForkedLaunch, ServerKernelManager), {"__module__": __name__})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def start_fork_server() -> None:
+    """Start the project kernel's fork server now, with the environment JupyterLab gives its kernels, so that the
+    first notebook's kernel is forked too; a problem is logged and kernels start as JupyterLab starts them."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        env = {**os.environ, **spec.env}
+        env.pop("PYTHONEXECUTABLE", None)  # as jupyter_client's provisioner leaves it out of a Python kernel's
+        _kernels().prestart(list(spec.argv), env)
+    except Exception as exc:  # no such kernelspec, a server that cannot start: kernels start as JupyterLab starts them
+        _logger.warning("Kernels start without the fork server: %s", exc)
 
 
 def kernel_language_info() -> dict:
@@ -112,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["smudge-files"]:
         smudge_files([Path(p) for p in argv[1:]])
         return 0
+    if argv[:1] == ["strip"]:  # nbstripout with its own arguments, in 0.1 s instead of 1 s
+        import nbstripout
+
+        sys.argv = ["nbstripout", *argv[1:]]
+        return nbstripout.main() or 0
     given = [a.split("=", 1)[1] for a in argv if a.startswith("--ServerApp.root_dir=")]
     root = Path(given[-1]) if given else ROOT
     argv = [a for a in argv if not a.startswith("--ServerApp.root_dir=")]
@@ -120,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         smudge_files([root / p for p in tracked.stdout.split("\0") if p])
     from jupyterlab.labapp import main as lab_main
 
-    lab_main([*SERVER_ARGS, f"--ServerApp.root_dir={root}", "--LabApp.default_url=/lab/tree/notebooks", *argv])
+    forked = FORKED_ARGS if sys.platform == "linux" else ()  # macOS: no fork() after torch (kernels.py)
+    if forked:
+        start_fork_server()
+    lab_main([*SERVER_ARGS, *forked, f"--ServerApp.root_dir={root}", "--LabApp.default_url=/lab/tree/notebooks",
+              *argv])
     return 0
 
 

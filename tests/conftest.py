@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+import helpers  # first: its import-time settings (helpers/__init__.py) before a test module imports nbformat
+
 # The whole suite runs under Apple MPS's limits (helpers.base.mps_check): the variable is inherited by the CLI
 # subprocesses and papermill kernels the tests start. HELPERS_CHECK_MPS=0 in the environment turns it off (to
 # time it); a test turns it off with the `no_check_mps` fixture.
@@ -92,8 +94,6 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A 3-epoch lite0 run on the tiny set (96 px): a real trained model for evaluation tests."""
-    import helpers
-
     out = tmp_path_factory.mktemp("runs") / "lite0"
     helpers.train(helpers.TrainConfig(**FAST, epochs=3, output_dir=str(out)))
     return out

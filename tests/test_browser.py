@@ -210,7 +210,7 @@ def lab(clone, tmp_path_factory):
             return _get(f"{url}/api/status?token={token}") is not None
 
         _wait(started, 120, f"JupyterLab to start ({home}/lab.log)")
-        yield {"url": url, "token": token, "root": clone, "log": home / "lab.log"}
+        yield {"url": url, "token": token, "root": clone, "log": home / "lab.log", "pid": server.pid}
     finally:
         server.terminate()
         try:
@@ -411,6 +411,7 @@ def ui_run(page, lab) -> dict:
     seen["prefix"] = page.js("const o = Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
                              ".map(e => e.textContent).find(t => t.includes(arguments[0])); return o || '';",
                              PREFIX_MARK)
+    seen["forked"] = _forked_kernels(lab["pid"])
     page.shot("03_all_cells_ran")
 
     seen["explorer_before"] = page.explorer_image()
@@ -444,6 +445,32 @@ def ui_run(page, lab) -> dict:
     seen["seconds"] = time.monotonic() - seen["started"]
     print(f"browser run: {seen['seconds']:.0f} s, bar samples {seen['bar']}")
     return seen
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if entry.name.isdigit() and ppid == pid:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _forked_kernels(lab_pid: int) -> list[str]:
+    """The command lines of the processes forked by JupyterLab's fork server (its child running zygote.py)."""
+    servers = [pid for pid, cmd in _children(lab_pid) if "zygote.py" in cmd]
+    return [cmd for server in servers for _, cmd in _children(server)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kernels are forked on Linux only (scripts/lab.py)")
+def test_the_kernel_is_forked_from_the_server_that_started_with_jupyterlab(ui_run):
+    """scripts/lab.py starts the fork server with JupyterLab (helpers/course/kernels.py), so even the first
+    notebook's kernel is its child, with torch loaded before the first cell (the cells' results: the tests above)."""
+    assert len(ui_run["forked"]) == 1, ui_run["forked"]
 
 
 def test_the_notebook_runs_on_the_projects_kernel(ui_run):

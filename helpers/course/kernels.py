@@ -213,8 +213,10 @@ class _Forked:
         self.send_signal(signal.SIGKILL)
 
 
-class KernelManager(AsyncKernelManager):
-    """jupyter_client's kernel manager; on Linux its kernel is forked from the fork server (module docstring)."""
+class ForkedLaunch:
+    """The launch of a kernel manager class of jupyter_client (mixed in before it): on Linux the kernel is forked
+    from the fork server (module docstring). `KernelManager` is AsyncKernelManager with it; JupyterLab's is
+    jupyter_server's ServerKernelManager with it (`scripts/lab.py`)."""
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         if not can_fork(kernel_cmd):
@@ -242,6 +244,17 @@ class KernelManager(AsyncKernelManager):
         provisioner.pid = provisioner.pgid = pid  # the kernel made itself a session leader
         provisioner.cwd = kw.get("cwd") or os.getcwd()
         self._reconcile_connection_info(provisioner.connection_info)
+
+
+class KernelManager(ForkedLaunch, AsyncKernelManager):
+    """jupyter_client's kernel manager; on Linux its kernel is forked from the fork server (module docstring)."""
+
+
+def prestart(kernel_cmd: list[str], env: dict[str, str]) -> None:
+    """Start the fork server for kernels of this kernelspec command and environment now, so that the first kernel
+    is forked too (JupyterLab: the server loads while the page opens). Nothing where kernels are not forked."""
+    if can_fork(kernel_cmd) and not _failed:
+        server(kernel_cmd[:-4], env)
 
 
 def _fd(stream: Any, default: int) -> int:
