@@ -23,7 +23,7 @@ from .base.config import TrainConfig, make_config
 from .base.devices import get_device, seed_everything
 from .base.errors import UserError
 
-sys.modules.setdefault("rfc3987_syntax", None)  # None: `import rfc3987_syntax` raises ImportError, which jsonschema skips
+sys.modules.setdefault("rfc3987_syntax", None)  # None: importing it raises ImportError, which jsonschema skips
 
 __all__ = ["TrainConfig", "UserError", "make_config", "train", "lr_find", "evaluate", "ensemble", "predict", "get_device",
            "seed_everything"]

@@ -183,7 +183,8 @@ def test_what_a_run_owns_is_named_once(finished, features, tmp_path):
 
     assert run_kind(finished) == "training run" and run_kind(features) == "features folder"
     assert run_kind(tmp_path) is None
-    for name in ("config.yaml", "last.pt", ".last.pt.tmp", "metrics.csv", "summary.json", "bad_files.txt"):
+    for name in ("config.yaml", "last.pt", ".last.pt.tmp", "metrics.csv", "summary.json", "bad_files.txt",
+                 "test_predictions.pt"):
         with pytest.raises(UserError, match="a run folder is written only by its run"):
             check_output_path(finished / name, "--output")
     (tmp_path / "link.csv").symlink_to(finished / "metrics.csv")  # another name for an owned file

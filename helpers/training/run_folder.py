@@ -232,7 +232,7 @@ CHECKPOINTS = "folder of checkpoints"
 # looks like two runs.
 OWNED_FILES = frozenset({
     "config.yaml", "run_info.json", checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.DAMAGED, checkpoint.BEST,
-    "metrics.csv", "summary.json", "bad_files.txt",
+    "metrics.csv", "summary.json", "bad_files.txt", "test_predictions.pt",
     "sweep.csv", "test_predictions.csv",
     "features.json", "train.safetensors", "val.safetensors", "test.safetensors", "backbone.safetensors",
     "state.json",
@@ -282,10 +282,10 @@ def check_output_path(path: str | Path, flag: str = "--output") -> None:
 
     A run folder is a folder that `run_kind` names. In it, a run owns the files named in `OWNED_FILES`, whichever
     kind of run it is (config.yaml, run_info.json, last.pt, last.prev.pt, last.damaged.pt, best.pt, metrics.csv,
-    summary.json, bad_files.txt, sweep.csv, test_predictions.csv, features.json, the split and backbone
-    .safetensors, state.json, .lock), each with its temporary `.NAME.tmp`, and everything under the folders named
-    in `OWNED_FOLDERS` (features' .chunks/, run-notebooks' executed/, logs/ and sources/). Anything else in a
-    run folder is not the run's: a predictions file beside it, or what a notebook sequence's notebooks write
+    summary.json, bad_files.txt, test_predictions.pt, sweep.csv, test_predictions.csv, features.json, the split
+    and backbone .safetensors, state.json, .lock), each with its temporary `.NAME.tmp`, and everything under the
+    folders named in `OWNED_FOLDERS` (features' .chunks/, run-notebooks' executed/, logs/ and sources/). Anything
+    else in a run folder is not the run's: a predictions file beside it, or what a notebook sequence's notebooks write
     (figures/, predictions/, the runs in models/, each a run folder of its own). The path is checked as it
     resolves (links followed), so another name for an owned file is refused too.
 

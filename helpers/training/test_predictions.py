@@ -63,7 +63,8 @@ class Recorder:
                 probs = torch.softmax(kept["logits"], dim=1)[torch.argsort(kept["index"])]
                 entries[name] = {"probs": probs, "labels": kept["labels"][torch.argsort(kept["index"])],
                                  "backbone": kept["backbone"], "image_size": kept["image_size"]}
-            record = {**self.common, "weights": _stat(checkpoint.resolve(self.out, checkpoint.BEST)), "entries": entries}
+            weights = _stat(checkpoint.resolve(self.out, checkpoint.BEST))
+            record = {**self.common, "weights": weights, "entries": entries}
             with atomic_open(self.out / FILE, durable=False) as f:
                 torch.save(record, f)
         except (OSError, WriteError, UserError) as exc:
