@@ -65,7 +65,18 @@ def __getattr__(name: str):
     if name == "ForkedServerKernelManager":
         from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
 
-        cls = type(name, (_kernels().ForkedLaunch, ServerKernelManager), {"__module__": __name__})
+        forked = _kernels().ForkedLaunch
+
+        async def launch(self, kernel_cmd: list[str], **kw) -> None:
+            # only the project's kernel: the fork server serves one interpreter and environment, and a kernel of
+            # another (a kernelspec of another Python) would replace it, ending the kernels it forked
+            if self.kernel_name != KERNEL_NAME:
+                return await ServerKernelManager._async_launch_kernel(self, kernel_cmd, **kw)
+            return await forked._async_launch_kernel(self, kernel_cmd, **kw)
+
+        # a notebook opened while the server still loads waits for it (about 4 s after JupyterLab starts)
+        cls = type(name, (forked, ServerKernelManager), {"__module__": __name__, "_async_launch_kernel": launch,
+                                                          "wait_for_server": 30.0})
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

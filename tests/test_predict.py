@@ -225,3 +225,31 @@ def test_evaluating_a_run_on_its_test_split_reads_the_predictions_of_its_final_t
     (tmp_path / "again" / "test_predictions.pt").write_bytes(b"\0" * 100)  # damaged: predicted again, no error
     again = inference.member_probs(tmp_path / "again", **args)
     assert len(loads) == 6 and torch.equal(again.labels, kept.labels)
+
+
+def test_the_kept_test_predictions_score_each_photo_against_its_own_label(tmp_path):
+    """For an unreadable test photo the loader hands on the next readable one with that photo's label; evaluate
+    scores the prediction against the unreadable photo's own label, so the kept file carries the split's labels."""
+    import dataclasses
+
+    import torch
+
+    from helpers.data.splits import Splits
+    from helpers.training import test_predictions
+
+    (tmp_path / "best.pt").write_bytes(b"weights")  # only its file status is recorded here
+    samples = [("a.jpg", 0), ("b.jpg", 1), ("c.jpg", 2)]
+    cfg = dataclasses.make_dataclass("Cfg", ["val_fraction", "test_fraction", "seed"])(0.1, 0.2, 42)
+    recorder = test_predictions.Recorder(tmp_path, cfg, Splits(["x", "y", "z"], [], [], samples),
+                                         torch.device("cpu"), None)
+    kept = recorder.keep("model", "tf_efficientnet_lite0", 96)
+    # b.jpg unreadable: the loader gave c.jpg in its place (label 2), in a shuffled order of indices
+    kept.update(logits=torch.tensor([[0.0, 0, 5], [5.0, 0, 0], [0.0, 0, 5]]), labels=torch.tensor([2, 0, 2]),
+                index=torch.tensor([2, 0, 1]))
+    recorder.write()
+    read = test_predictions.read(tmp_path / "best.pt", use_ema=False, image_size=None, device=torch.device("cpu"),
+                                 dtype=None)
+    assert read["labels"].tolist() == [0, 1, 2] and read["samples"] == samples
+    assert read["probs"].argmax(1).tolist() == [0, 2, 2]  # each row sorted back to its photo
+    assert test_predictions.read(tmp_path / "best.pt", use_ema=False, image_size=64, device=torch.device("cpu"),
+                                 dtype=None) is None  # another size: predicted again

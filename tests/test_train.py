@@ -39,8 +39,8 @@ def test_short_run_learns_and_writes_its_outputs(trained_run):
 
 def test_a_loaded_run_is_its_checkpoint_and_draws_no_random_numbers(trained_run):
     """Loading a run builds the model with torch's initialisers turned off (`models.skipped_init`): every tensor is
-    the checkpoint's, no random number is drawn (a run's random streams are not moved by loading a teacher), and
-    outside the loading a model is initialised as timm makes it."""
+    the checkpoint's, no random number is drawn for this EfficientNet (timm's own initialisers, which ViT and EVA
+    call, still draw), and outside the loading a model is initialised as timm makes it."""
     from helpers.training.models import create_model, skipped_init
     from helpers.training.trained import from_state
 

@@ -13,6 +13,7 @@ small notebook costs no more than before), or after a server failed to start (lo
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import logging
@@ -218,6 +219,8 @@ class ForkedLaunch:
     from the fork server (module docstring). `KernelManager` is AsyncKernelManager with it; JupyterLab's is
     jupyter_server's ServerKernelManager with it (`scripts/lab.py`)."""
 
+    wait_for_server = 0.0  # seconds a launch waits for a server that is still loading (JupyterLab's: 30)
+
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         if not can_fork(kernel_cmd):
             return await super()._async_launch_kernel(kernel_cmd, **kw)
@@ -225,6 +228,9 @@ class ForkedLaunch:
         env = dict(kw.get("env") or os.environ)
         try:
             forker = server(kernel_cmd[:-4], env)
+            deadline = time.monotonic() + self.wait_for_server
+            while not forker.ready() and time.monotonic() < deadline:  # without blocking the caller's event loop
+                await asyncio.sleep(0.05)
             if not forker.ready():  # still loading (the first kernels of a process): started as jupyter does
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
             out, err = kw.get("stdout"), kw.get("stderr")

@@ -36,8 +36,10 @@ _INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "
 def skipped_init():
     """Build a model whose every parameter a strict `load_state_dict` overwrites next (a trained run being loaded):
     torch.nn.init's initialisers do nothing inside, so no random numbers are drawn only to be thrown away (a
-    quarter of a second for ResNet-101 on 2 cores; transformers' `no_init_weights` does the same). Buffers that
-    modules compute rather than draw are made as usual. Never for a model that trains from its initial weights."""
+    quarter of a second for ResNet-101 on 2 cores; transformers' `no_init_weights` does the same). timm's own
+    initialisers (ViT and EVA call them) still run. Buffers that modules compute rather than draw are made as usual.
+    The functions are replaced for the whole process while a model is built: not for a model built at the same time
+    in another thread. Never for a model that trains from its initial weights."""
     saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
     for name in _INITIALISERS:
         setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)

@@ -58,10 +58,13 @@ class Recorder:
         if not any("logits" in kept for kept in self.entries.values()):  # no test split
             return
         try:
+            # the split's labels, not the loader's: for an unreadable photo the loader returns the next readable
+            # one with its label, where evaluate scores the prediction against the photo's own (as it does here)
+            labels = torch.tensor([label for _, label in self.common["samples"]])
             entries = {}
             for name, kept in self.entries.items():
                 probs = torch.softmax(kept["logits"], dim=1)[torch.argsort(kept["index"])]
-                entries[name] = {"probs": probs, "labels": kept["labels"][torch.argsort(kept["index"])],
+                entries[name] = {"probs": probs, "labels": labels,
                                  "backbone": kept["backbone"], "image_size": kept["image_size"]}
             weights = _stat(checkpoint.resolve(self.out, checkpoint.BEST))
             record = {**self.common, "weights": weights, "entries": entries}
