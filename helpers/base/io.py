@@ -62,6 +62,13 @@ def as_write_error(exc: BaseException, path: str | Path) -> WriteError | None:
     return None
 
 
+def file_status(path: str | Path) -> list[int]:
+    """[device, inode, size, modification time in ns] of a file: it is the same file, unchanged, while these are
+    (an atomic replace makes a new inode). Raises OSError when it cannot be read."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
 def temp_name(path: str | Path) -> Path:
     """The temporary file next to `path` that `atomic_path` writes first: `.NAME.tmp`."""
     path = Path(path)

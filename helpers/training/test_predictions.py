@@ -16,25 +16,19 @@ runs batches of 64, `evaluate` of 32 by default).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
 from ..base.errors import UserError
-from ..base.io import WriteError, atomic_open
+from ..base.io import WriteError, atomic_open, file_status
 from ..data.splits import Splits
 from . import checkpoint
 
 _logger = logging.getLogger(__name__)
 
 FILE = "test_predictions.pt"
-
-
-def _stat(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 class Recorder:
@@ -66,7 +60,7 @@ class Recorder:
                 probs = torch.softmax(kept["logits"], dim=1)[torch.argsort(kept["index"])]
                 entries[name] = {"probs": probs, "labels": labels,
                                  "backbone": kept["backbone"], "image_size": kept["image_size"]}
-            weights = _stat(checkpoint.resolve(self.out, checkpoint.BEST))
+            weights = file_status(checkpoint.resolve(self.out, checkpoint.BEST))
             record = {**self.common, "weights": weights, "entries": entries}
             with atomic_open(self.out / FILE, durable=False) as f:
                 torch.save(record, f)
@@ -84,7 +78,7 @@ def read(weights: Path, *, use_ema: bool, image_size: int | None, device: torch.
     try:
         record = torch.load(file, weights_only=True)
         entry = record["entries"]["model_ema" if use_ema else "model"]
-        same = (record["weights"] == _stat(Path(weights)) and record["device"] == str(device)
+        same = (record["weights"] == file_status(Path(weights)) and record["device"] == str(device)
                 and record["dtype"] == str(dtype) and image_size in (None, entry["image_size"]))
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
         if file.exists():

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from ..base.devices import amp_dtype, get_device
 from ..base.errors import UserError
-from ..base.io import WriteError, atomic_open
+from ..base.io import WriteError, atomic_open, file_status
 from ..data import augment
 from ..data.loaders import ImageDataset, make_loader
 from ..data.splits import Sample, load_splits, read_test_folder
@@ -166,7 +165,7 @@ def _cache_key(path: str | Path, dataset: str, data_dir: str, split: str, tta: i
         weights = checkpoint.resolve(path, checkpoint.BEST)
         meta = Path(data_dir) / "meta"
         files = [weights, *(meta / f"{n}.txt" for n in ("classes", "train", "test"))]
-        stats = [(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for st in (os.stat(f) for f in files)]
+        stats = [file_status(f) for f in files]
     except (OSError, UserError):
         return None
     if dataset != "food-101":
